@@ -1,0 +1,1 @@
+"""Fusebox core: schema, codec, config, Redis keys, providers, router, store."""

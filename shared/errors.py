@@ -1,0 +1,42 @@
+"""How a failed provider call is classified, which decides what happens next."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorClass(StrEnum):
+    RATE_LIMITED = "rate_limited"  # 429: retry after the provider's wait
+    TRANSIENT = "transient"  # 5xx, 529, timeouts, connection errors: retry, then fall back
+    CONTEXT = "context_length"  # prompt too long for this model: next (larger) candidate
+    FINAL = "final"  # 400/401/403/404/413, quota: fail the job, never retry
+    UNAVAILABLE = "unavailable"  # breaker open / provider saturated: next candidate or defer
+
+
+RETRYABLE = frozenset({ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT})
+FALLBACK = frozenset({ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT, ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE})
+
+
+class ProviderError(Exception):
+    """A provider call failed. The message must never contain credentials."""
+
+    def __init__(
+        self,
+        error_class: ErrorClass,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.status = status
+        self.code = code or error_class.value
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"ProviderError({self.error_class.value}, status={self.status}, code={self.code!r})"

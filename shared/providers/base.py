@@ -1,0 +1,53 @@
+"""The provider interface every adapter implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from msgspec import Struct
+
+from shared.config import ProviderConfig
+from shared.schema import ChatRequest, EmbeddingRequest, Usage
+
+
+class ProviderResponse(Struct, kw_only=True):
+    """A successful call, already normalized to OpenAI's response shape."""
+
+    body: dict[str, Any]
+    usage: Usage
+    request_id: str | None = None
+
+
+class Health(Struct, kw_only=True):
+    ok: bool
+    latency_ms: float = 0.0
+    detail: str = ""
+
+
+class Provider(ABC):
+    """One configured provider (an account at one API), e.g. ``openai`` or ``simulated``.
+
+    ``model`` arguments are the provider's own model names (the router strips
+    any ``provider/`` prefix before calling).
+    """
+
+    name: str
+    type: str
+    config: ProviderConfig
+
+    def serves(self, model: str) -> bool:
+        """Whether this provider claims ``model`` when no prefix or route names it."""
+        return model in self.config.models
+
+    @abstractmethod
+    async def chat(self, req: ChatRequest, model: str) -> ProviderResponse: ...
+
+    @abstractmethod
+    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse: ...
+
+    @abstractmethod
+    async def health(self) -> Health: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,138 @@
+"""A batch through real Redis and real workers: in-process, in a subprocess worker, and via the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import msgspec
+
+from producer.client import FuseboxClient
+from shared.config import FileConfig, SimulatedConfig
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from worker.settings import build_worker
+
+EXAMPLE = ROOT / "examples" / "batch.jsonl"
+
+
+def _lines(n: int, model: str = "simulated/chat") -> list[str]:
+    return [
+        json.dumps(
+            {
+                "custom_id": f"c{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]},
+            }
+        )
+        for i in range(n)
+    ]
+
+
+async def test_batch_in_process_worker(settings, redis):
+    client = FuseboxClient(redis, settings)
+    worker = build_worker(settings, redis, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        sub = await client.submit_batch(_lines(300))
+        counts = await client.wait_batch(sub.batch_id, timeout=60)
+        results = [r async for r in client.results(sub.batch_id)]
+    finally:
+        task.cancel()
+    assert (sub.total, sub.queued, sub.rejected) == (300, 300, 0)
+    assert (counts.total, counts.completed, counts.failed, counts.status) == (300, 300, 0, "completed")
+    assert [r.custom_id for r in results] == [f"c{i}" for i in range(300)]
+    assert all(r.provider == "simulated" and r.usage and r.usage.total_tokens > 0 for r in results)
+
+
+async def test_resubmitting_a_batch_creates_no_second_job(settings, redis):
+    client = FuseboxClient(redis, settings)
+    first = await client.submit_batch(_lines(50), batch_id="b-same")
+    again = await client.submit_batch(_lines(50), batch_id="b-same")
+    assert (first.queued, first.skipped) == (50, 0)
+    assert (again.queued, again.skipped, again.resumed) == (0, 50, True)
+    assert await redis.zcard(settings.keys.queue) == 50
+
+
+async def test_transient_failures_are_retried_and_counted_once(settings, redis):
+    s = settings.with_file(FileConfig(simulated=SimulatedConfig(failure_rate=0.3)))
+    client = FuseboxClient(redis, s)
+    worker = build_worker(s, redis, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        sub = await client.submit_batch(_lines(200))
+        counts = await client.wait_batch(sub.batch_id, timeout=60)
+        results = [r async for r in client.results(sub.batch_id)]
+    finally:
+        task.cancel()
+    assert counts.done == counts.total == 200
+    retried = [r for r in results if len(r.attempts) > 1]
+    assert retried, "with a 30% failure rate some jobs must have needed a retry"
+    assert all(r.attempts[-1].error_class is None for r in results if r.ok)
+    # 3 attempts at 30% failure: about 2.7% end failed; all failures carry the provider's error
+    assert all(r.error and r.error.error_class == "transient" for r in results if not r.ok)
+    assert counts.failed == sum(1 for r in results if not r.ok)
+
+
+def test_worker_in_separate_process(settings):
+    env = subprocess_env(settings)
+    prod = subprocess.run(
+        [PYTHON, "-c", _SUBMIT], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    batch_id = prod.stdout.strip()
+    subprocess.run(
+        [PYTHON, "-m", "producer.cli", "worker", "--burst"], env=env, timeout=120, check=True, capture_output=True
+    )
+    check = subprocess.run(
+        [PYTHON, "-c", _COUNTS, batch_id], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert check.stdout.split() == ["120", "120", "0", "completed"]
+
+
+_SUBMIT = """
+import asyncio, json
+from producer.client import FuseboxClient
+async def main():
+    c = FuseboxClient.connect()
+    lines = [json.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+             "body": {"model": "simulated/emb", "input": f"text {i}"}}) for i in range(120)]
+    sub = await c.submit_batch(lines)
+    print(sub.batch_id)
+    await c.aclose()
+asyncio.run(main())
+"""
+
+_COUNTS = """
+import asyncio, sys
+from producer.client import FuseboxClient
+async def main():
+    c = FuseboxClient.connect()
+    n = await c.counts(sys.argv[1])
+    print(n.total, n.completed, n.failed, n.status)
+    await c.aclose()
+asyncio.run(main())
+"""
+
+
+def test_fusebox_run_cli_on_the_example(settings, tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    env = subprocess_env(settings)
+    proc = subprocess.run(
+        [PYTHON, "-m", "producer.cli", "run", str(EXAMPLE), "-o", str(out), "--fresh"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    inputs = [json.loads(x) for x in EXAMPLE.read_text().splitlines() if x.strip()]
+    outputs = [msgspec.json.decode(x) for x in out.read_bytes().splitlines()]
+    assert len(outputs) == len(inputs) == 1000
+    assert [o["custom_id"] for o in outputs] == [i["custom_id"] for i in inputs]
+    chat = next(o for o in outputs if o["custom_id"].startswith("chat"))
+    emb = next(o for o in outputs if o["custom_id"].startswith("emb"))
+    assert chat["response"]["status_code"] == 200 and chat["error"] is None
+    assert chat["response"]["body"]["object"] == "chat.completion"
+    assert chat["response"]["body"]["choices"][0]["message"]["role"] == "assistant"
+    assert emb["response"]["body"]["object"] == "list"
+    assert len(emb["response"]["body"]["data"][0]["embedding"]) == 64
+    assert chat["id"].startswith("batch_req_")

@@ -1,0 +1,1 @@
+"""The Fusebox worker: arq WorkerSettings and the job functions."""

@@ -1,0 +1,33 @@
+"""``arq worker.arq_settings.WorkerSettings`` for people who run arq's own CLI.
+
+``fusebox worker`` is the usual entry point; this module reads the environment
+at import time, as arq's settings classes expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from shared import codec
+from shared.config import Settings
+from worker.jobs import CTX_KEY, chat, embed
+from worker.settings import build_executor
+
+_settings = Settings()
+class WorkerSettings:
+    functions = [chat, embed]
+    job_serializer = staticmethod(codec.arq_serializer)
+    job_deserializer = staticmethod(codec.arq_deserializer)
+    keep_result = 0
+
+    queue_name = _settings.keys.queue
+    redis_settings = RedisSettings.from_dsn(_settings.redis_url or "redis://localhost:6379")
+    max_jobs = _settings.file.worker.max_jobs
+    poll_delay = _settings.file.worker.poll_delay
+    max_tries = _settings.file.worker.max_tries
+
+    @staticmethod
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx[CTX_KEY] = build_executor(_settings, ctx["redis"])
