@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import asyncio
 import logging
 import os
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 from shared.config import ConfigError, Settings
+
+COMMAND_MODULES: list[str] = []
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -96,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", help="data directory (default: FUSEBOX_DATA_DIR/valkey)")
     s.add_argument("--port", type=int, help="also listen on this TCP port (default: unix socket only)")
     s.set_defaults(fn=_cmd_redis)
+
+    # Each command module adds its own subcommands: register(subparsers) sets fn(args, settings) -> int.
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
     return p
 
 
