@@ -6,9 +6,25 @@ import json
 import random
 from pathlib import Path
 
-TOPICS = ["rivers", "compilers", "bread", "orbits", "jazz", "volcanoes", "databases", "bees", "glaciers", "chess"]
-ASKS = ["Explain {t} to a child.", "Give three facts about {t}.", "Write a haiku about {t}.",
-        "Summarize the history of {t} in two sentences.", "What is surprising about {t}?"]
+TOPICS = [
+    "rivers",
+    "compilers",
+    "bread",
+    "orbits",
+    "jazz",
+    "volcanoes",
+    "databases",
+    "bees",
+    "glaciers",
+    "chess",
+]
+ASKS = [
+    "Explain {t} to a child.",
+    "Give three facts about {t}.",
+    "Write a haiku about {t}.",
+    "Summarize the history of {t} in two sentences.",
+    "What is surprising about {t}?",
+]
 
 
 def main(n: int = 1000, seed: int = 7) -> None:
@@ -18,13 +34,27 @@ def main(n: int = 1000, seed: int = 7) -> None:
         for i in range(n):
             topic = rng.choice(TOPICS)
             if i % 4 == 3:
-                line = {"custom_id": f"emb-{i:04d}", "method": "POST", "url": "/v1/embeddings",
-                        "body": {"model": "simulated/embed-small", "input": f"A note about {topic} #{i}"}}
+                line = {
+                    "custom_id": f"emb-{i:04d}",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": "simulated/embed-small", "input": f"A note about {topic} #{i}"},
+                }
             else:
-                body = {"model": "simulated/chat-fast", "max_tokens": 64,
-                        "messages": [{"role": "system", "content": "You are concise."},
-                                     {"role": "user", "content": rng.choice(ASKS).format(t=topic)}]}
-                line = {"custom_id": f"chat-{i:04d}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+                body = {
+                    "model": "simulated/chat-fast",
+                    "max_tokens": 64,
+                    "messages": [
+                        {"role": "system", "content": "You are concise."},
+                        {"role": "user", "content": rng.choice(ASKS).format(t=topic)},
+                    ],
+                }
+                line = {
+                    "custom_id": f"chat-{i:04d}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": body,
+                }
             f.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -39,7 +39,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.redis_url:
         print("error: REDIS_URL is not set; point it at your Redis (or run 'fusebox redis')", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s"
+    )
     print(f"fusebox worker: queue {settings.keys.queue} on {redact_url(settings.redis_url)}", file=sys.stderr)
     overrides = {"burst": True} if args.burst else {}
     worker = build_worker(settings, **overrides)

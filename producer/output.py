@@ -25,8 +25,8 @@ async def write_results(
 ) -> Written:
     """Stream results from Redis to disk; failures go to ``errors`` when given, else to ``output``."""
     w = Written()
-    out = open(output, "wb")  # noqa: SIM115 - closed below with the optional errors file
-    err = open(errors, "wb") if errors else None  # noqa: SIM115
+    out = open(output, "wb")
+    err = open(errors, "wb") if errors else None
     try:
         async for r in client.results(batch_id, ordered=ordered):
             if r is None:

@@ -48,7 +48,10 @@ def run(opts: RunOptions, settings: Settings | None = None) -> int:
     if not url:
         server = EmbeddedValkey(settings.data_dir / "valkey")
         url = server.start()
-        _say(f"using the bundled Valkey server in {server.data_dir} (set REDIS_URL to use your own)", opts.quiet)
+        _say(
+            f"using the bundled Valkey server in {server.data_dir} (set REDIS_URL to use your own)",
+            opts.quiet,
+        )
     else:
         _say(f"using Redis at {redact_url(url)}", opts.quiet)
     try:
@@ -75,17 +78,24 @@ async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
     progress = Progress()
     t0 = time.monotonic()
     try:
+
         def on_submit(sub: Submission) -> None:
             if not opts.quiet:
                 progress.update(sub.skipped + sub.rejected, sub.rejected, None)
 
         with open(opts.input, "rb") as f:
             sub = await client.submit_batch(
-                f, batch_id=batch_id, prompts=prompts, metadata={"input": opts.input.name}, on_progress=on_submit
+                f,
+                batch_id=batch_id,
+                prompts=prompts,
+                metadata={"input": opts.input.name},
+                on_progress=on_submit,
             )
         if sub.resumed:
-            _say(f"\nresuming batch {sub.batch_id}: {sub.skipped} of {sub.total} lines were already queued or done",
-                 opts.quiet)
+            _say(
+                f"\nresuming batch {sub.batch_id}: {sub.skipped} of {sub.total} lines already queued or done",
+                opts.quiet,
+            )
 
         def on_progress(c: Any) -> None:
             if not opts.quiet:

@@ -112,7 +112,9 @@ class EmbeddedValkey:
         ]  # fmt: skip
         if self.socket_path:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -126,7 +128,9 @@ class EmbeddedValkey:
                 return self.url
             time.sleep(0.05)
         self.stop()
-        raise EmbeddedError(f"valkey-server did not answer within {timeout}s (log: {self.data_dir / 'valkey.log'})")
+        raise EmbeddedError(
+            f"valkey-server did not answer within {timeout}s (log: {self.data_dir / 'valkey.log'})"
+        )
 
     def stop(self) -> None:
         """Stop the server if this object started it (a reused server is left running)."""

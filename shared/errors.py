@@ -14,7 +14,9 @@ class ErrorClass(StrEnum):
 
 
 RETRYABLE = frozenset({ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT})
-FALLBACK = frozenset({ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT, ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE})
+FALLBACK = frozenset(
+    {ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT, ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE}
+)
 
 
 class ProviderError(Exception):

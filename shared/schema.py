@@ -262,7 +262,9 @@ class OutputLine(Struct, kw_only=True):
             error = OutputError(code=r.error.code, message=r.error.message)
             if r.error.status:
                 # The provider answered: show its status like OpenAI does, body in OpenAI's error shape.
-                body = {"error": {"message": r.error.message, "type": r.error.error_class, "code": r.error.code}}
+                body = {
+                    "error": {"message": r.error.message, "type": r.error.error_class, "code": r.error.code}
+                }
                 response = OutputResponse(status_code=r.error.status, request_id=r.request_id, body=body)
         rid = "batch_req_" + hashlib.sha256(r.id.encode()).hexdigest()[:24]
         return cls(id=rid, custom_id=r.custom_id, response=response, error=error, fusebox=meta)

@@ -80,7 +80,7 @@ class Store:
     async def enqueue_chunk(
         self, batch_id: str, jobs: Sequence[JobSpec], rejected: Sequence[JobResult]
     ) -> tuple[int, int, int]:
-        """One round trip for a whole chunk: queue new jobs, store rejected lines. (queued, skipped, rejected)."""
+        """One round trip per chunk: queue new jobs, store rejected lines -> (queued, skipped, rejected)."""
         argv: list[Any] = [int(time.time() * 1000), JOB_EXPIRY_MS, ARQ_JOB]
         for spec in jobs:
             argv += ("j", spec.id, self.job_payload(spec), spec.line)
@@ -125,7 +125,9 @@ class Store:
         raw = await self.redis.get(self.keys.result(job_id))
         return codec.decode_result(raw) if raw is not None else None
 
-    async def iter_results(self, batch_id: str, total: int, chunk: int = 1000) -> AsyncIterator[JobResult | None]:
+    async def iter_results(
+        self, batch_id: str, total: int, chunk: int = 1000
+    ) -> AsyncIterator[JobResult | None]:
         """Results in input order, ``chunk`` at a time (a 100k batch is never whole in memory)."""
         key = self.keys.batch_results(batch_id)
         for start in range(0, total, chunk):
@@ -133,7 +135,9 @@ class Store:
             for raw in await self.redis.hmget(key, fields):
                 yield codec.decode_result(raw) if raw is not None else None
 
-    async def iter_completed(self, batch_id: str, start: int = 0, chunk: int = 1000) -> AsyncIterator[JobResult]:
+    async def iter_completed(
+        self, batch_id: str, start: int = 0, chunk: int = 1000
+    ) -> AsyncIterator[JobResult]:
         """Results in completion order from position ``start``; stops at the current end."""
         done_key, res_key = self.keys.batch_done(batch_id), self.keys.batch_results(batch_id)
         while True:

@@ -33,7 +33,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), tcp_port=free_port(), persist=False)
         try:
             server.start()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             last = e
             continue
         try:
@@ -51,7 +51,9 @@ def namespace() -> str:
 
 @pytest.fixture
 def settings(redis_url: str, namespace: str, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_url, namespace=namespace, data_dir=tmp_path / "data").with_file(FileConfig())
+    return Settings(redis_url=redis_url, namespace=namespace, data_dir=tmp_path / "data").with_file(
+        FileConfig()
+    )
 
 
 @pytest.fixture

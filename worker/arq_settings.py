@@ -16,6 +16,8 @@ from worker.jobs import CTX_KEY, chat, embed
 from worker.settings import build_executor
 
 _settings = Settings()
+
+
 class WorkerSettings:
     functions = [chat, embed]
     job_serializer = staticmethod(codec.arq_serializer)

@@ -48,7 +48,9 @@ class Executor:
         try:
             candidates = self.router.candidates(spec.req().model)
         except RequestError as e:
-            outcome = Outcome(None, None, ErrorInfo(code=e.code, message=e.message, error_class="final", status=400))
+            outcome = Outcome(
+                None, None, ErrorInfo(code=e.code, message=e.message, error_class="final", status=400)
+            )
         else:
             outcome = await self._call(spec, candidates, attempts)
         result = self._result(spec, outcome, attempts, started)
@@ -71,7 +73,9 @@ class Executor:
                 except (TimeoutError, OSError) as e:
                     err = ProviderError(ErrorClass.TRANSIENT, f"{type(e).__name__}: {e}", code="timeout")
                 else:
-                    attempts.append(Attempt(provider=cand.provider.name, model=cand.model, latency_ms=_ms(t0)))
+                    attempts.append(
+                        Attempt(provider=cand.provider.name, model=cand.model, latency_ms=_ms(t0))
+                    )
                     return Outcome(resp, cand, None)
                 last = err
                 attempts.append(

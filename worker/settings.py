@@ -66,4 +66,3 @@ def build_worker(
     )
     params.update(overrides)
     return Worker(**params)
-

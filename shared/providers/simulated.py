@@ -91,7 +91,8 @@ class SimulatedProvider(Provider):
         dims = req.dimensions or self.sim.embedding_dimensions
         texts = req.texts()
         data = [
-            {"object": "embedding", "index": i, "embedding": _vector(model, t, dims)} for i, t in enumerate(texts)
+            {"object": "embedding", "index": i, "embedding": _vector(model, t, dims)}
+            for i, t in enumerate(texts)
         ]
         prompt = sum(estimate_text(t) for t in texts)
         usage = Usage(prompt_tokens=prompt, total_tokens=prompt)

@@ -83,7 +83,11 @@ def test_worker_in_separate_process(settings):
     )
     batch_id = prod.stdout.strip()
     subprocess.run(
-        [PYTHON, "-m", "producer.cli", "worker", "--burst"], env=env, timeout=120, check=True, capture_output=True
+        [PYTHON, "-m", "producer.cli", "worker", "--burst"],
+        env=env,
+        timeout=120,
+        check=True,
+        capture_output=True,
     )
     check = subprocess.run(
         [PYTHON, "-c", _COUNTS, batch_id], env=env, capture_output=True, text=True, timeout=60, check=True
@@ -136,3 +140,40 @@ def test_fusebox_run_cli_on_the_example(settings, tmp_path: Path):
     assert emb["response"]["body"]["object"] == "list"
     assert len(emb["response"]["body"]["data"][0]["embedding"]) == 64
     assert chat["id"].startswith("batch_req_")
+
+
+def test_fusebox_run_bad_lines_get_errors_rest_proceeds(settings, tmp_path: Path):
+    good = _lines(3)
+    bad = [
+        '{"custom_id": "broken", ',  # malformed JSON
+        json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {}}),  # no custom_id
+        good[0],  # duplicate of line 1
+        json.dumps({"custom_id": "u", "method": "POST", "url": "/v1/images", "body": {"model": "m"}}),
+        json.dumps({"custom_id": "nm", "method": "POST",
+                    "url": "/v1/chat/completions", "body": {"messages": []}}),
+        json.dumps({"custom_id": "g", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}}),
+    ]  # fmt: skip
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(good + bad) + "\n")
+    out, errs = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    proc = subprocess.run(
+        [PYTHON, "-m", "producer.cli", "run", str(src), "-o", str(out), "--errors", str(errs)],
+        env=subprocess_env(settings), capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ok = [json.loads(x) for x in out.read_text().splitlines()]
+    failed = [json.loads(x) for x in errs.read_text().splitlines()]
+    assert [o["custom_id"] for o in ok] == ["c0", "c1", "c2"]
+    codes = [(f["custom_id"], f["error"]["code"]) for f in failed]
+    assert codes == [
+        (None, "invalid_json"),
+        (None, "missing_custom_id"),
+        (None, "duplicate_custom_id"),
+        ("u", "unsupported_url"),
+        ("nm", "missing_model"),
+        ("g", "model_not_found"),
+    ]
+    assert "line 6" in failed[2]["error"]["message"] and "line 1" in failed[2]["error"]["message"]
+    assert "OPENAI_API_KEY" in failed[5]["error"]["message"]
+    assert "6 failed" in proc.stderr
