@@ -45,6 +45,7 @@ class Validator:
     batch_id: str
     router: Router | None = None
     max_line_bytes: int = MAX_LINE_BYTES
+    tenant: str | None = None
     seen: dict[str, int] = field(default_factory=dict)
 
     def check_model(self, model: str) -> None:
@@ -117,6 +118,7 @@ class Validator:
             custom_id=custom_id,
             line=index,
             submitted_at=time.time(),
+            tenant=self.tenant,
         )
         if isinstance(req, ChatRequest):
             spec.request = req

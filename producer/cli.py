@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shared.config import ConfigError, Settings
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["producer.batch_cmds"]
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -17,8 +18,10 @@ from shared.config import Settings
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
 from shared.router import Router
+from shared.ssrf import check_url
 from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec
-from shared.store import JOB_FUNCTION, BatchCounts, Store
+from shared.store import ENDED, JOB_FUNCTION, BatchCounts, Store
+from shared.usage import UsageRow, read_usage
 
 CHUNK = 500
 
@@ -31,7 +34,7 @@ class Submission:
     skipped: int = 0  # already queued or answered by an earlier submission of the same batch
     rejected: int = 0
     resumed: bool = False
-    finished: bool = False  # every line already had a result when submission ended
+    status: str = "validating"  # the batch status right after submission
 
 
 ProgressFn = Callable[[Submission], Awaitable[None] | None]
@@ -41,7 +44,7 @@ class FuseboxClient:
     def __init__(self, redis: ArqRedis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.redis = redis
-        self.store = Store(redis, self.settings.keys)
+        self.store = Store(redis, self.settings.keys, self.settings.file.batches)
         self._router: Router | None = None
 
     @classmethod
@@ -64,11 +67,24 @@ class FuseboxClient:
         return self._router
 
     # -- single jobs -----------------------------------------------------
-    async def submit(self, body: dict[str, Any], *, kind: str = "chat", job_id: str | None = None) -> str:
-        """Enqueue one chat (OpenAI chat.completions body) or embed job; returns its id."""
+    async def submit(
+        self,
+        body: dict[str, Any],
+        *,
+        kind: str = "chat",
+        job_id: str | None = None,
+        webhook: str | None = None,
+        tenant: str | None = None,
+    ) -> str:
+        """Enqueue one chat (OpenAI chat.completions body) or embed job; returns its id.
+
+        ``webhook`` gets a signed ``job.completed`` / ``job.failed`` summary when it ends.
+        """
         req = ChatRequest.from_body(body) if kind == "chat" else EmbeddingRequest.from_body(body)
         self.router.candidates(req.model)
-        spec = JobSpec(id=job_id or uuid.uuid4().hex, submitted_at=time.time())
+        if webhook:
+            await self.check_webhook_url(webhook)
+        spec = JobSpec(id=job_id or uuid.uuid4().hex, submitted_at=time.time(), webhook=webhook, tenant=tenant)
         if isinstance(req, ChatRequest):
             spec.request = req
         else:
@@ -97,17 +113,32 @@ class FuseboxClient:
         batch_id: str | None = None,
         prompts: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
+        webhook: str | None = None,
+        tenant: str | None = None,
+        completion_window_s: float | None = None,
+        input_name: str | None = None,
         on_progress: ProgressFn | None = None,
     ) -> Submission:
         """Validate and enqueue lines ``CHUNK`` at a time (one round trip per chunk).
 
         ``prompts`` switches to plain-prompt input: ``{"model": ..., "system": ..., **extra_body}``.
         Re-submitting with the same ``batch_id`` resumes: lines already queued or answered are skipped.
+        ``webhook`` gets a signed summary when the batch ends.
         """
         batch_id = batch_id or "batch_" + uuid.uuid4().hex[:24]
+        if webhook:
+            await self.check_webhook_url(webhook)
+        fields: dict[str, Any] = {}
+        if metadata:
+            fields["metadata"] = json.dumps(metadata, separators=(",", ":"))
+        named = {"webhook": webhook, "tenant": tenant, "completion_window_s": completion_window_s,
+                 "input": input_name}  # fmt: skip
+        for name, val in named.items():
+            if val is not None:
+                fields[name] = val
         sub = Submission(batch_id)
-        sub.resumed = not await self.store.create_batch(batch_id, metadata or {})
-        v = Validator(batch_id, self.router)
+        sub.resumed = not await self.store.create_batch(batch_id, fields)
+        v = Validator(batch_id, self.router, self.settings.file.batches.max_line_bytes, tenant=tenant)
         jobs: list[JobSpec] = []
         rejected: list[JobResult] = []
 
@@ -134,8 +165,32 @@ class FuseboxClient:
             if len(jobs) + len(rejected) >= CHUNK:
                 await flush()
         await flush()
-        sub.finished = await self.store.seal(batch_id, sub.total)
+        nothing_valid = sub.total > 0 and sub.rejected == sub.total
+        sub.status = await self.store.seal(batch_id, sub.total, validation_failed=nothing_valid or sub.total == 0)
         return sub
+
+    async def cancel(self, batch_id: str) -> tuple[int, str]:
+        """No new dispatch; running calls finish; unrun lines answered 'batch_cancelled'. -> (n, status)."""
+        if await self.store.counts(batch_id) is None:
+            raise KeyError(f"no batch {batch_id!r}")
+        return await self.store.cancel(batch_id)
+
+    async def batch(self, batch_id: str) -> dict[str, Any]:
+        """The batch record in OpenAI's Batch object shape (plus Fusebox usage totals)."""
+        info = await self.store.batch_info(batch_id)
+        if not info:
+            raise KeyError(f"no batch {batch_id!r}")
+        return batch_object(batch_id, info)
+
+    async def batches(self, limit: int = 20) -> list[dict[str, Any]]:
+        return [batch_object(row.pop("id"), row) for row in await self.store.list_batches(limit)]
+
+    async def usage(self, since_s: float = 3600, batch: str | None = None) -> list[UsageRow]:
+        return await read_usage(self.redis, self.settings.keys, since_s, batch=batch)
+
+    async def check_webhook_url(self, url: str) -> None:
+        """Refuse webhook URLs that point inside the network (SSRF), unless allow-listed."""
+        await check_url(url, self.settings.file.webhooks.allow_hosts)
 
     async def counts(self, batch_id: str) -> BatchCounts | None:
         return await self.store.counts(batch_id)
@@ -155,7 +210,7 @@ class FuseboxClient:
                 raise KeyError(f"no batch {batch_id!r}")
             if on_progress is not None:
                 on_progress(c)
-            if c.status in ("completed", "failed", "cancelled", "expired"):
+            if c.status in ENDED:
                 return c
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} not finished after {timeout}s ({c.done}/{c.total})")
@@ -170,5 +225,41 @@ class FuseboxClient:
             async for r in self.store.iter_results(batch_id, c.total):
                 yield r
         else:
-            async for r in self.store.iter_completed(batch_id):
+            async for _, r in self.store.iter_completed(batch_id):
                 yield r
+
+
+def batch_object(batch_id: str, info: dict[str, str]) -> dict[str, Any]:
+    """OpenAI's Batch object fields from the stored hash."""
+
+    def ts(name: str) -> int | None:
+        v = info.get(name)
+        return int(float(v)) if v else None
+
+    total = int(info.get("total", 0))
+    completed, failed = int(info.get("completed", 0)), int(info.get("failed", 0))
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "status": info.get("status"),
+        "input": info.get("input"),
+        "request_counts": {"total": total, "completed": completed, "failed": failed},
+        "metadata": json.loads(info["metadata"]) if "metadata" in info else None,
+        "created_at": ts("created_at"),
+        "in_progress_at": ts("in_progress_at"),
+        "finalizing_at": ts("finalizing_at"),
+        "completed_at": ts("completed_at"),
+        "failed_at": ts("failed_at"),
+        "cancelling_at": ts("cancelling_at"),
+        "cancelled_at": ts("cancelled_at"),
+        "expired_at": ts("expired_at"),
+        "expires_at": ts("expires_at"),
+        "webhook": info.get("webhook"),
+        "tenant": info.get("tenant"),
+        "usage": {
+            "prompt_tokens": int(info.get("prompt_tokens", 0)),
+            "completion_tokens": int(info.get("completion_tokens", 0)),
+            "cached_tokens": int(info.get("cached_tokens", 0)),
+            "cost_usd": round(float(info.get("cost_usd", 0.0)), 6),
+        },
+    }

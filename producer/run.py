@@ -88,7 +88,7 @@ async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
                 f,
                 batch_id=batch_id,
                 prompts=prompts,
-                metadata={"input": opts.input.name},
+                input_name=opts.input.name,
                 on_progress=on_submit,
             )
         if sub.resumed:

@@ -180,6 +180,8 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
     custom_id: str | None = None
     line: int = 0
     submitted_at: float = 0.0
+    tenant: str | None = None
+    webhook: str | None = None  # single jobs: POSTed a signed summary when done
 
     @property
     def kind(self) -> Kind:

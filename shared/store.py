@@ -1,7 +1,13 @@
-"""Batch records, results and counters in Redis: every multi-key change is one Lua script."""
+"""Batch records, results, counters and usage in Redis: every multi-key change is one Lua script.
+
+Batch lifecycle (modelled on OpenAI's Batch API): validating -> in_progress ->
+finalizing -> completed; failed (no line passed validation); cancelling ->
+cancelled; cancelling -> expired (past the completion window).
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -9,13 +15,16 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.jobs import serialize_job
 
-from shared import codec, scripts
+from shared import codec, scripts, usage
+from shared.config import BatchConfig
 from shared.keys import ARQ_JOB, Keys
 from shared.schema import JobResult, JobSpec
 
 JOB_FUNCTION = {"chat": "chat", "embed": "embed"}
+FINALIZE_FUNCTION = "finalize_batch"
 # arq drops a queued job that has not started within this long.
 JOB_EXPIRY_MS = 7 * 24 * 3600 * 1000
+ENDED = frozenset({"completed", "failed", "cancelled", "expired"})
 
 
 class BatchCounts(tuple[int, int, int, str]):
@@ -42,13 +51,36 @@ class BatchCounts(tuple[int, int, int, str]):
         return self[1] + self[2]
 
 
+def _glob_escape(s: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", s)
+
+
 class Store:
-    def __init__(self, redis: ArqRedis, keys: Keys) -> None:
+    def __init__(self, redis: ArqRedis, keys: Keys, batches: BatchConfig | None = None) -> None:
         self.redis = redis
         self.keys = keys
+        self.cfg = batches or BatchConfig()
         self._enqueue = scripts.load(redis, "enqueue")
         self._complete = scripts.load(redis, "complete")
         self._seal = scripts.load(redis, "seal")
+        self._cancel = scripts.load(redis, "cancel")
+
+    # -- arq payloads ----------------------------------------------------
+    @staticmethod
+    def job_payload(spec: JobSpec) -> bytes:
+        """The arq job exactly as ``ArqRedis.enqueue_job`` would store it."""
+        return serialize_job(
+            JOB_FUNCTION[spec.kind], (codec.encode_spec(spec),), {}, None, int(time.time() * 1000),
+            serializer=codec.arq_serializer,
+        )  # fmt: skip
+
+    def finalize_job(self, batch_id: str) -> tuple[str, str, bytes]:
+        """(arq job key, job id, payload) of the job that finalizes ``batch_id`` (queued by Lua, once)."""
+        job_id = f"finalize:{self.keys.ns}:{batch_id}"
+        payload = serialize_job(
+            FINALIZE_FUNCTION, (batch_id,), {}, None, int(time.time() * 1000), serializer=codec.arq_serializer
+        )
+        return ARQ_JOB + job_id, job_id, payload
 
     # -- producer side ---------------------------------------------------
     async def create_batch(self, batch_id: str, fields: dict[str, Any]) -> bool:
@@ -56,58 +88,124 @@ class Store:
         key = self.keys.batch(batch_id)
         now = time.time()
         created = await self.redis.hsetnx(key, "created_at", repr(now))
-        mapping = {"status": "validating", **{k: str(v) for k, v in fields.items()}}
         async with self.redis.pipeline(transaction=True) as pipe:
             if created:
-                pipe.hset(key, mapping=mapping)
+                pipe.hset(key, mapping={"status": "validating", **{k: str(v) for k, v in fields.items()}})
                 pipe.zadd(self.keys.batches, {batch_id: now})
+                window = self.cfg.completion_window_s
+                if "completion_window_s" in fields:
+                    window = float(fields["completion_window_s"])
+                if window:
+                    pipe.hset(key, "expires_at", repr(now + window))
+                    pipe.zadd(self.keys.batch_expiry, {batch_id: now + window})
             elif fields:
                 pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
             await pipe.execute()
         return bool(created)
 
-    def job_payload(self, spec: JobSpec) -> bytes:
-        """The arq job exactly as ``ArqRedis.enqueue_job`` would store it."""
-        return serialize_job(
-            JOB_FUNCTION[spec.kind],
-            (codec.encode_spec(spec),),
-            {},
-            None,
-            int(time.time() * 1000),
-            serializer=codec.arq_serializer,
-        )
-
     async def enqueue_chunk(
         self, batch_id: str, jobs: Sequence[JobSpec], rejected: Sequence[JobResult]
     ) -> tuple[int, int, int]:
         """One round trip per chunk: queue new jobs, store rejected lines -> (queued, skipped, rejected)."""
-        argv: list[Any] = [int(time.time() * 1000), JOB_EXPIRY_MS, ARQ_JOB]
+        argv: list[Any] = [int(time.time() * 1000), JOB_EXPIRY_MS, ARQ_JOB, batch_id]
         for spec in jobs:
-            argv += ("j", spec.id, self.job_payload(spec), spec.line)
+            argv += ("j", spec.custom_id, self.job_payload(spec), spec.line)
         for res in rejected:
             argv += ("r", "", codec.encode_result(res), res.line)
         k = self.keys
-        keys = [k.queue, k.batch_results(batch_id), k.batch_done(batch_id), k.batch(batch_id)]
+        keys = [k.queue, k.batch_results(batch_id), k.batch_done(batch_id), k.batch(batch_id), k.batch_ids(batch_id)]
         q, s, r = await self._enqueue(keys=keys, args=argv)
         return int(q), int(s), int(r)
 
-    async def seal(self, batch_id: str, total: int) -> bool:
-        """All lines are submitted; True if the batch is already complete."""
-        return bool(await self._seal(keys=[self.keys.batch(batch_id)], args=[total, time.time()]))
+    async def seal(self, batch_id: str, total: int, validation_failed: bool = False) -> str:
+        """All lines are submitted; returns the batch status afterwards."""
+        fin_key, fin_id, fin_payload = self.finalize_job(batch_id)
+        status = await self._seal(
+            keys=[self.keys.batch(batch_id), self.keys.queue, fin_key],
+            args=[total, time.time(), "1" if validation_failed else "0", fin_id, fin_payload],
+        )
+        return status.decode() if isinstance(status, bytes) else str(status)
 
     # -- worker side -----------------------------------------------------
-    async def complete(self, result: JobResult) -> tuple[bool, bool]:
-        """Store a result once. (written, batch_finished)."""
+    async def complete(self, result: JobResult, tenant: str | None = None) -> tuple[bool, str | None]:
+        """Store a result once, with its counters and usage. -> (written, new batch status or None)."""
         payload = codec.encode_result(result)
-        if result.batch_id is None:
-            written = await self.redis.set(self.keys.result(result.id), payload, nx=True, ex=7 * 24 * 3600)
-            return bool(written), False
+        now = time.time()
+        pairs, cost_field = usage.counters(result, tenant)
+        u = result.usage
+        tokens = (u.prompt_tokens, u.completion_tokens, u.cached_tokens) if u else (0, 0, 0)
         b = result.batch_id
-        keys = [self.keys.batch_results(b), self.keys.batch_done(b), self.keys.batch(b)]
-        written, last = await self._complete(
-            keys=keys, args=[result.line, payload, "1" if result.ok else "0", time.time()]
-        )
-        return bool(written), bool(last)
+        usage_key = self.keys.usage_minute(int(now // 60))
+        if b is None:
+            keys = [self.keys.result(result.id), "", "", usage_key, "", ""]
+            fin_id, fin_payload = "", b""
+        else:
+            fin_key, fin_id, fin_payload = self.finalize_job(b)
+            keys = [
+                self.keys.batch_results(b), self.keys.batch_done(b), self.keys.batch(b), usage_key,
+                self.keys.queue, fin_key,
+            ]  # fmt: skip
+        args = [
+            result.line, payload, "1" if result.ok else "0", now, fin_id, fin_payload, usage.USAGE_TTL_S,
+            self.cfg.results_ttl_s, result.cost_usd, cost_field if result.cost_usd else "", *tokens, *pairs,
+        ]  # fmt: skip
+        written, status = await self._complete(keys=keys, args=args)
+        return bool(written), (status.decode() if status else None)
+
+    async def finalize(self, batch_id: str) -> dict[str, str]:
+        """Run by the finalize job: finalizing -> completed, and results get their TTL."""
+        key = self.keys.batch(batch_id)
+        ttl = self.cfg.results_ttl_s
+        info = await self.batch_info(batch_id)
+        if info.get("status") == "finalizing":
+            # Only this job moves finalizing on; a re-run finds 'completed' and changes nothing.
+            await self.redis.hset(key, mapping={"status": "completed", "completed_at": repr(time.time())})
+            info = await self.batch_info(batch_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in (key, self.keys.batch_results(batch_id), self.keys.batch_done(batch_id),
+                      self.keys.batch_ids(batch_id)):  # fmt: skip
+                pipe.expire(k, ttl)
+            pipe.zrem(self.keys.batch_expiry, batch_id)
+            await pipe.execute()
+        return info
+
+    async def cancel(self, batch_id: str, reason: str = "cancelled") -> tuple[int, str]:
+        """Stop dispatching a batch: queued lines get a ``batch_<reason>`` error, running ones finish.
+
+        Returns (lines answered by the cancellation, status). Safe to call again.
+        """
+        k = self.keys
+        fin_key, fin_id, fin_payload = self.finalize_job(batch_id)
+        keys = [k.queue, k.batch_results(batch_id), k.batch_done(batch_id), k.batch(batch_id),
+                k.batch_ids(batch_id), fin_key]  # fmt: skip
+        message = "batch was cancelled before this request ran" if reason == "cancelled" else (
+            "batch passed its completion window before this request ran")
+        base = [ARQ_JOB, batch_id, reason, message, 0.0, fin_id, fin_payload]
+        removed_total = 0
+        cursor = 0
+        pattern = _glob_escape(batch_id) + ":*"
+        while True:
+            cursor, found = await self.redis.zscan(k.queue, cursor, match=pattern, count=1000)
+            ids = [m for m, _ in found]
+            base[4] = time.time()
+            removed, status = await self._cancel(keys=keys, args=[*base, *ids])
+            if removed == -1:
+                return removed_total, (status.decode() if status else "unknown")
+            removed_total += int(removed)
+            if cursor == 0:
+                return removed_total, status.decode() if isinstance(status, bytes) else str(status)
+
+    async def expire_due(self) -> list[str]:
+        """Expire every batch whose completion window has passed (run periodically by workers)."""
+        due = await self.redis.zrangebyscore(self.keys.batch_expiry, "-inf", time.time())
+        expired = []
+        for raw in due:
+            bid = raw.decode()
+            _, status = await self.cancel(bid, reason="expired")
+            await self.redis.zrem(self.keys.batch_expiry, bid)
+            if status in ("cancelling", "expired"):
+                expired.append(bid)
+        return expired
 
     # -- reading ---------------------------------------------------------
     async def counts(self, batch_id: str) -> BatchCounts | None:
@@ -121,13 +219,23 @@ class Store:
         raw = await self.redis.hgetall(self.keys.batch(batch_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    async def list_batches(self, limit: int = 20) -> list[dict[str, str]]:
+        ids = await self.redis.zrevrange(self.keys.batches, 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bid in ids:
+                pipe.hgetall(self.keys.batch(bid.decode()))
+            rows = await pipe.execute()
+        out = []
+        for bid, row in zip(ids, rows, strict=True):
+            if row:
+                out.append({"id": bid.decode(), **{k.decode(): v.decode() for k, v in row.items()}})
+        return out
+
     async def get_result(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(self.keys.result(job_id))
         return codec.decode_result(raw) if raw is not None else None
 
-    async def iter_results(
-        self, batch_id: str, total: int, chunk: int = 1000
-    ) -> AsyncIterator[JobResult | None]:
+    async def iter_results(self, batch_id: str, total: int, chunk: int = 1000) -> AsyncIterator[JobResult | None]:
         """Results in input order, ``chunk`` at a time (a 100k batch is never whole in memory)."""
         key = self.keys.batch_results(batch_id)
         for start in range(0, total, chunk):
@@ -137,14 +245,14 @@ class Store:
 
     async def iter_completed(
         self, batch_id: str, start: int = 0, chunk: int = 1000
-    ) -> AsyncIterator[JobResult]:
-        """Results in completion order from position ``start``; stops at the current end."""
+    ) -> AsyncIterator[tuple[int, JobResult]]:
+        """(position, result) in completion order from ``start``; stops at the current end."""
         done_key, res_key = self.keys.batch_done(batch_id), self.keys.batch_results(batch_id)
         while True:
             lines = await self.redis.lrange(done_key, start, start + chunk - 1)
             if not lines:
                 return
-            for raw in await self.redis.hmget(res_key, lines):
+            for i, raw in enumerate(await self.redis.hmget(res_key, lines)):
                 if raw is not None:
-                    yield codec.decode_result(raw)
+                    yield start + i, codec.decode_result(raw)
             start += len(lines)

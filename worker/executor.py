@@ -54,8 +54,16 @@ class Executor:
         else:
             outcome = await self._call(spec, candidates, attempts)
         result = self._result(spec, outcome, attempts, started)
-        await self.store.complete(result)
+        written, _ = await self.store.complete(result, spec.tenant)
+        if written and spec.webhook:
+            await self._job_webhook(spec.webhook, result)
         return result
+
+    async def _job_webhook(self, url: str, result: JobResult) -> None:
+        from shared.webhook_delivery import enqueue_webhook
+        from shared.webhooks import job_event
+
+        await enqueue_webhook(self.store.redis, self.store.keys, url, job_event(result), None)
 
     async def _call(self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt]) -> Outcome:
         req = spec.req()

@@ -7,6 +7,7 @@ from typing import Any
 from worker.executor import Executor
 
 CTX_KEY = "fusebox_executor"
+SETTINGS_KEY = "fusebox_settings"
 
 
 async def chat(ctx: dict[str, Any], raw: bytes) -> None:

@@ -15,7 +15,8 @@ from shared.redis_conn import connect
 from shared.router import Router
 from shared.store import Store
 from worker.executor import Executor
-from worker.jobs import CTX_KEY, chat, embed
+from worker.batch_jobs import BATCH_CRON, BATCH_FUNCTIONS, STORE_KEY
+from worker.jobs import CTX_KEY, SETTINGS_KEY, chat, embed
 
 log = logging.getLogger("fusebox.worker")
 
@@ -23,7 +24,7 @@ log = logging.getLogger("fusebox.worker")
 def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     cfg = settings.file
     router = Router(build_providers(cfg), cfg)
-    return Executor(Store(redis, settings.keys), router, cfg.retry)
+    return Executor(Store(redis, settings.keys, cfg.batches), router, cfg.retry)
 
 
 def build_worker(
@@ -47,7 +48,8 @@ def build_worker(
             await p.aclose()
 
     params: dict[str, Any] = dict(
-        functions=[chat, embed],
+        functions=[chat, embed, *BATCH_FUNCTIONS],
+        cron_jobs=BATCH_CRON,
         queue_name=settings.keys.queue,
         redis_pool=redis,
         burst=burst,
@@ -60,7 +62,7 @@ def build_worker(
         keep_result=0,
         job_serializer=codec.arq_serializer,
         job_deserializer=codec.arq_deserializer,
-        ctx={CTX_KEY: executor},
+        ctx={CTX_KEY: executor, STORE_KEY: executor.store, SETTINGS_KEY: settings},
         on_shutdown=on_shutdown,
         log_results=False,
     )

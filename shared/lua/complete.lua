@@ -1,18 +1,33 @@
--- Record one batch line's result exactly once and move the counters in the same step.
--- KEYS[1] batch results hash, KEYS[2] batch done list, KEYS[3] batch hash
--- ARGV[1] line, ARGV[2] result payload, ARGV[3] '1' ok / '0' failed, ARGV[4] now (unix seconds)
--- Returns {written, last}: written=0 means a re-run job already recorded this line (not counted
--- again); last=1 means this write completed the batch.
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return {0, 0}
+-- Record one job's result exactly once; counters and usage move in the same atomic step.
+-- KEYS[1] results hash (batch) or result key (single job), KEYS[2] done list, KEYS[3] batch hash,
+-- KEYS[4] usage minute hash, KEYS[5] arq queue, KEYS[6] finalize job key
+-- ARGV[1] index, ARGV[2] result payload, ARGV[3] '1' ok / '0' failed, ARGV[4] now (unix s),
+-- ARGV[5] finalize job id, ARGV[6] finalize payload, ARGV[7] usage key TTL s, ARGV[8] result TTL s
+-- (single jobs), ARGV[9] cost usd, ARGV[10] usage cost field, ARGV[11..13] prompt, completion and
+-- cached tokens (batch totals), then pairs (usage field, integer increment) for the minute bucket.
+-- Returns {written, status}: written=0 means a re-run job already recorded it (nothing counted again).
+--#include _finish.lua
+local single = KEYS[2] == ''
+if single then
+  if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[8]) then return {0, false} end
+elseif redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return {0, false}
 end
+for i = 14, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[4], ARGV[10], ARGV[9]) end
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+if single then return {1, false} end
 redis.call('RPUSH', KEYS[2], ARGV[1])
-local field = 'failed'
-if ARGV[3] == '1' then field = 'completed' end
-redis.call('HINCRBY', KEYS[3], field, 1)
-local st = redis.call('HMGET', KEYS[3], 'total', 'completed', 'failed', 'status')
-if st[1] and st[4] == 'in_progress' and tonumber(st[1]) == (tonumber(st[2]) or 0) + (tonumber(st[3]) or 0) then
-  redis.call('HSET', KEYS[3], 'status', 'completed', 'completed_at', ARGV[4])
-  return {1, 1}
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[3], 'completed', 1)
+else
+  redis.call('HINCRBY', KEYS[3], 'failed', 1)
 end
-return {1, 0}
+if tonumber(ARGV[9]) > 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'cost_usd', ARGV[9]) end
+local names = {'prompt_tokens', 'completion_tokens', 'cached_tokens'}
+for j = 1, 3 do
+  if ARGV[10 + j] ~= '0' then redis.call('HINCRBY', KEYS[3], names[j], ARGV[10 + j]) end
+end
+return {1, finish(KEYS[3], ARGV[4], KEYS[5], KEYS[6], ARGV[5], ARGV[6])}
