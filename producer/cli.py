@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -33,15 +32,15 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.observability import init_sentry, setup_logging
     from shared.redis_conn import redact_url
     from worker.settings import build_worker
 
     if not settings.redis_url:
         print("error: REDIS_URL is not set; point it at your Redis (or run 'fusebox redis')", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s"
-    )
+    setup_logging(args.verbose)
+    init_sentry(settings.sentry_dsn, "worker")
     print(f"fusebox worker: queue {settings.keys.queue} on {redact_url(settings.redis_url)}", file=sys.stderr)
     overrides = {"burst": True} if args.burst else {}
     worker = build_worker(settings, **overrides)
