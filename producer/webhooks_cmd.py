@@ -58,7 +58,7 @@ def _with_redis(settings: Settings, body: Callable[[ArqRedis], Awaitable[int]]) 
         try:
             return await body(redis)
         finally:
-            await redis.aclose()
+            await redis.aclose(close_connection_pool=True)
 
     return asyncio.run(go())
 

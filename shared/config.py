@@ -31,7 +31,8 @@ class WorkerConfig(_Section):
     # arq's defaults (poll_delay 0.5 s, max_jobs 10) cap a worker near 200 jobs/s.
     max_jobs: int = Field(200, ge=1)
     poll_delay: float = Field(0.01, gt=0)
-    job_timeout: float = Field(600.0, gt=0)
+    # arq re-runs a killed worker's job only after job_timeout + 10 s; keep it near the slowest call.
+    job_timeout: float = Field(300.0, gt=0)
     max_tries: int = Field(50, ge=1)
 
 
@@ -44,10 +45,57 @@ class SimulatedConfig(_Section):
     embedding_dimensions: int = Field(64, ge=1, le=8192)
 
 
+class BatchConfig(_Section):
+    results_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long results stay in Redis after a batch ends
+    completion_window_s: float | None = Field(None, gt=0)  # unfinished lines past it are expired
+    max_line_bytes: int = Field(1_000_000, ge=1024)
+
+
+class BreakerConfig(_Section):
+    """Circuit breaker of one provider (or provider+model), in the spirit of resilience4j, tuned for
+    LLM APIs: calls are few and slow, so the window is time-based and the minimum is small."""
+
+    failure_rate_threshold: float = Field(0.5, gt=0, le=1)
+    slow_call_rate_threshold: float = Field(1.0, gt=0, le=1)
+    slow_call_ms: float = Field(60_000.0, gt=0)
+    minimum_calls: int = Field(10, ge=1)
+    window_seconds: float = Field(60.0, gt=0)
+    wait_open_seconds: float = Field(15.0, gt=0)
+    wait_open_growth: float = Field(2.0, ge=1)
+    wait_open_max_seconds: float = Field(300.0, gt=0)
+    wait_open_jitter: float = Field(0.2, ge=0, lt=1)
+    half_open_probes: int = Field(2, ge=1)
+    probe_lease_seconds: float = Field(60.0, gt=0)
+    # A 429 is back-pressure, which adaptive concurrency handles; count it only if asked.
+    count_rate_limited_as_failure: bool = False
+
+
+class LimitsConfig(_Section):
+    """Fleet-wide concurrency leases and adaptive concurrency (AIMD on 429s)."""
+
+    # A worker that dies frees its slots after this long; long calls renew their lease.
+    lease_seconds: float = Field(30.0, gt=0)
+    adaptive: bool = True
+    decrease_factor: float = Field(0.7, gt=0, lt=1)
+    increase_step: float = Field(1.0, gt=0)
+    success_window: int = Field(10, ge=1)
+
+
+class ModelLimitsConfig(_Section):
+    """A model with its own breaker and limits (an own scope); unset fields inherit the provider's."""
+
+    max_concurrency: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    breaker: BreakerConfig | None = None
+    limits: LimitsConfig | None = None
+
+
 class RetryConfig(_Section):
     max_attempts: int = Field(3, ge=1)
     backoff_base: float = Field(0.05, ge=0)
     backoff_max: float = Field(2.0, ge=0)
+    defer_threshold_s: float = Field(2.0, ge=0)  # longer waits re-defer the job via arq
 
 
 class ProviderConfig(_Section):
@@ -61,6 +109,10 @@ class ProviderConfig(_Section):
     tpm: int | None = Field(None, ge=1)
     timeout: float = Field(120.0, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
+    # Unset fields of these inherit the file's [breaker] / [limits] sections.
+    breaker: BreakerConfig | None = None
+    limits: LimitsConfig | None = None
+    per_model: dict[str, ModelLimitsConfig] = Field(default_factory=dict)
 
 
 class RouteConfig(_Section):
@@ -69,15 +121,46 @@ class RouteConfig(_Section):
     weights: list[float] | None = None
 
 
+class WebhookConfig(_Section):
+    """Signed webhooks (shared/webhook_delivery.py): secret, SSRF allow-list, timeout, retry schedule."""
+
+    # The signing secret ('whsec_' + base64) comes from the environment or a file, never from this file.
+    secret_env: str | None = "FUSEBOX_WEBHOOK_SECRET"
+    secret_file: str | None = None
+    # Named secrets a webhook may use (enqueue_webhook(secret_name=...)): name -> environment variable.
+    secrets: dict[str, str] = Field(default_factory=dict)
+    # Hostnames or addresses/CIDRs the SSRF guard lets through: "127.0.0.1", "10.0.0.0/8", "hooks.internal".
+    allow_hosts: list[str] = Field(default_factory=list)
+    timeout: float = Field(15.0, gt=0)
+    # Delay before each attempt, seconds: now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; then dead letter.
+    schedule: list[float] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000], min_length=1
+    )
+    jitter: float = Field(0.1, ge=0, le=1)
+    max_log: int = Field(50, ge=1)
+
+    def model_post_init(self, _ctx: Any) -> None:
+        from shared.ssrf import AllowList
+
+        if any(d < 0 for d in self.schedule):
+            raise ValueError("[webhooks] schedule delays must be >= 0")
+        AllowList.parse(self.allow_hosts)  # a bad entry fails at load, not at the first delivery
+
+
 class FileConfig(_Section):
     """The contents of ``fusebox.toml``."""
 
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     simulated: SimulatedConfig = Field(default_factory=SimulatedConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    batches: BatchConfig = Field(default_factory=BatchConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     default_model: str | None = None
+    prices: dict[str, dict[str, float]] = Field(default_factory=dict)  # USD per 1M tokens
 
 
 class Settings(BaseSettings):

@@ -32,27 +32,84 @@ class Keys:
         """Stored JobResult (msgpack) of a job that is not part of a batch."""
         return f"{self.ns}:result:{job_id}"
 
+    # -- webhooks --------------------------------------------------------
+    def webhook(self, webhook_id: str) -> str:
+        """Hash: one webhook's delivery (msgpack), url, type, state, attempts, redeliveries, timestamps."""
+        return f"{self.ns}:webhook:{webhook_id}"
+
+    def webhook_log(self, webhook_id: str) -> str:
+        """List (capped) of msgpack DeliveryAttempt records, oldest first."""
+        return f"{self.ns}:webhook:{webhook_id}:log"
+
+    def webhook_job(self, webhook_id: str, redelivery: int, attempt: int) -> str:
+        """arq job id of one delivery attempt (unique per attempt, so a re-run never enqueues twice)."""
+        return f"{self.ns}:webhook:{webhook_id}:{redelivery}:{attempt}"
+
+    @property
+    def webhooks_dead(self) -> str:
+        """Sorted set of dead-lettered webhook ids scored by time."""
+        return f"{self.ns}:webhooks:dead"
+
+    @property
+    def webhooks_disabled(self) -> str:
+        """Hash: endpoint URL -> why and when it was disabled (HTTP 410 Gone)."""
+        return f"{self.ns}:webhooks:disabled"
+
     # -- batches ---------------------------------------------------------
     @property
     def batches(self) -> str:
         """Sorted set of batch ids scored by creation time."""
         return f"{self.ns}:batches"
 
+    @property
+    def batch_expiry(self) -> str:
+        """Sorted set of unfinished batch ids scored by the end of their completion window."""
+        return f"{self.ns}:batches:expiry"
+
     def batch(self, batch_id: str) -> str:
         """Hash: status, counters (total, completed, failed), timestamps, metadata."""
         return f"{self.ns}:batch:{batch_id}"
 
     def batch_results(self, batch_id: str) -> str:
-        """Hash: result key (custom_id, or '#line:N' for rejected lines) -> JobResult msgpack."""
+        """Hash: input index (0-based, blank lines skipped) -> JobResult msgpack."""
         return f"{self.ns}:batch:{batch_id}:results"
 
-    def batch_order(self, batch_id: str) -> str:
-        """List of result keys in input order (restores input order without sorting in memory)."""
-        return f"{self.ns}:batch:{batch_id}:order"
+    def batch_ids(self, batch_id: str) -> str:
+        """Hash: custom_id -> input index; makes (batch, custom_id) idempotent across re-submissions."""
+        return f"{self.ns}:batch:{batch_id}:ids"
 
     def batch_done(self, batch_id: str) -> str:
-        """List of result keys in completion order (iterate results as they complete)."""
+        """List of input indexes in completion order (iterate results as they complete)."""
         return f"{self.ns}:batch:{batch_id}:done"
+
+
+    def usage_minute(self, minute: int) -> str:
+        """Hash of usage counters for one minute (unix time // 60): 'provider|model|tenant|batch|metric' -> n."""
+        return f"{self.ns}:usage:{minute}"
+
+    # -- resilience gate (breaker, leases, rate limits) -------------------
+    # A scope is a provider, or "provider/model" for a model with its own [per_model] limits. A
+    # scope's keys share the hash tag {scope}; the events stream is one for all scopes.
+    def gate_state(self, scope: str) -> str:
+        """Hash: breaker state + generation, open-until, trips, probe tallies, adaptive limit, GCRA tats."""
+        return f"{self.ns}:gate:{{{scope}}}:state"
+
+    def gate_window(self, scope: str) -> str:
+        """Hash: the breaker's sliding window (per-bucket and total calls, failures, slow calls)."""
+        return f"{self.ns}:gate:{{{scope}}}:window"
+
+    def gate_leases(self, scope: str) -> str:
+        """Sorted set: concurrency lease id -> expiry (Redis server time, ms)."""
+        return f"{self.ns}:gate:{{{scope}}}:leases"
+
+    def gate_probes(self, scope: str) -> str:
+        """Sorted set: half-open probe lease id -> expiry (Redis server time, ms)."""
+        return f"{self.ns}:gate:{{{scope}}}:probes"
+
+    @property
+    def breaker_events(self) -> str:
+        """Capped stream of breaker transitions: scope, from, to, reason, gen, at_ms, window figures."""
+        return f"{self.ns}:breaker:events"
 
 
 def job_id_for(batch_id: str, custom_id: str) -> str:

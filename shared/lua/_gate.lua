@@ -1,0 +1,85 @@
+-- Shared by the gate scripts (admit, settle, renew, gate_force, gate_snapshot): the server clock,
+-- the breaker's sliding window and its transitions. Times are milliseconds of the Redis server's
+-- clock, so workers with skewed clocks still agree.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+
+-- Lua's tostring keeps 14 digits: enough for ms since 1970 with 0.1 ms, so format explicitly.
+local function fmt(x)
+  return string.format('%.3f', x)
+end
+
+local function num(v, default)
+  local n = tonumber(v)
+  if n == nil then return default end
+  return n
+end
+
+-- Sliding window of `nb` buckets of `bucket_ms` each, kept as running totals (c calls, f failures,
+-- s slow) plus per-bucket counts, so rolling forward costs one step per bucket that left the window.
+-- Returns the window's current bucket index after dropping expired buckets (writes the hash).
+local function win_roll(key, now, bucket_ms, nb)
+  local b = math.floor(now / bucket_ms)
+  local h = tonumber(redis.call('HGET', key, 'h'))
+  if h == nil or b - h >= nb then
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'h', b, 'c', 0, 'f', 0, 's', 0)
+    return b
+  end
+  if b <= h then return h end
+  for i = h - nb + 1, b - nb do
+    local v = redis.call('HMGET', key, 'c' .. i, 'f' .. i, 's' .. i)
+    if v[1] then
+      redis.call('HINCRBY', key, 'c', -tonumber(v[1]))
+      redis.call('HINCRBY', key, 'f', -num(v[2], 0))
+      redis.call('HINCRBY', key, 's', -num(v[3], 0))
+      redis.call('HDEL', key, 'c' .. i, 'f' .. i, 's' .. i)
+    end
+  end
+  redis.call('HSET', key, 'h', b)
+  return b
+end
+
+-- The window's totals {calls, failures, slow} at `now`, without writing.
+local function win_read(key, now, bucket_ms, nb)
+  local b = math.floor(now / bucket_ms)
+  local v = redis.call('HMGET', key, 'h', 'c', 'f', 's')
+  local h = tonumber(v[1])
+  if h == nil or b - h >= nb then return {0, 0, 0} end
+  local c, f, s = num(v[2], 0), num(v[3], 0), num(v[4], 0)
+  for i = h - nb + 1, b - nb do
+    local o = redis.call('HMGET', key, 'c' .. i, 'f' .. i, 's' .. i)
+    c, f, s = c - num(o[1], 0), f - num(o[2], 0), s - num(o[3], 0)
+  end
+  return {c, f, s}
+end
+
+-- Move the breaker to `to`: bump the generation (the fence that makes late outcomes from before
+-- this moment harmless), remember the transition and append it to the capped events stream.
+-- `fields` are extra name/value pairs for the stream entry (window figures, wait).
+local function transition(state_key, events_key, maxlen, scope, to, reason, now, fields)
+  local from = redis.call('HGET', state_key, 'st') or 'closed'
+  local gen = redis.call('HINCRBY', state_key, 'gen', 1)
+  redis.call('HSET', state_key, 'st', to, 'at', fmt(now), 'from', from, 'why', reason, 'hp_ok', 0, 'hp_slow', 0)
+  local entry = {'scope', scope, 'from', from, 'to', to, 'reason', reason, 'gen', gen, 'at_ms', fmt(now)}
+  for _, v in ipairs(fields or {}) do entry[#entry + 1] = v end
+  redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+  return gen
+end
+
+-- Open the breaker for a wait that grows with consecutive trips; `rand` in [0, 1) spreads it by
+-- +-jitter so breakers that tripped together do not all probe at the same instant.
+local function trip(state_key, events_key, maxlen, scope, reason, now, fields, base, growth, max_wait, jitter, rand)
+  local trips = redis.call('HINCRBY', state_key, 'trips', 1)
+  local wait = math.min(max_wait, base * growth ^ (trips - 1))
+  wait = wait * (1 + jitter * (2 * rand - 1))
+  redis.call('HSET', state_key, 'until', fmt(now + wait), 'wait', fmt(wait))
+  fields[#fields + 1] = 'wait_ms'
+  fields[#fields + 1] = fmt(wait)
+  fields[#fields + 1] = 'trips'
+  fields[#fields + 1] = trips
+  return transition(state_key, events_key, maxlen, scope, 'open', reason, now, fields)
+end

@@ -1,0 +1,134 @@
+-- Settle one admitted call: release its lease, reconcile its token reservation, record its outcome
+-- in the breaker (window or half-open probe tally, fenced by generation), take any transition and
+-- adjust the adaptive concurrency limit, all in one step.
+-- KEYS[1] state hash, KEYS[2] window hash, KEYS[3] leases zset, KEYS[4] probes zset, KEYS[5] events
+-- ARGV[1] scope, ARGV[2] lease id, ARGV[3] generation at admit, ARGV[4] probe 1/0,
+-- ARGV[5] limit generation at admit, ARGV[6] outcome (success|failure|rate_limited|ignored),
+-- ARGV[7] latency ms, ARGV[8] estimated tokens, ARGV[9] actual tokens (-1 = keep the estimate),
+-- ARGV[10] random in [0, 1) for the open-wait jitter,
+-- ARGV[11] tpm (0 = none), ARGV[12] failure rate threshold, ARGV[13] slow rate threshold,
+-- ARGV[14] slow call ms, ARGV[15] minimum calls, ARGV[16] window bucket ms, ARGV[17] window buckets,
+-- ARGV[18] open wait base ms, ARGV[19] wait growth, ARGV[20] wait max ms, ARGV[21] jitter fraction,
+-- ARGV[22] half-open probes, ARGV[23] count 429 as failure 1/0, ARGV[24] adaptive 1/0,
+-- ARGV[25] max_concurrency, ARGV[26] decrease factor, ARGV[27] increase step,
+-- ARGV[28] success window, ARGV[29] events stream max length
+-- Returns {state after, 1 if this outcome caused a transition else 0}.
+--#include _gate.lua
+
+local S, W, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local scope, id = ARGV[1], ARGV[2]
+local gen, probe, lgen = tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
+local outcome, latency = ARGV[6], tonumber(ARGV[7])
+local est, actual = tonumber(ARGV[8]), tonumber(ARGV[9])
+local tpm = tonumber(ARGV[11])
+local maxlen = ARGV[29]
+local now = now_ms()
+
+-- Releasing is idempotent, and a lease already reclaimed as expired is simply gone.
+redis.call('ZREM', L, id)
+if probe then redis.call('ZREM', P, id) end
+
+local h = redis.call('HMGET', S, 'st', 'gen', 'ttat', 'lat', 'lim', 'lgen')
+local st, cur_gen = h[1] or 'closed', num(h[2], 0)
+
+if tpm > 0 and actual >= 0 and h[3] then
+  local delta = math.min(actual, tpm) - math.min(est, tpm)
+  if delta ~= 0 then
+    redis.call('HSET', S, 'ttat', fmt(tonumber(h[3]) + delta * 60000 / tpm))
+  end
+end
+
+if outcome == 'ignored' then
+  return {st, 0}
+end
+
+local rl_fails = ARGV[23] == '1'
+local fault = outcome == 'failure' or (outcome == 'rate_limited' and rl_fails)
+local counted = outcome == 'success' or fault
+local slow = counted and latency >= tonumber(ARGV[14])
+local moved = 0
+
+if counted then
+  redis.call('HSET', S, 'lat', fmt(num(h[4], latency) * 0.8 + latency * 0.2))
+end
+
+local base, growth, max_wait = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
+local jitter, rand = tonumber(ARGV[21]), tonumber(ARGV[10])
+local slow_thr = tonumber(ARGV[13])
+
+if counted and gen == cur_gen and (st == 'closed' or st == 'forced_closed') then
+  local bucket_ms, nb = tonumber(ARGV[16]), tonumber(ARGV[17])
+  local b = win_roll(W, now, bucket_ms, nb)
+  local f, s = 0, 0
+  if fault then f = 1 end
+  if slow then s = 1 end
+  redis.call('HINCRBY', W, 'c' .. b, 1)
+  local c = redis.call('HINCRBY', W, 'c', 1)
+  if f == 1 then redis.call('HINCRBY', W, 'f' .. b, 1) end
+  if s == 1 then redis.call('HINCRBY', W, 's' .. b, 1) end
+  local fails = redis.call('HINCRBY', W, 'f', f)
+  local slows = redis.call('HINCRBY', W, 's', s)
+  -- forced_closed keeps the figures for ops but never trips.
+  if st == 'closed' and c >= tonumber(ARGV[15]) then
+    local reason = nil
+    if fails / c >= tonumber(ARGV[12]) then
+      reason = 'failure_rate'
+    elseif slows / c >= slow_thr then
+      reason = 'slow_call_rate'
+    end
+    if reason then
+      local fields = {'calls', c, 'failures', fails, 'slow', slows,
+        'failure_rate', fmt(fails / c), 'slow_rate', fmt(slows / c)}
+      trip(S, E, maxlen, scope, reason, now, fields, base, growth, max_wait, jitter, rand)
+      redis.call('DEL', W, P)
+      st, moved = 'open', 1
+    end
+  end
+elseif probe and counted and gen == cur_gen and st == 'half_open' then
+  if fault then
+    trip(S, E, maxlen, scope, 'probe_failed', now, {'outcome', outcome}, base, growth, max_wait, jitter, rand)
+    redis.call('DEL', P)
+    st, moved = 'open', 1
+  else
+    local ok = redis.call('HINCRBY', S, 'hp_ok', 1)
+    local slows = redis.call('HINCRBY', S, 'hp_slow', slow and 1 or 0)
+    if ok >= tonumber(ARGV[22]) then
+      local fields = {'probes', ok, 'slow', slows}
+      if slows / ok >= slow_thr then
+        trip(S, E, maxlen, scope, 'probe_slow', now, fields, base, growth, max_wait, jitter, rand)
+        st = 'open'
+      else
+        transition(S, E, maxlen, scope, 'closed', 'probes_succeeded', now, fields)
+        redis.call('HSET', S, 'trips', 0)
+        redis.call('HDEL', S, 'until')
+        st = 'closed'
+      end
+      redis.call('DEL', W, P)
+      moved = 1
+    end
+  end
+end
+
+-- Adaptive concurrency (AIMD): one multiplicative decrease per limit generation, so a burst of
+-- 429s from calls admitted under the same limit shrinks it once; additive growth after a run of
+-- successes. Shared by the whole fleet.
+if ARGV[24] == '1' then
+  local max_conc = tonumber(ARGV[25])
+  local lim = math.min(num(h[5], max_conc), max_conc)
+  if outcome == 'rate_limited' then
+    if lgen == num(h[6], 0) then
+      lim = math.max(1, lim * tonumber(ARGV[26]))
+      redis.call('HSET', S, 'lim', fmt(lim), 'lgen', lgen + 1, 'okrun', 0)
+    end
+  elseif outcome == 'success' then
+    local run = redis.call('HINCRBY', S, 'okrun', 1)
+    if run >= tonumber(ARGV[28]) then
+      if lim < max_conc then
+        redis.call('HSET', S, 'lim', fmt(math.min(max_conc, lim + tonumber(ARGV[27]))))
+      end
+      redis.call('HSET', S, 'okrun', 0)
+    end
+  end
+end
+
+return {st, moved}
