@@ -12,7 +12,12 @@ from pathlib import Path
 
 from shared.config import ConfigError, Settings
 
-COMMAND_MODULES: list[str] = ["producer.batch_cmds"]
+COMMAND_MODULES: list[str] = [
+    "producer.batch_cmds",
+    "producer.breakers_cmd",
+    "producer.webhooks_cmd",
+    "producer.simulate_cmd",
+]
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
