@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "producer.breakers_cmd",
     "producer.webhooks_cmd",
     "producer.simulate_cmd",
+    "producer.providers_cmd",
 ]
 
 

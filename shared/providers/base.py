@@ -40,6 +40,10 @@ class Provider(ABC):
         """Whether this provider claims ``model`` when no prefix or route names it."""
         return model in self.config.models
 
+    def cost_model(self, model: str) -> str:
+        """The model name prices are looked up under (Azure deployments name their base model)."""
+        return model
+
     @abstractmethod
     async def chat(self, req: ChatRequest, model: str) -> ProviderResponse: ...
 

@@ -1,0 +1,287 @@
+"""Anthropic Messages API (``POST /v1/messages``), translated from and to OpenAI's chat shape.
+
+System messages become the top-level ``system``; ``max_tokens`` is required, so
+a configured default (options.default_max_tokens) fills it; tool calls become
+``tool_use`` blocks and ``tool`` messages ``tool_result`` blocks. Anthropic has
+no embeddings API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from shared.config import ProviderConfig
+from shared.providers import classify
+from shared.providers.base import ProviderResponse
+from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of, unsupported
+from shared.providers.openai import usage_dict
+from shared.schema import ChatRequest, EmbeddingRequest, Usage
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+# Request fields that are Anthropic's own; other unknown (OpenAI-only) fields would be a 400 there.
+PASSTHROUGH = frozenset(
+    {"top_k", "thinking", "metadata", "service_tier", "container", "mcp_servers", "context_management"}
+)
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+    "model_context_window_exceeded": "length",
+}
+
+
+class AnthropicProvider(HTTPProvider):
+    dialect = "anthropic"
+    health_path = "v1/models"
+    health_params = {"limit": "1"}
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ProviderConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            cfg,
+            env=env,
+            transport=transport,
+            default_base_url="https://api.anthropic.com",
+            key_envs=("ANTHROPIC_API_KEY",),
+        )
+        self.base_url = self.base_url.removesuffix("/v1")
+        opts = cfg.options
+        self.default_max_tokens = int(opts.get("default_max_tokens", DEFAULT_MAX_TOKENS))
+        self.version = str(opts.get("anthropic_version", ANTHROPIC_VERSION))
+        beta = opts.get("beta")
+        self.beta = ",".join(beta) if isinstance(beta, list) else (str(beta) if beta else None)
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    def static_headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": self.version}
+        if self.beta:
+            headers["anthropic-beta"] = self.beta
+        return headers
+
+    def payload(self, req: ChatRequest, model: str) -> dict[str, Any]:
+        system, messages = convert_messages(self.name, req.messages)
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": req.output_limit() or self.default_max_tokens,
+            "messages": messages,
+        }
+        if system:
+            body["system"] = system
+        if req.temperature is not None:
+            body["temperature"] = req.temperature
+        if req.top_p is not None:
+            body["top_p"] = req.top_p
+        if req.stop:
+            body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+        if req.tools:
+            body["tools"] = [convert_tool(t) for t in req.tools]
+        choice = convert_tool_choice(req.tool_choice, req.extra.get("parallel_tool_calls"))
+        if choice and req.tools:
+            body["tool_choice"] = choice
+        if req.user:
+            body["metadata"] = {"user_id": req.user}
+        for key in PASSTHROUGH.intersection(req.extra):
+            body[key] = req.extra[key]
+        return body
+
+    async def chat(self, req: ChatRequest, model: str) -> ProviderResponse:
+        data, resp = await self.post_json("v1/messages", self.payload(req, model))
+        if not isinstance(data.get("content"), list):
+            raise self.malformed("message has no 'content' list", resp)
+        body, usage = normalize(data, model)
+        return ProviderResponse(
+            body=body, usage=usage, request_id=classify.request_id(resp.headers) or body["id"]
+        )
+
+    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        raise unsupported(self.name, "anthropic has no embeddings API")
+
+
+# -- request conversion ---------------------------------------------------
+
+
+def convert_messages(
+    provider: str, messages: list[dict[str, Any]]
+) -> tuple[str | list[dict[str, Any]], list]:
+    """OpenAI messages -> (system, Anthropic messages); consecutive same-role turns are merged."""
+    system: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        content = m.get("content")
+        if role in ("system", "developer"):
+            system += _blocks(content)
+        elif role in ("tool", "function"):
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m.get("tool_call_id") or m.get("name"),
+                "content": content if isinstance(content, str) else _blocks(content),
+            }
+            _append(out, "user", [block])
+        elif role == "assistant":
+            blocks = _blocks(content)
+            for tc in m.get("tool_calls") or ():
+                fn = tc.get("function") or {}
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": tc.get("id"),
+                        "name": fn.get("name"),
+                        "input": json_arguments(provider, fn.get("arguments")),
+                    }
+                )
+            _append(out, "assistant", blocks)
+        else:
+            _append(out, "user", _blocks(content))
+    # A plain string unless a block carries something a string cannot (cache_control).
+    if all(set(b) == {"type", "text"} for b in system):
+        return "\n\n".join(b["text"] for b in system), out
+    return system, out
+
+
+def _append(out: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    if not blocks:
+        return
+    if out and out[-1]["role"] == role:
+        out[-1]["content"].extend(blocks)
+    else:
+        out.append({"role": role, "content": blocks})
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if content is None or content == "":
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        return [{"type": "text", "text": text_of(content)}]
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            block = {"type": "text", "text": part.get("text", "")}
+            if "cache_control" in part:
+                block["cache_control"] = part["cache_control"]
+            blocks.append(block)
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url", "") if isinstance(image, dict) else str(image or "")
+            inline = data_url(url)
+            source = (
+                {"type": "base64", "media_type": inline[0], "data": inline[1]}
+                if inline
+                else {"type": "url", "url": url}
+            )
+            blocks.append({"type": "image", "source": source})
+        else:  # already an Anthropic block (image, document, ...): pass through
+            blocks.append(part)
+    return blocks
+
+
+def convert_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if tool.get("type") != "function" or "function" not in tool:
+        return tool  # an Anthropic-native tool (web search, computer use, ...)
+    fn = tool["function"]
+    out: dict[str, Any] = {
+        "name": fn.get("name"),
+        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    return out
+
+
+def convert_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None:
+        out: dict[str, Any] | None = {"type": "auto"} if parallel is False else None
+    elif choice == "auto":
+        out = {"type": "auto"}
+    elif choice == "required":
+        out = {"type": "any"}
+    elif choice == "none":
+        out = {"type": "none"}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        out = {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+    elif isinstance(choice, dict):
+        out = dict(choice)  # already Anthropic's shape
+    else:
+        out = None
+    if out is not None and parallel is False and out["type"] != "none":
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+# -- response normalization -----------------------------------------------
+
+
+def normalize(data: dict[str, Any], model: str) -> tuple[dict[str, Any], Usage]:
+    texts: list[str] = []
+    thinking: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in data["content"]:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "tool_use":
+            tool_calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": dumps(block.get("input") or {})},
+                }
+            )
+        elif kind == "thinking":
+            thinking.append(block.get("thinking", ""))
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not tool_calls else None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
+    u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    fresh = int(u.get("input_tokens") or 0)
+    read = int(u.get("cache_read_input_tokens") or 0)
+    written = int(u.get("cache_creation_input_tokens") or 0)
+    output = int(u.get("output_tokens") or 0)
+    # OpenAI's prompt_tokens include cached ones; Anthropic's input_tokens exclude both cache kinds.
+    prompt = fresh + read + written
+    usage = Usage(
+        prompt_tokens=prompt, completion_tokens=output, total_tokens=prompt + output, cached_tokens=read
+    )
+    body = {
+        "id": data.get("id"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": data.get("model") or model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": FINISH_REASONS.get(data.get("stop_reason") or "", "stop"),
+            }
+        ],
+        "usage": usage_dict(usage, cache_creation_tokens=written) if written else usage_dict(usage),
+    }
+    return body, usage

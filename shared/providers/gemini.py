@@ -1,0 +1,374 @@
+"""Google Gemini API: ``generateContent``, ``embedContent`` and ``batchEmbedContents``.
+
+OpenAI messages become ``contents``/``parts`` (roles user/model) with system
+messages in ``systemInstruction``; sampling fields go to ``generationConfig``;
+tools become ``functionDeclarations``. A prompt or answer blocked by safety
+filters is a final error that says so, not an empty completion.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import msgspec
+
+from shared.config import ProviderConfig
+from shared.errors import ErrorClass, ProviderError
+from shared.providers.base import ProviderResponse
+from shared.providers.http import HTTPProvider, data_url, decode_json, dumps, json_arguments, text_of
+from shared.providers.openai import usage_dict
+from shared.schema import ChatRequest, EmbeddingRequest, Usage
+from shared.tokens import estimate_text
+
+BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
+BLOCKED = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
+)
+# OpenAI-style extras that have a generationConfig equivalent.
+GENERATION_EXTRAS = {
+    "top_k": "topK",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+}
+# Gemini's own top-level request fields, accepted in either spelling.
+PASSTHROUGH = {
+    "safetySettings": "safetySettings",
+    "safety_settings": "safetySettings",
+    "cachedContent": "cachedContent",
+    "cached_content": "cachedContent",
+    "labels": "labels",
+}
+
+
+class GeminiProvider(HTTPProvider):
+    dialect = "gemini"
+    health_path = "models"
+    health_params = {"pageSize": "1"}
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ProviderConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            cfg,
+            env=env,
+            transport=transport,
+            default_base_url=BASE_URL,
+            key_envs=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        )
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-goog-api-key": key}
+
+    # -- chat
+    def payload(self, req: ChatRequest) -> dict[str, Any]:
+        system, contents = convert_messages(self.name, req.messages)
+        body: dict[str, Any] = {"contents": contents}
+        if system:
+            body["systemInstruction"] = {"parts": system}
+        config = generation_config(req)
+        if config:
+            body["generationConfig"] = config
+        if req.tools:
+            body["tools"] = convert_tools(req.tools)
+            choice = convert_tool_choice(req.tool_choice)
+            if choice:
+                body["toolConfig"] = {"functionCallingConfig": choice}
+        for key, target in PASSTHROUGH.items():
+            if key in req.extra:
+                body[target] = req.extra[key]
+        return body
+
+    async def chat(self, req: ChatRequest, model: str) -> ProviderResponse:
+        model = model.removeprefix("models/")
+        data, resp = await self.post_json(f"models/{model}:generateContent", self.payload(req))
+        candidates = data.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            feedback = data.get("promptFeedback") or {}
+            if feedback.get("blockReason"):
+                raise self._blocked(f"prompt blocked (blockReason {feedback['blockReason']})", feedback)
+            raise self.malformed("generateContent answer has no candidates", resp)
+        choices = [self._choice(i, c) for i, c in enumerate(candidates)]
+        if all(c is None for c in choices):
+            c0 = candidates[0]
+            raise self._blocked(f"response blocked (finishReason {c0.get('finishReason')})", c0)
+        usage = gemini_usage(data.get("usageMetadata"))
+        body = {
+            "id": data.get("responseId") or f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": data.get("modelVersion") or model,
+            "choices": [
+                c
+                or {
+                    "index": i,
+                    "message": {"role": "assistant", "content": ""},
+                    "finish_reason": "content_filter",
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": usage_dict(usage),
+        }
+        return ProviderResponse(body=body, usage=usage, request_id=data.get("responseId"))
+
+    def _choice(self, index: int, cand: dict[str, Any]) -> dict[str, Any] | None:
+        """One OpenAI choice, or None when safety filters left nothing."""
+        texts: list[str] = []
+        thoughts: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        for part in (cand.get("content") or {}).get("parts") or ():
+            if "functionCall" in part:
+                fc = part["functionCall"]
+                tool_calls.append(
+                    {
+                        "id": fc.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                        "type": "function",
+                        "function": {"name": fc.get("name"), "arguments": dumps(fc.get("args") or {})},
+                    }
+                )
+            elif part.get("thought"):
+                thoughts.append(part.get("text", ""))
+            elif "text" in part:
+                texts.append(part["text"])
+        reason = cand.get("finishReason") or "STOP"
+        if reason in BLOCKED and not texts and not tool_calls:
+            return None
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(texts) if texts or not tool_calls else None,
+        }
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        if thoughts:
+            message["reasoning_content"] = "".join(thoughts)
+        if tool_calls:
+            finish = "tool_calls"
+        else:
+            finish = "content_filter" if reason in BLOCKED else FINISH_REASONS.get(reason, "stop")
+        return {
+            "index": cand.get("index", index),
+            "message": message,
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+
+    def _blocked(self, what: str, info: dict[str, Any]) -> ProviderError:
+        flagged = [
+            f"{r.get('category')}: {r.get('probability')}"
+            for r in info.get("safetyRatings") or ()
+            if r.get("blocked") or r.get("probability") in ("MEDIUM", "HIGH")
+        ]
+        detail = f" ({', '.join(flagged)})" if flagged else ""
+        return ProviderError(
+            ErrorClass.FINAL,
+            f"{self.name}: Gemini safety filters: {what}{detail}",
+            status=400,
+            code="content_filter",
+        )
+
+    # -- embeddings
+    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        model = model.removeprefix("models/")
+        texts = req.texts()
+        task = req.extra.get("task_type") or req.extra.get("taskType") or self.config.options.get("task_type")
+
+        def one(text: str) -> dict[str, Any]:
+            r: dict[str, Any] = {"model": f"models/{model}", "content": {"parts": [{"text": text}]}}
+            if task:
+                r["taskType"] = task
+            if req.dimensions:
+                r["outputDimensionality"] = req.dimensions
+            return r
+
+        if len(texts) == 1:
+            data, resp = await self.post_json(f"models/{model}:embedContent", one(texts[0]))
+            emb = data.get("embedding")
+            vectors = [emb.get("values") if isinstance(emb, dict) else None]
+        else:
+            payload = {"requests": [one(t) for t in texts]}
+            data, resp = await self.post_json(f"models/{model}:batchEmbedContents", payload)
+            embs = data.get("embeddings")
+            vectors = [e.get("values") if isinstance(e, dict) else None for e in embs or ()]
+        if len(vectors) != len(texts) or not all(isinstance(v, list) for v in vectors):
+            raise self.malformed(f"expected {len(texts)} embeddings with 'values'", resp)
+        meta = data.get("usageMetadata")
+        prompt = int(meta.get("promptTokenCount") or 0) if isinstance(meta, dict) else 0
+        prompt = prompt or sum(estimate_text(t) for t in texts)  # the API reports no counts: estimate
+        usage = Usage(prompt_tokens=prompt, total_tokens=prompt)
+        body = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "model": model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
+        return ProviderResponse(body=body, usage=usage)
+
+
+# -- request conversion ---------------------------------------------------
+
+
+def convert_messages(
+    provider: str, messages: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """OpenAI messages -> (systemInstruction parts, contents); same-role turns are merged."""
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_call_id -> function name, for functionResponse parts
+    for m in messages:
+        role = m.get("role")
+        content = m.get("content")
+        if role in ("system", "developer"):
+            system += _parts(content)
+        elif role in ("tool", "function"):
+            name = m.get("name") or names.get(m.get("tool_call_id") or "", "")
+            part = {"functionResponse": {"name": name, "response": _tool_response(content)}}
+            _append(contents, "user", [part])
+        elif role == "assistant":
+            parts = _parts(content)
+            for tc in m.get("tool_calls") or ():
+                fn = tc.get("function") or {}
+                names[tc.get("id") or ""] = fn.get("name") or ""
+                parts.append(
+                    {
+                        "functionCall": {
+                            "name": fn.get("name"),
+                            "args": json_arguments(provider, fn.get("arguments")),
+                        }
+                    }
+                )
+            _append(contents, "model", parts)
+        else:
+            _append(contents, "user", _parts(content))
+    return system, contents
+
+
+def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
+    if not parts:
+        return
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": parts})
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if content is None or content == "":
+        return []
+    if isinstance(content, str):
+        return [{"text": content}]
+    if not isinstance(content, list):
+        return [{"text": text_of(content)}]
+    parts: list[dict[str, Any]] = []
+    for p in content:
+        if not isinstance(p, dict):
+            continue
+        kind = p.get("type")
+        if kind == "text":
+            parts.append({"text": p.get("text", "")})
+        elif kind == "image_url":
+            image = p.get("image_url")
+            url = image.get("url", "") if isinstance(image, dict) else str(image or "")
+            inline = data_url(url)
+            if inline:
+                parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
+            else:
+                parts.append({"fileData": {"fileUri": url}})
+        elif kind is None:  # already a Gemini part
+            parts.append(p)
+    return parts
+
+
+def _tool_response(content: Any) -> dict[str, Any]:
+    """functionResponse.response must be an object: a JSON object result as is, anything else wrapped."""
+    text = text_of(content)
+    try:
+        value = decode_json(text)
+    except msgspec.DecodeError:
+        return {"result": text}
+    return value if isinstance(value, dict) else {"result": value}
+
+
+def generation_config(req: ChatRequest) -> dict[str, Any]:
+    gc: dict[str, Any] = {}
+    if req.temperature is not None:
+        gc["temperature"] = req.temperature
+    if req.top_p is not None:
+        gc["topP"] = req.top_p
+    limit = req.output_limit()
+    if limit is not None:
+        gc["maxOutputTokens"] = limit
+    if req.stop:
+        gc["stopSequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    if req.n and req.n > 1:
+        gc["candidateCount"] = req.n
+    if req.seed is not None:
+        gc["seed"] = req.seed
+    rf = req.response_format or {}
+    if rf.get("type") == "json_object":
+        gc["responseMimeType"] = "application/json"
+    elif rf.get("type") == "json_schema":
+        gc["responseMimeType"] = "application/json"
+        schema = (rf.get("json_schema") or {}).get("schema")
+        if schema:
+            gc["responseJsonSchema"] = schema
+    for key, target in GENERATION_EXTRAS.items():
+        if key in req.extra:
+            gc[target] = req.extra[key]
+    own = req.extra.get("generationConfig") or req.extra.get("generation_config")
+    if isinstance(own, dict):
+        gc.update(own)
+    return gc
+
+
+def convert_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    declarations: list[dict[str, Any]] = []
+    native: list[dict[str, Any]] = []
+    for t in tools:
+        fn = t.get("function") if t.get("type") == "function" else None
+        if not isinstance(fn, dict):
+            native.append(t)  # a Gemini tool as is (googleSearch, codeExecution, ...)
+            continue
+        decl: dict[str, Any] = {"name": fn.get("name")}
+        if fn.get("description"):
+            decl["description"] = fn["description"]
+        if fn.get("parameters"):
+            # The JSON Schema field: the older ``parameters`` rejects e.g. additionalProperties.
+            decl["parametersJsonSchema"] = fn["parameters"]
+        declarations.append(decl)
+    return ([{"functionDeclarations": declarations}] if declarations else []) + native
+
+
+def convert_tool_choice(choice: Any) -> dict[str, Any] | None:
+    if choice == "auto":
+        return {"mode": "AUTO"}
+    if choice == "required":
+        return {"mode": "ANY"}
+    if choice == "none":
+        return {"mode": "NONE"}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"mode": "ANY", "allowedFunctionNames": [(choice.get("function") or {}).get("name")]}
+    return None
+
+
+def gemini_usage(meta: Any) -> Usage:
+    if not isinstance(meta, dict):
+        return Usage()
+    prompt = int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount") or 0)
+    # Thinking tokens are billed as output.
+    completion = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=int(meta.get("totalTokenCount") or prompt + completion),
+        cached_tokens=int(meta.get("cachedContentTokenCount") or 0),
+    )

@@ -1,0 +1,209 @@
+"""OpenAI chat completions and embeddings, and every OpenAI-compatible API as a preset of it.
+
+A preset is a default base URL and key variable (plus, for APIs that reject
+OpenAI-only field names, a few renames). Azure OpenAI differs in URLs and auth
+and gets a small subclass. Requests go out in OpenAI's shape with unknown
+fields kept; answers are already ``chat.completion`` / embedding lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import httpx
+
+from shared.config import ProviderConfig
+from shared.errors import ProviderError
+from shared.providers import classify
+from shared.providers.base import ProviderResponse
+from shared.providers.http import HTTPProvider
+from shared.schema import ChatRequest, EmbeddingRequest, Usage
+
+AZURE_API_VERSION = "2024-10-21"  # latest GA data-plane version
+_NO_RENAMES: Mapping[str, str] = MappingProxyType({})
+_MAX_TOKENS = MappingProxyType({"max_completion_tokens": "max_tokens"})
+
+
+class Preset(NamedTuple):
+    base_url: str | None
+    key_envs: tuple[str, ...]
+    key_required: bool = True
+    # OpenAI field -> the name this API accepts (applied only when the target field is absent)
+    renames: Mapping[str, str] = _NO_RENAMES
+
+
+PRESETS: dict[str, Preset] = {
+    "openai": Preset("https://api.openai.com/v1", ("OPENAI_API_KEY",)),
+    "azure": Preset(None, ("AZURE_OPENAI_API_KEY",)),
+    "groq": Preset("https://api.groq.com/openai/v1", ("GROQ_API_KEY",)),
+    "openrouter": Preset("https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY",)),
+    "xai": Preset("https://api.x.ai/v1", ("XAI_API_KEY",)),
+    "together": Preset("https://api.together.xyz/v1", ("TOGETHER_API_KEY",), renames=_MAX_TOKENS),
+    # Mistral rejects unknown fields (422) and calls the seed ``random_seed``.
+    "mistral": Preset(
+        "https://api.mistral.ai/v1",
+        ("MISTRAL_API_KEY",),
+        renames=MappingProxyType({"max_completion_tokens": "max_tokens", "seed": "random_seed"}),
+    ),
+    "deepseek": Preset("https://api.deepseek.com", ("DEEPSEEK_API_KEY",), renames=_MAX_TOKENS),
+    "lmstudio": Preset("http://localhost:1234/v1", ("LMSTUDIO_API_KEY",), key_required=False),
+    "vllm": Preset("http://localhost:8000/v1", ("VLLM_API_KEY",), key_required=False),
+    "huggingface": Preset("https://router.huggingface.co/v1", ("HF_TOKEN", "HUGGINGFACE_API_KEY")),
+}
+
+
+class OpenAIProvider(HTTPProvider):
+    dialect = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ProviderConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        preset = PRESETS.get(cfg.type, PRESETS["openai"])
+        super().__init__(
+            name,
+            cfg,
+            env=env,
+            transport=transport,
+            default_base_url=preset.base_url,
+            key_envs=preset.key_envs,
+            key_required=preset.key_required,
+        )
+        self._renames = preset.renames
+
+    # -- URLs and payloads (Azure overrides these)
+    def chat_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
+        return "chat/completions", None
+
+    def embed_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
+        return "embeddings", None
+
+    def payload(self, req: ChatRequest | EmbeddingRequest, model: str) -> dict[str, Any]:
+        body = req.to_body()
+        body["model"] = model
+        for src, dst in self._renames.items():
+            if src in body:
+                value = body.pop(src)
+                body.setdefault(dst, value)
+        return body
+
+    # -- calls
+    async def chat(self, req: ChatRequest, model: str) -> ProviderResponse:
+        url, params = self.chat_url(model)
+        data, resp = await self.post_json(url, self.payload(req, model), params=params)
+        if not isinstance(data.get("choices"), list) or not data["choices"]:
+            raise self._no_result(data, resp, "chat response has no 'choices'")
+        data.setdefault("object", "chat.completion")
+        usage = openai_usage(data.get("usage"))
+        if not isinstance(data.get("usage"), dict):
+            data["usage"] = usage_dict(usage)
+        return ProviderResponse(
+            body=data, usage=usage, request_id=classify.request_id(resp.headers) or data.get("id")
+        )
+
+    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        url, params = self.embed_url(model)
+        data, resp = await self.post_json(url, self.payload(req, model), params=params)
+        if not isinstance(data.get("data"), list):
+            raise self._no_result(data, resp, "embedding response has no 'data' list")
+        data.setdefault("object", "list")
+        usage = openai_usage(data.get("usage"))
+        if not isinstance(data.get("usage"), dict):
+            data["usage"] = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
+        return ProviderResponse(body=data, usage=usage, request_id=classify.request_id(resp.headers))
+
+    def _no_result(self, data: dict[str, Any], resp: httpx.Response, detail: str) -> ProviderError:
+        # Some gateways (OpenRouter) answer 200 with an error object when the upstream model failed.
+        err = data.get("error")
+        if err:
+            code = err.get("code") if isinstance(err, dict) else None
+            status = code if isinstance(code, int) and 400 <= code < 600 else 502
+            return self.error(status, data, resp.headers)
+        return self.malformed(detail, resp)
+
+
+class AzureOpenAIProvider(OpenAIProvider):
+    """Azure OpenAI: ``{endpoint}/openai/deployments/{deployment}/...?api-version=``, ``api-key`` header.
+
+    options: ``api_version``; ``deployments`` {model: deployment} (default: the model name is the
+    deployment); ``base_model`` (a name, or {model: name}) to price calls by, since Azure deployments
+    are named by the user.
+    """
+
+    health_path = "openai/models"
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ProviderConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(name, cfg, env=env, transport=transport)
+        opts = cfg.options
+        self.base_url = self.base_url.removesuffix("/openai")
+        self.api_version = str(opts.get("api_version") or AZURE_API_VERSION)
+        self.deployments: dict[str, str] = {
+            str(k): str(v) for k, v in (opts.get("deployments") or {}).items()
+        }
+        self.base_model: str | dict[str, str] | None = opts.get("base_model")
+        self._params = {"api-version": self.api_version}
+        self.health_params = self._params
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"api-key": key}
+
+    def deployment(self, model: str) -> str:
+        return self.deployments.get(model, model)
+
+    def chat_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
+        return f"openai/deployments/{self.deployment(model)}/chat/completions", self._params
+
+    def embed_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
+        return f"openai/deployments/{self.deployment(model)}/embeddings", self._params
+
+    def payload(self, req: ChatRequest | EmbeddingRequest, model: str) -> dict[str, Any]:
+        body = super().payload(req, model)
+        body.pop("model", None)  # the deployment in the URL decides the model
+        return body
+
+    def cost_model(self, model: str) -> str:
+        bm = self.base_model
+        if isinstance(bm, dict):
+            return str(bm.get(model, model))
+        return str(bm) if bm else model
+
+
+def openai_usage(u: Any) -> Usage:
+    """OpenAI's usage object (cached tokens in prompt_tokens_details; DeepSeek's prompt_cache_hit_tokens)."""
+    if not isinstance(u, dict):
+        return Usage()
+    prompt = int(u.get("prompt_tokens") or 0)
+    completion = int(u.get("completion_tokens") or 0)
+    details = u.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=int(u.get("total_tokens") or prompt + completion),
+        cached_tokens=int(cached or u.get("prompt_cache_hit_tokens") or 0),
+    )
+
+
+def usage_dict(usage: Usage, **extra: Any) -> dict[str, Any]:
+    """A Usage in OpenAI's response shape."""
+    d: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cached_tokens or extra:
+        d["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens, **extra}
+    return d
