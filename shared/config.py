@@ -33,7 +33,8 @@ class WorkerConfig(_Section):
     poll_delay: float = Field(0.01, gt=0)
     # arq re-runs a killed worker's job only after job_timeout + 10 s; keep it near the slowest call.
     job_timeout: float = Field(300.0, gt=0)
-    max_tries: int = Field(50, ge=1)
+    # arq counts every deferral (saturated provider, long Retry-After) as a try.
+    max_tries: int = Field(1000, ge=2)
 
 
 class SimulatedConfig(_Section):

@@ -102,6 +102,10 @@ class Keys:
         """Sorted set: concurrency lease id -> expiry (Redis server time, ms)."""
         return f"{self.ns}:gate:{{{scope}}}:leases"
 
+    def gate_waiting(self, scope: str) -> str:
+        """Sorted set: deferred job id -> when it is told to come back (server ms); a virtual line."""
+        return f"{self.ns}:gate:{{{scope}}}:waiting"
+
     def gate_probes(self, scope: str) -> str:
         """Sorted set: half-open probe lease id -> expiry (Redis server time, ms)."""
         return f"{self.ns}:gate:{{{scope}}}:probes"

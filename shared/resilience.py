@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
+from shared.scripts import ScriptCall
 from shared.config import FileConfig, ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.gate_policy import EVENTS_MAXLEN, Policy, resolve
@@ -133,15 +134,17 @@ class Gate:
         return self.policy(provider, model if sep else None)
 
     # -- hot path ------------------------------------------------------------
-    async def admit(self, provider: str, model: str | None, est_tokens: int) -> Admission:
+    async def admit(self, provider: str, model: str | None, est_tokens: int, waiter: str = "") -> Admission:
+        """``waiter`` (a job id) joins the scope's virtual line when saturated: ``retry_in`` then says
+        when its turn should come, so deferred jobs come back spread out instead of all at once."""
         pol = self.policy(provider, model)
         scope = pol.scope
         k = self.keys
         lease = f"{self._prefix}:{next(self._ids)}"
         res = await self._call(
             self._admit,
-            [k.gate_state(scope), k.gate_leases(scope), k.gate_probes(scope), k.breaker_events],
-            [scope, lease, max(0, int(est_tokens)), *pol.admit_args],
+            [k.gate_state(scope), k.gate_leases(scope), k.gate_probes(scope), k.breaker_events, k.gate_waiting(scope)],
+            [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter],
         )
         if res[0] == 1:
             return Admission(
@@ -161,39 +164,37 @@ class Gate:
         reason: Any = _str(res[1])
         return Admission(False, provider, model, scope, reason=reason, retry_in=res[2] / 1000)
 
-    async def settle(
-        self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None
-    ) -> None:
+    async def settle(self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None) -> None:
         """Release the lease and record the outcome. ``actual_tokens`` None keeps the estimate."""
+        call = self.settle_call(adm, outcome, latency_ms, actual_tokens)
+        if call is not None:
+            await self._call(*call)
+
+    def settle_call(
+        self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None
+    ) -> ScriptCall | None:
+        """The settle script call, for callers that pipeline it with their own writes (one round trip)."""
         if not adm.ok:
-            return
+            return None
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
         pol = adm.policy or self.policy(adm.provider, adm.model)
         k, scope = self.keys, adm.scope
-        await self._call(
-            self._settle,
-            [
-                k.gate_state(scope),
-                k.gate_window(scope),
-                k.gate_leases(scope),
-                k.gate_probes(scope),
-                k.breaker_events,
-            ],
-            [
-                scope,
-                adm.lease,
-                adm.generation,
-                int(adm.probe),
-                adm.limit_generation,
-                outcome,
-                repr(float(latency_ms)),
-                adm.est_tokens,
-                -1 if actual_tokens is None else max(0, int(actual_tokens)),
-                repr(random.random()),
-                *pol.settle_args,
-            ],
-        )
+        keys = [k.gate_state(scope), k.gate_window(scope), k.gate_leases(scope), k.gate_probes(scope), k.breaker_events]
+        args = [
+            scope,
+            adm.lease,
+            adm.generation,
+            int(adm.probe),
+            adm.limit_generation,
+            outcome,
+            repr(float(latency_ms)),
+            adm.est_tokens,
+            -1 if actual_tokens is None else max(0, int(actual_tokens)),
+            repr(random.random()),
+            *pol.settle_args,
+        ]
+        return ScriptCall(self._settle, keys, args)
 
     async def renew(self, adm: Admission) -> bool:
         """Extend the call's lease (and probe lease); False if it had already expired and was reclaimed."""
@@ -214,31 +215,43 @@ class Gate:
 
     @contextlib.asynccontextmanager
     async def keepalive(self, adm: Admission) -> AsyncIterator[None]:
-        """Renew the lease every third of its length while the block runs (long calls only pay)."""
+        """Renew the lease every third of its length while the block runs.
+
+        Only a timer is armed up front: the renewing task starts if the call outlives the
+        first period, so the usual short call pays nothing.
+        """
         if not adm.ok or adm.policy is None:
             yield
             return
         every = min(adm.policy.limits.lease_seconds, adm.policy.breaker.probe_lease_seconds) / 3
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[None] | None = None
 
-        async def loop() -> None:
+        async def renew_loop() -> None:
             while True:
-                await asyncio.sleep(every)
                 try:
                     held = await self.renew(adm)
                 except RedisUnavailable as e:
                     log.warning("lease of a %s call not renewed: %s", adm.scope, e)
-                    continue
+                    held = True
                 if not held:  # stalled longer than a lease: the slot may already be someone else's
                     log.warning("lease of a %s call expired before it was renewed", adm.scope)
                     return
+                await asyncio.sleep(every)
 
-        task = asyncio.create_task(loop())
+        def start() -> None:
+            nonlocal task
+            task = loop.create_task(renew_loop())
+
+        timer = loop.call_later(every, start)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            timer.cancel()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # -- ops -------------------------------------------------------------------
     async def force(self, provider: str, state: str) -> None:

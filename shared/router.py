@@ -362,8 +362,7 @@ def default_price_model(c: Candidate) -> str:
     (Azure) names the real model in ``options.base_model``."""
     if c.provider.type == "simulated":
         return f"{c.provider.name}/{c.model}"
-    base = c.provider.config.options.get("base_model")
-    return base if isinstance(base, str) and base else c.model
+    return c.provider.cost_model(c.model)
 
 
 def _check_route(name: str, route: RouteConfig) -> None:

@@ -1,4 +1,4 @@
-"""Loads the Lua scripts that sit beside this module (shared/lua/*.lua).
+"""Loads the Lua scripts that sit beside this module (shared/lua/*.lua) and runs them.
 
 A line ``--#include NAME.lua`` is replaced by that file, so scripts can share
 small Lua helpers without copying them.
@@ -6,11 +6,14 @@ small Lua helpers without copying them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 _DIR = Path(__file__).parent / "lua"
 
@@ -29,3 +32,37 @@ def source(name: str) -> str:
 def load(redis: Redis, name: str) -> AsyncScript:
     """A script object that runs by EVALSHA and reloads itself after a server restart."""
     return redis.register_script(source(name))
+
+
+class ScriptCall(NamedTuple):
+    script: AsyncScript
+    keys: list[str]
+    args: list[Any]
+
+
+async def run_pipelined(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Several script calls in ONE round trip (EVALSHA each, in order, not atomic together).
+
+    redis-py's own pipelined scripts check SCRIPT EXISTS on every execute, an extra
+    round trip; here a script the server lacks (it restarted) is loaded, and only the
+    calls that were refused for it run again.
+    """
+    results = await _evalsha_all(redis, calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {id(calls[i].script): calls[i].script for i in missing}.values():
+            await redis.script_load(script.script)
+        again = await _evalsha_all(redis, [calls[i] for i in missing])
+        for i, r in zip(missing, again, strict=True):
+            results[i] = r
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
+async def _evalsha_all(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for c in calls:
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        return list(await pipe.execute(raise_on_error=False))

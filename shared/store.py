@@ -19,6 +19,7 @@ from shared import codec, scripts, usage
 from shared.config import BatchConfig
 from shared.keys import ARQ_JOB, Keys
 from shared.schema import JobResult, JobSpec
+from shared.scripts import ScriptCall
 
 JOB_FUNCTION = {"chat": "chat", "embed": "embed"}
 FINALIZE_FUNCTION = "finalize_batch"
@@ -64,6 +65,7 @@ class Store:
         self._complete = scripts.load(redis, "complete")
         self._seal = scripts.load(redis, "seal")
         self._cancel = scripts.load(redis, "cancel")
+        self._finalize_jobs: dict[str, tuple[str, str, bytes]] = {}
 
     # -- arq payloads ----------------------------------------------------
     @staticmethod
@@ -75,12 +77,20 @@ class Store:
         )  # fmt: skip
 
     def finalize_job(self, batch_id: str) -> tuple[str, str, bytes]:
-        """(arq job key, job id, payload) of the job that finalizes ``batch_id`` (queued by Lua, once)."""
-        job_id = f"finalize:{self.keys.ns}:{batch_id}"
-        payload = serialize_job(
-            FINALIZE_FUNCTION, (batch_id,), {}, None, int(time.time() * 1000), serializer=codec.arq_serializer
-        )
-        return ARQ_JOB + job_id, job_id, payload
+        """(arq job key, job id, payload) of the job that finalizes ``batch_id`` (queued by Lua, once).
+
+        Every completion passes it along (Lua queues it only for the last line), so it is cached.
+        """
+        hit = self._finalize_jobs.get(batch_id)
+        if hit is None:
+            if len(self._finalize_jobs) > 1000:
+                self._finalize_jobs.clear()
+            job_id = f"finalize:{self.keys.ns}:{batch_id}"
+            payload = serialize_job(
+                FINALIZE_FUNCTION, (batch_id,), {}, None, int(time.time() * 1000), serializer=codec.arq_serializer
+            )
+            hit = self._finalize_jobs[batch_id] = (ARQ_JOB + job_id, job_id, payload)
+        return hit
 
     # -- producer side ---------------------------------------------------
     async def create_batch(self, batch_id: str, fields: dict[str, Any]) -> bool:
@@ -129,11 +139,19 @@ class Store:
     # -- worker side -----------------------------------------------------
     async def complete(self, result: JobResult, tenant: str | None = None) -> tuple[bool, str | None]:
         """Store a result once, with its counters and usage. -> (written, new batch status or None)."""
+        c = self.complete_call(result, tenant)
+        return self.completed(await c.script(keys=c.keys, args=c.args))
+
+    @staticmethod
+    def completed(reply: Any) -> tuple[bool, str | None]:
+        """Decode complete.lua's reply."""
+        written, status = reply
+        return bool(written), (status.decode() if status else None)
+
+    def complete_call(self, result: JobResult, tenant: str | None = None) -> ScriptCall:
+        """The complete.lua call for ``result`` (callers may pipeline it with the gate's settle)."""
         payload = codec.encode_result(result)
         now = time.time()
-        pairs, cost_field = usage.counters(result, tenant)
-        u = result.usage
-        tokens = (u.prompt_tokens, u.completion_tokens, u.cached_tokens) if u else (0, 0, 0)
         b = result.batch_id
         usage_key = self.keys.usage_minute(int(now // 60))
         if b is None:
@@ -147,10 +165,9 @@ class Store:
             ]  # fmt: skip
         args = [
             result.line, payload, "1" if result.ok else "0", now, fin_id, fin_payload, usage.USAGE_TTL_S,
-            self.cfg.results_ttl_s, result.cost_usd, cost_field if result.cost_usd else "", *tokens, *pairs,
+            self.cfg.results_ttl_s, *usage.script_args(result, tenant),
         ]  # fmt: skip
-        written, status = await self._complete(keys=keys, args=args)
-        return bool(written), (status.decode() if status else None)
+        return ScriptCall(self._complete, keys, args)
 
     async def finalize(self, batch_id: str) -> dict[str, str]:
         """Run by the finalize job: finalizing -> completed, and results get their TTL."""

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from shared.keys import Keys
 from shared.schema import JobResult
 
+# Minute-bucket metrics: req, in, out, cached, cost, err:<class>, lat:<bucket>.
 # Latency histogram upper bounds in ms (the last bucket is everything slower).
 LATENCY_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 USAGE_TTL_S = 8 * 24 * 3600
@@ -37,17 +38,13 @@ def latency_bucket(ms: float) -> str:
     return "inf"
 
 
-def counters(r: JobResult, tenant: str | None) -> tuple[list[str | int], str]:
-    """Flat (field, increment) pairs for the minute bucket, and the cost field name."""
-    d = dims(r, tenant)
-    out: list[str | int] = [f"{d}|req", 1, f"{d}|lat:{latency_bucket(r.latency_ms)}", 1]
-    if r.error is not None:
-        out += [f"{d}|err:{r.error.error_class}", 1]
-    if r.usage is not None:
-        out += [f"{d}|in", r.usage.prompt_tokens, f"{d}|out", r.usage.completion_tokens]
-        if r.usage.cached_tokens:
-            out += [f"{d}|cached", r.usage.cached_tokens]
-    return out, f"{d}|cost"
+def script_args(r: JobResult, tenant: str | None) -> list[str | int | float]:
+    """complete.lua's usage arguments: cost, prompt/completion/cached tokens, dimensions, latency
+    bucket and error class; the script adds them to the minute bucket as '<dims>|<metric>' fields."""
+    u = r.usage
+    tokens = (u.prompt_tokens, u.completion_tokens, u.cached_tokens) if u is not None else (0, 0, 0)
+    err = r.error.error_class if r.error is not None else ""
+    return [r.cost_usd, *tokens, dims(r, tenant), latency_bucket(r.latency_ms), err]
 
 
 @dataclass

@@ -1,13 +1,18 @@
 -- Admit one provider call, or say why not: breaker (incl. the half-open probe lease), concurrency
 -- lease against the (adaptive) limit, and rpm/tpm reservation, all in one step.
--- KEYS[1] state hash, KEYS[2] leases zset, KEYS[3] probes zset, KEYS[4] events stream
+-- KEYS[1] state hash, KEYS[2] leases zset, KEYS[3] probes zset, KEYS[4] events stream,
+-- KEYS[5] waiting zset (jobs deferred because the scope was saturated)
 -- ARGV[1] scope, ARGV[2] lease id, ARGV[3] estimated tokens,
 -- ARGV[4] max_concurrency, ARGV[5] rpm (0 = none), ARGV[6] tpm (0 = none), ARGV[7] lease ms,
 -- ARGV[8] probe lease ms, ARGV[9] half-open probes, ARGV[10] adaptive 1/0,
--- ARGV[11] retry hint ms while forced open, ARGV[12] events stream max length
+-- ARGV[11] retry hint ms while forced open, ARGV[12] events stream max length,
+-- ARGV[13] waiter id ('' = the caller will not defer): a saturated scope keeps a virtual line of
+-- deferred jobs and tells each to come back about when its turn comes, so a deep backlog does not
+-- spin through the queue being refused over and over.
 -- Returns {1, gen, probe 1/0, limit generation, effective limit, in flight} when admitted,
 -- {0, reason, retry_ms} when not.
 --#include _gate.lua
+unpack_policy(4)  -- ARGV[4..12] arrive packed in ARGV[4]
 
 local S, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local scope, id = ARGV[1], ARGV[2]
@@ -50,10 +55,21 @@ if ARGV[10] == '1' then
   limit = math.max(1, math.floor(math.min(num(h[3], max_conc), max_conc)))
 end
 local inflight = redis.call('ZCARD', L)
+local waiter = ARGV[13] or ''
 if inflight >= limit then
   -- Until a slot frees: about one mean call latency spread over the calls in flight.
   local lat = num(h[7], 100)
-  return {0, 'saturated', math.ceil(math.max(5, lat / math.max(1, inflight)))}
+  local wait = math.max(5, lat / math.max(1, inflight))
+  if waiter ~= '' then
+    local W = KEYS[5]
+    redis.call('ZREMRANGEBYSCORE', W, '-inf', fmt(now - 2000))
+    local ahead = redis.call('ZCOUNT', W, fmt(now), '+inf')
+    if redis.call('ZSCORE', W, waiter) then ahead = ahead - 1 end
+    -- slots free at about limit / latency per ms: come back when the jobs ahead have had theirs
+    wait = math.max(wait, (ahead + 1) * lat / limit)
+    redis.call('ZADD', W, fmt(now + wait), waiter)
+  end
+  return {0, 'saturated', math.ceil(wait)}
 end
 
 -- 3. rate: GCRA with a one-minute burst; tat is when the bucket would be empty again.
@@ -73,6 +89,7 @@ if tpm > 0 then
 end
 
 redis.call('ZADD', L, fmt(now + lease_ms), id)
+if waiter ~= '' then redis.call('ZREM', KEYS[5], waiter) end
 if probe == 1 then redis.call('ZADD', P, fmt(now + probe_ms), id) end
 if rtat then redis.call('HSET', S, 'rtat', fmt(rtat)) end
 if ttat then redis.call('HSET', S, 'ttat', fmt(ttat)) end

@@ -3,8 +3,9 @@
 -- KEYS[4] usage minute hash, KEYS[5] arq queue, KEYS[6] finalize job key
 -- ARGV[1] index, ARGV[2] result payload, ARGV[3] '1' ok / '0' failed, ARGV[4] now (unix s),
 -- ARGV[5] finalize job id, ARGV[6] finalize payload, ARGV[7] usage key TTL s, ARGV[8] result TTL s
--- (single jobs), ARGV[9] cost usd, ARGV[10] usage cost field, ARGV[11..13] prompt, completion and
--- cached tokens (batch totals), then pairs (usage field, integer increment) for the minute bucket.
+-- (single jobs), ARGV[9] cost usd, ARGV[10..12] prompt, completion and cached tokens,
+-- ARGV[13] usage dimensions 'provider|model|tenant|batch', ARGV[14] latency bucket, ARGV[15] error
+-- class ('' = ok): the minute bucket's fields are '<dimensions>|<metric>' (see shared/usage.py).
 -- Returns {written, status}: written=0 means a re-run job already recorded it (nothing counted again).
 --#include _finish.lua
 local single = KEYS[2] == ''
@@ -13,10 +14,15 @@ if single then
 elseif redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return {0, false}
 end
-for i = 14, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+local d = ARGV[13] .. '|'
+redis.call('HINCRBY', KEYS[4], d .. 'req', 1)
+redis.call('HINCRBY', KEYS[4], d .. 'lat:' .. ARGV[14], 1)
+if ARGV[15] ~= '' then redis.call('HINCRBY', KEYS[4], d .. 'err:' .. ARGV[15], 1) end
+local metrics = {'in', 'out', 'cached'}
+for j = 1, 3 do
+  if ARGV[9 + j] ~= '0' then redis.call('HINCRBY', KEYS[4], d .. metrics[j], ARGV[9 + j]) end
 end
-if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[4], ARGV[10], ARGV[9]) end
+if tonumber(ARGV[9]) > 0 then redis.call('HINCRBYFLOAT', KEYS[4], d .. 'cost', ARGV[9]) end
 redis.call('EXPIRE', KEYS[4], ARGV[7])
 if single then return {1, false} end
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -28,6 +34,6 @@ end
 if tonumber(ARGV[9]) > 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'cost_usd', ARGV[9]) end
 local names = {'prompt_tokens', 'completion_tokens', 'cached_tokens'}
 for j = 1, 3 do
-  if ARGV[10 + j] ~= '0' then redis.call('HINCRBY', KEYS[3], names[j], ARGV[10 + j]) end
+  if ARGV[9 + j] ~= '0' then redis.call('HINCRBY', KEYS[3], names[j], ARGV[9 + j]) end
 end
 return {1, finish(KEYS[3], ARGV[4], KEYS[5], KEYS[6], ARGV[5], ARGV[6])}

@@ -14,6 +14,7 @@
 -- ARGV[28] success window, ARGV[29] events stream max length
 -- Returns {state after, 1 if this outcome caused a transition else 0}.
 --#include _gate.lua
+unpack_policy(11)  -- ARGV[11..29] arrive packed in ARGV[11]
 
 local S, W, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local scope, id = ARGV[1], ARGV[2]

@@ -42,7 +42,8 @@ class Provider(ABC):
 
     def cost_model(self, model: str) -> str:
         """The model name prices are looked up under (Azure deployments name their base model)."""
-        return model
+        base = self.config.options.get("base_model")
+        return base if isinstance(base, str) and base else model
 
     @abstractmethod
     async def chat(self, req: ChatRequest, model: str) -> ProviderResponse: ...

@@ -155,10 +155,6 @@ class HTTPProvider(Provider):
     def serves(self, model: str) -> bool:
         return model in self._models
 
-    def cost_model(self, model: str) -> str:
-        """The model name to price a call by (Azure: the configured base model of a deployment)."""
-        return model
-
     # -- subclass hooks
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"}
