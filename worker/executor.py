@@ -1,31 +1,34 @@
-"""Runs one job: route, call providers with retries and fallback, store the result once."""
+"""Runs one job: route, pass the gate, call the provider, retry or fall back, store the result once.
+
+Redis round trips per job on the happy path: one ``admit`` (breaker + concurrency
+lease + rate reservation) and one pipelined ``settle`` + ``complete`` (release,
+breaker window, exactly-once result, counters, usage), on top of arq's own.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass
 
+import httpx
 from arq import Retry
 
 from shared import codec
-from shared.config import RetryConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.providers.base import ProviderResponse
+from shared.resilience import Admission, Gate, RedisUnavailable, outcome_of
+from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
-from shared.schema import (
-    Attempt,
-    ChatRequest,
-    ErrorInfo,
-    JobResult,
-    JobSpec,
-    RequestError,
-)
+from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
+from shared.scripts import ScriptCall, run_pipelined
 from shared.store import Store
+from shared.tokens import estimate_messages, estimate_text
 
-# Waits longer than this are not slept in a worker slot: the job is re-deferred through arq.
-MAX_INLINE_WAIT_S = 2.0
+DEFAULT_OUTPUT_ESTIMATE = 256  # tokens reserved for a reply whose request sets no max_tokens
+MAX_DEFER_S = 60.0
 
 
 @dataclass(slots=True)
@@ -33,31 +36,125 @@ class Outcome:
     response: ProviderResponse | None
     candidate: Candidate | None
     error: ErrorInfo | None
+    settle: ScriptCall | None = None  # the last attempt's settle, sent with the result write
+
+
+class Deferred(Exception):
+    """Every candidate refused admission (saturated / open): come back in ``delay`` seconds."""
+
+    def __init__(self, delay: float, reasons: list[str]) -> None:
+        super().__init__(f"all candidates unavailable ({', '.join(reasons)}); retry in {delay:.2f}s")
+        self.delay = delay
 
 
 class Executor:
-    def __init__(self, store: Store, router: Router, retry: RetryConfig) -> None:
+    def __init__(self, store: Store, router: Router, gate: Gate, policy: RetryPolicy, max_tries: int = 1000) -> None:
         self.store = store
         self.router = router
-        self.retry = retry
+        self.gate = gate
+        self.policy = policy
+        self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
 
-    async def run(self, raw: bytes, job_try: int = 1) -> JobResult:
+    async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
+        """Run the job; None when it was deferred (arq re-queues it) instead of finishing."""
         spec = codec.decode_spec(raw)
         started = time.perf_counter()
         attempts: list[Attempt] = []
         try:
             candidates = self.router.candidates(spec.req().model)
         except RequestError as e:
-            outcome = Outcome(
-                None, None, ErrorInfo(code=e.code, message=e.message, error_class="final", status=400)
-            )
+            outcome = Outcome(None, None, ErrorInfo(code=e.code, message=e.message, status=400))
         else:
-            outcome = await self._call(spec, candidates, attempts)
+            try:
+                outcome = await self._call(spec, candidates, attempts)
+            except Deferred as d:
+                if job_try < self.max_tries:
+                    raise Retry(defer=d.delay) from None
+                info = ErrorInfo(code="providers_unavailable", message=str(d), error_class="unavailable", status=503)
+                outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
-        written, _ = await self.store.complete(result, spec.tenant)
+        calls = [c for c in (outcome.settle, self.store.complete_call(result, spec.tenant)) if c is not None]
+        try:
+            replies = await run_pipelined(self.store.redis, calls)
+        except (OSError, ConnectionError) as e:
+            raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
+        written, _ = self.store.completed(replies[-1])
         if written and spec.webhook:
             await self._job_webhook(spec.webhook, result)
         return result
+
+    def _estimate(self, spec: JobSpec) -> int:
+        if spec.request is not None:
+            return estimate_messages(spec.request.messages) + (spec.request.output_limit() or DEFAULT_OUTPUT_ESTIMATE)
+        assert spec.embed is not None
+        return sum(estimate_text(t) for t in spec.embed.texts())
+
+    async def _call(self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt]) -> Outcome:
+        req = spec.req()
+        est = self._estimate(spec)
+        last: ProviderError | None = None
+        denied: list[Admission] = []
+        for cand in candidates:
+            for n in range(self.policy.max_attempts):
+                adm = await self.gate.admit(cand.provider.name, cand.model, est, waiter=spec.id)
+                if not adm.ok:
+                    denied.append(adm)
+                    break  # saturated / open: the next candidate, or defer the job
+                self.router.started(cand)
+                t0 = time.perf_counter()
+                resp: ProviderResponse | None = None
+                err: ProviderError | None = None
+                try:
+                    async with self.gate.keepalive(adm):
+                        if isinstance(req, ChatRequest):
+                            resp = await cand.provider.chat(req, cand.model)
+                        else:
+                            resp = await cand.provider.embed(req, cand.model)
+                except ProviderError as e:
+                    err = e
+                except (TimeoutError, OSError, httpx.TransportError) as e:
+                    err = ProviderError(ErrorClass.TRANSIENT, f"{type(e).__name__}: {e}", code="timeout")
+                except BaseException:
+                    # cancelled (shutdown, job timeout): free the slot now, say nothing about health
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.gate.settle(adm, "ignored", _ms(t0), 0))
+                    raise
+                latency = _ms(t0)
+                provider_fault = err is not None and err.error_class in (ErrorClass.TRANSIENT, ErrorClass.RATE_LIMITED)
+                self.router.finished(cand, latency, not provider_fault)
+                tokens = resp.usage.total_tokens if resp is not None else 0
+                settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens)
+                if resp is not None:
+                    attempts.append(Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency))
+                    return Outcome(resp, cand, None, settle)
+                assert err is not None
+                last = err
+                attempts.append(
+                    Attempt(
+                        provider=cand.provider.name,
+                        model=cand.model,
+                        latency_ms=latency,
+                        status=err.status or 0,
+                        error_class=err.error_class.value,
+                    )
+                )
+                if err.error_class is ErrorClass.FINAL:
+                    return Outcome(None, cand, _info(err), settle)
+                await self.gate.settle(adm, outcome_of(err), latency, tokens)
+                if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
+                    break  # this candidate cannot serve it: the next one
+                if n + 1 < self.policy.max_attempts:
+                    delay = self.policy.delay(n, err.retry_after)
+                    if self.policy.should_defer(delay):
+                        raise Deferred(delay, [f"{cand.label} asked to wait"])
+                    await asyncio.sleep(delay)
+        if denied and (last is None or last.error_class is not ErrorClass.CONTEXT):
+            # Nothing could serve it now: re-queue instead of holding this worker slot.
+            wait = min(d.retry_in for d in denied)
+            delay = min(MAX_DEFER_S, max(0.01, wait) * random.uniform(1.0, 1.25))
+            raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])
+        assert last is not None
+        return Outcome(None, None, _info(last))
 
     async def _job_webhook(self, url: str, result: JobResult) -> None:
         from shared.webhook_delivery import enqueue_webhook
@@ -65,60 +162,16 @@ class Executor:
 
         await enqueue_webhook(self.store.redis, self.store.keys, url, job_event(result), None)
 
-    async def _call(self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt]) -> Outcome:
-        req = spec.req()
-        last: ProviderError | None = None
-        for cand in candidates:
-            for n in range(self.retry.max_attempts):
-                t0 = time.perf_counter()
-                try:
-                    if isinstance(req, ChatRequest):
-                        resp = await cand.provider.chat(req, cand.model)
-                    else:
-                        resp = await cand.provider.embed(req, cand.model)
-                except ProviderError as e:
-                    err = e
-                except (TimeoutError, OSError) as e:
-                    err = ProviderError(ErrorClass.TRANSIENT, f"{type(e).__name__}: {e}", code="timeout")
-                else:
-                    attempts.append(
-                        Attempt(provider=cand.provider.name, model=cand.model, latency_ms=_ms(t0))
-                    )
-                    return Outcome(resp, cand, None)
-                last = err
-                attempts.append(
-                    Attempt(
-                        provider=cand.provider.name,
-                        model=cand.model,
-                        latency_ms=_ms(t0),
-                        status=err.status or 0,
-                        error_class=err.error_class.value,
-                    )
-                )
-                if err.error_class is ErrorClass.FINAL:
-                    return Outcome(None, cand, _info(err))
-                if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
-                    break  # this candidate cannot serve it; try the next one
-                if n + 1 < self.retry.max_attempts:
-                    await self._wait(n, err)
-        assert last is not None
-        return Outcome(None, None, _info(last))
-
-    async def _wait(self, n: int, err: ProviderError) -> None:
-        backoff = min(self.retry.backoff_max, self.retry.backoff_base * (2**n))
-        wait = max(err.retry_after or 0.0, random.uniform(backoff / 2, backoff))
-        if wait > MAX_INLINE_WAIT_S:
-            raise Retry(defer=wait)
-        await asyncio.sleep(wait)
-
-    @staticmethod
-    def _result(spec: JobSpec, outcome: Outcome, attempts: list[Attempt], started: float) -> JobResult:
-        cand, resp = outcome.candidate, outcome.response
+    def _result(self, spec: JobSpec, outcome: Outcome, attempts: list[Attempt], started: float) -> JobResult:
+        cand, resp, err = outcome.candidate, outcome.response, outcome.error
+        cost = 0.0
+        if resp is not None and cand is not None:
+            cost = self.router.cost(cand, resp.usage, spec.kind) or 0.0
         return JobResult(
             id=spec.id,
-            status_code=200 if resp is not None else (outcome.error.status or 500 if outcome.error else 500),
+            status_code=200 if resp is not None else ((err.status if err else None) or 500),
             body=resp.body if resp is not None else None,
-            error=outcome.error,
+            error=err,
             custom_id=spec.custom_id,
             batch_id=spec.batch_id,
             line=spec.line,
@@ -128,6 +181,7 @@ class Executor:
             attempts=attempts,
             latency_ms=_ms(started),
             usage=resp.usage if resp is not None else None,
+            cost_usd=round(cost, 10),
             completed_at=time.time(),
         )
 

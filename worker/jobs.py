@@ -7,7 +7,6 @@ from typing import Any
 from worker.executor import Executor
 
 CTX_KEY = "fusebox_executor"
-SETTINGS_KEY = "fusebox_settings"
 
 
 async def chat(ctx: dict[str, Any], raw: bytes) -> None:
@@ -16,5 +15,6 @@ async def chat(ctx: dict[str, Any], raw: bytes) -> None:
 
 
 async def embed(ctx: dict[str, Any], raw: bytes) -> None:
+    # Same path as chat; arq registers functions by name, so each kind has its own.
     executor: Executor = ctx[CTX_KEY]
     await executor.run(raw, ctx.get("job_try", 1))

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 from producer.client import FuseboxClient
-from shared.config import FileConfig, SimulatedConfig
+from shared.config import BreakerConfig, FileConfig, SimulatedConfig
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from worker.settings import build_worker
 
@@ -57,7 +57,9 @@ async def test_resubmitting_a_batch_creates_no_second_job(settings, redis):
 
 
 async def test_transient_failures_are_retried_and_counted_once(settings, redis):
-    s = settings.with_file(FileConfig(simulated=SimulatedConfig(failure_rate=0.3)))
+    # the breaker would (rightly) trip on an early unlucky streak; this test is about retries
+    no_trip = BreakerConfig(minimum_calls=1_000_000)
+    s = settings.with_file(FileConfig(simulated=SimulatedConfig(failure_rate=0.3), breaker=no_trip))
     client = FuseboxClient(redis, s)
     worker = build_worker(s, redis, handle_signals=False)
     task = asyncio.create_task(worker.async_run())

@@ -1,0 +1,110 @@
+"""The worker's own mechanics on a real server: batched claims, and surviving a Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from arq.worker import func
+
+from producer.client import FuseboxClient
+from shared import codec
+from shared.config import Settings
+from shared.embedded import EmbeddedValkey, free_port
+from shared.redis_conn import connect
+from tests.conftest import PYTHON, subprocess_env
+from worker.settings import FuseboxWorker
+
+
+async def test_batched_claim_never_runs_a_job_twice(settings: Settings):
+    runs_key = f"{settings.namespace}:runs"
+
+    async def count(ctx: dict[str, Any], raw: bytes) -> None:
+        await ctx["redis"].hincrby(runs_key, raw.decode(), 1)
+        await asyncio.sleep(0.001)
+
+    producer = connect(settings.redis_url or "", settings.keys)
+    n = 600
+    for i in range(n):
+        await producer.enqueue_job("count", f"j{i}".encode(), _job_id=f"{settings.namespace}-j{i}")
+    workers = []
+    for _ in range(3):  # three workers race for the same queue
+        pool = connect(settings.redis_url or "", settings.keys)
+        workers.append(
+            FuseboxWorker(
+                functions=[func(count, name="count")],
+                queue_name=settings.keys.queue,
+                redis_pool=pool,
+                burst=True,
+                handle_signals=False,
+                max_jobs=50,
+                poll_delay=0.005,
+                keep_result=0,
+                job_serializer=codec.arq_serializer,
+                job_deserializer=codec.arq_deserializer,
+            )
+        )
+    await asyncio.gather(*(w.async_run() for w in workers))
+    runs = await producer.hgetall(runs_key)
+    assert len(runs) == n
+    assert set(runs.values()) == {b"1"}
+    assert sum(w.jobs_complete for w in workers) == n
+    assert all(w.jobs_complete > 0 for w in workers)
+    for w in workers:
+        await w.close()
+    await producer.aclose()
+
+
+def _lines(n: int) -> list[str]:
+    return [
+        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]}})
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, tmp_path: Path):
+    # Its own server: this test stops it, which it must never do to a shared one.
+    port = free_port()
+    server = EmbeddedValkey(tmp_path / "valkey", tcp_port=port, persist=True)
+    url = server.start()
+    s = Settings(redis_url=url, namespace=settings.namespace).with_file(settings.file)
+    cfg = tmp_path / "fusebox.toml"
+    cfg.write_text("[simulated]\nlatency_ms = 20\n[worker]\nmax_jobs = 10\n")
+    env = subprocess_env(s, FUSEBOX_CONFIG=str(cfg))
+    worker = subprocess.Popen(
+        [PYTHON, "-m", "producer.cli", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        client = FuseboxClient(connect(url, s.keys), s)
+        sub = await client.submit_batch(_lines(400))
+        for _ in range(600):  # until the worker is running and part-way through
+            c = await client.counts(sub.batch_id)
+            if c is not None and c.done >= 20:
+                break
+            await asyncio.sleep(0.05)
+        await client.aclose()
+        server.stop()  # Redis goes away mid-batch (AOF keeps the queue)
+        await asyncio.sleep(3)
+        assert worker.poll() is None, "the worker must not die when Redis is unreachable"
+        server = EmbeddedValkey(tmp_path / "valkey", tcp_port=port, persist=True)
+        server.start()
+        client = FuseboxClient(connect(url, s.keys), s)
+        counts = await client.wait_batch(sub.batch_id, timeout=60)
+        await client.aclose()
+        assert (counts.status, counts.completed, counts.total) == ("completed", 400, 400)
+        assert c.done < 400  # the outage really hit mid-batch
+    finally:
+        worker.terminate()
+        try:
+            _, err = worker.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            _, err = worker.communicate()
+        server.stop()
+    log = err.decode()
+    assert "is unreachable" in log and "not taking jobs" in log
+    assert "is back: taking jobs again" in log
