@@ -44,7 +44,9 @@ def _kv(text: str) -> tuple[str, str]:
 def _with_client(fn: Callable[[FuseboxClient, argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
     def run(args: argparse.Namespace, settings: Settings) -> int:
         if not settings.redis_url:
-            print("error: REDIS_URL is not set (these commands talk to a running deployment)", file=sys.stderr)
+            print(
+                "error: REDIS_URL is not set (these commands talk to a running deployment)", file=sys.stderr
+            )
             return 2
 
         async def main() -> int:
@@ -89,7 +91,10 @@ async def _submit(client: FuseboxClient, args: argparse.Namespace) -> int:
         if args.json:
             _print_json(summary)
         else:
-            print(f"{sub.batch_id}: {sub.total} lines, {sub.queued} queued, {sub.rejected} rejected ({sub.status})")
+            print(
+                f"{sub.batch_id}: {sub.total} lines, {sub.queued} queued, "
+                f"{sub.rejected} rejected ({sub.status})"
+            )
         return 0
     progress = Progress()
     counts = await client.wait_batch(
@@ -98,13 +103,17 @@ async def _submit(client: FuseboxClient, args: argparse.Namespace) -> int:
     progress.update(counts.done, counts.failed, counts.total, force=True)
     progress.close()
     if args.output:
-        await write_results(client, sub.batch_id, Path(args.output), Path(args.errors) if args.errors else None)
+        await write_results(
+            client, sub.batch_id, Path(args.output), Path(args.errors) if args.errors else None
+        )
     obj = await client.batch(sub.batch_id)
     if args.json:
         _print_json(obj)
     else:
         rc = obj["request_counts"]
-        print(f"{sub.batch_id}: {obj['status']}, {rc['completed']} ok, {rc['failed']} failed of {rc['total']}")
+        print(
+            f"{sub.batch_id}: {obj['status']}, {rc['completed']} ok, {rc['failed']} failed of {rc['total']}"
+        )
     return 0
 
 
@@ -158,7 +167,9 @@ async def _batches(client: FuseboxClient, args: argparse.Namespace) -> int:
     for b in rows:
         rc = b["request_counts"]
         done = rc["completed"] + rc["failed"]
-        print(f"{b['id']:34} {b['status']:12} {done:>8} {rc['failed']:>7} {rc['total']:>7}  {b['input'] or ''}")
+        print(
+            f"{b['id']:34} {b['status']:12} {done:>8} {rc['failed']:>7} {rc['total']:>7}  {b['input'] or ''}"
+        )
     return 0
 
 
@@ -173,8 +184,11 @@ async def _usage(client: FuseboxClient, args: argparse.Namespace) -> int:
         print(f"{r.provider:12} {r.model:28} {r.tenant:10} {r.requests:>9} {sum(r.errors.values()):>7} "
               f"{r.input_tokens:>10} {r.output_tokens:>10} {r.cost_usd:>10.4f}")  # fmt: skip
     t = totals(rows)
-    print(f"{'total':52} {int(t.get('requests', 0)):>9} {int(t.get('errors', 0)):>7} "
-          f"{int(t.get('input_tokens', 0)):>10} {int(t.get('output_tokens', 0)):>10} {t.get('cost_usd', 0):>10.4f}")
+    print(
+        f"{'total':52} {int(t.get('requests', 0)):>9} {int(t.get('errors', 0)):>7} "
+        f"{int(t.get('input_tokens', 0)):>10} {int(t.get('output_tokens', 0)):>10} "
+        f"{t.get('cost_usd', 0):>10.4f}"
+    )
     return 0
 
 

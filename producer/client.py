@@ -18,8 +18,8 @@ from shared.config import Settings
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
 from shared.router import Router
-from shared.ssrf import check_url
 from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec
+from shared.ssrf import check_url
 from shared.store import ENDED, JOB_FUNCTION, BatchCounts, Store
 from shared.usage import UsageRow, read_usage
 
@@ -84,7 +84,9 @@ class FuseboxClient:
         self.router.candidates(req.model)
         if webhook:
             await self.check_webhook_url(webhook)
-        spec = JobSpec(id=job_id or uuid.uuid4().hex, submitted_at=time.time(), webhook=webhook, tenant=tenant)
+        spec = JobSpec(
+            id=job_id or uuid.uuid4().hex, submitted_at=time.time(), webhook=webhook, tenant=tenant
+        )
         if isinstance(req, ChatRequest):
             spec.request = req
         else:
@@ -166,7 +168,9 @@ class FuseboxClient:
                 await flush()
         await flush()
         nothing_valid = sub.total > 0 and sub.rejected == sub.total
-        sub.status = await self.store.seal(batch_id, sub.total, validation_failed=nothing_valid or sub.total == 0)
+        sub.status = await self.store.seal(
+            batch_id, sub.total, validation_failed=nothing_valid or sub.total == 0
+        )
         return sub
 
     async def cancel(self, batch_id: str) -> tuple[int, str]:

@@ -82,9 +82,8 @@ class Keys:
         """List of input indexes in completion order (iterate results as they complete)."""
         return f"{self.ns}:batch:{batch_id}:done"
 
-
     def usage_minute(self, minute: int) -> str:
-        """Hash of usage counters for one minute (unix time // 60): 'provider|model|tenant|batch|metric' -> n."""
+        """Hash of one minute's usage counters (unix time // 60): 'provider|model|tenant|batch|metric' -> n."""
         return f"{self.ns}:usage:{minute}"
 
     # -- resilience gate (breaker, leases, rate limits) -------------------

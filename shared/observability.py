@@ -9,14 +9,19 @@ from typing import Any
 # Header and field names whose values are credentials.
 _SECRET_NAMES = re.compile(r"(authorization|api[-_]?key|x-goog-api-key|secret|token|password|cookie)", re.I)
 # Values that look like keys even when they sit in free text.
-_SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+\S+)")
+_SECRET_VALUES = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+\S+)"
+)
 FILTERED = "[Filtered]"
 
 
 def scrub(obj: Any) -> Any:
     """A copy of ``obj`` with secret-named fields and key-shaped strings replaced."""
     if isinstance(obj, dict):
-        return {k: FILTERED if isinstance(k, str) and _SECRET_NAMES.search(k) else scrub(v) for k, v in obj.items()}
+        return {
+            k: FILTERED if isinstance(k, str) and _SECRET_NAMES.search(k) else scrub(v)
+            for k, v in obj.items()
+        }
     if isinstance(obj, list | tuple):
         return type(obj)(scrub(v) for v in obj)
     if isinstance(obj, str):
@@ -58,7 +63,8 @@ class ScrubbingFilter(logging.Filter):
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     for h in logging.getLogger().handlers:
         h.addFilter(ScrubbingFilter())

@@ -32,11 +32,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
-from shared.scripts import ScriptCall
 from shared.config import FileConfig, ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.gate_policy import EVENTS_MAXLEN, Policy, resolve
 from shared.keys import Keys
+from shared.scripts import ScriptCall
 
 Outcome = Literal["success", "failure", "rate_limited", "ignored"]
 Reason = Literal["open", "forced_open", "saturated", "rate_limited", "half_open_busy"]
@@ -143,7 +143,13 @@ class Gate:
         lease = f"{self._prefix}:{next(self._ids)}"
         res = await self._call(
             self._admit,
-            [k.gate_state(scope), k.gate_leases(scope), k.gate_probes(scope), k.breaker_events, k.gate_waiting(scope)],
+            [
+                k.gate_state(scope),
+                k.gate_leases(scope),
+                k.gate_probes(scope),
+                k.breaker_events,
+                k.gate_waiting(scope),
+            ],
             [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter],
         )
         if res[0] == 1:
@@ -164,7 +170,9 @@ class Gate:
         reason: Any = _str(res[1])
         return Admission(False, provider, model, scope, reason=reason, retry_in=res[2] / 1000)
 
-    async def settle(self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None) -> None:
+    async def settle(
+        self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None
+    ) -> None:
         """Release the lease and record the outcome. ``actual_tokens`` None keeps the estimate."""
         call = self.settle_call(adm, outcome, latency_ms, actual_tokens)
         if call is not None:
@@ -180,7 +188,13 @@ class Gate:
             raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
         pol = adm.policy or self.policy(adm.provider, adm.model)
         k, scope = self.keys, adm.scope
-        keys = [k.gate_state(scope), k.gate_window(scope), k.gate_leases(scope), k.gate_probes(scope), k.breaker_events]
+        keys = [
+            k.gate_state(scope),
+            k.gate_window(scope),
+            k.gate_leases(scope),
+            k.gate_probes(scope),
+            k.breaker_events,
+        ]
         args = [
             scope,
             adm.lease,

@@ -87,7 +87,12 @@ class Store:
                 self._finalize_jobs.clear()
             job_id = f"finalize:{self.keys.ns}:{batch_id}"
             payload = serialize_job(
-                FINALIZE_FUNCTION, (batch_id,), {}, None, int(time.time() * 1000), serializer=codec.arq_serializer
+                FINALIZE_FUNCTION,
+                (batch_id,),
+                {},
+                None,
+                int(time.time() * 1000),
+                serializer=codec.arq_serializer,
             )
             hit = self._finalize_jobs[batch_id] = (ARQ_JOB + job_id, job_id, payload)
         return hit
@@ -123,7 +128,13 @@ class Store:
         for res in rejected:
             argv += ("r", "", codec.encode_result(res), res.line)
         k = self.keys
-        keys = [k.queue, k.batch_results(batch_id), k.batch_done(batch_id), k.batch(batch_id), k.batch_ids(batch_id)]
+        keys = [
+            k.queue,
+            k.batch_results(batch_id),
+            k.batch_done(batch_id),
+            k.batch(batch_id),
+            k.batch_ids(batch_id),
+        ]
         q, s, r = await self._enqueue(keys=keys, args=argv)
         return int(q), int(s), int(r)
 
@@ -195,8 +206,11 @@ class Store:
         fin_key, fin_id, fin_payload = self.finalize_job(batch_id)
         keys = [k.queue, k.batch_results(batch_id), k.batch_done(batch_id), k.batch(batch_id),
                 k.batch_ids(batch_id), fin_key]  # fmt: skip
-        message = "batch was cancelled before this request ran" if reason == "cancelled" else (
-            "batch passed its completion window before this request ran")
+        message = (
+            "batch was cancelled before this request ran"
+            if reason == "cancelled"
+            else ("batch passed its completion window before this request ran")
+        )
         base = [ARQ_JOB, batch_id, reason, message, 0.0, fin_id, fin_payload]
         removed_total = 0
         cursor = 0
@@ -252,7 +266,9 @@ class Store:
         raw = await self.redis.get(self.keys.result(job_id))
         return codec.decode_result(raw) if raw is not None else None
 
-    async def iter_results(self, batch_id: str, total: int, chunk: int = 1000) -> AsyncIterator[JobResult | None]:
+    async def iter_results(
+        self, batch_id: str, total: int, chunk: int = 1000
+    ) -> AsyncIterator[JobResult | None]:
         """Results in input order, ``chunk`` at a time (a 100k batch is never whole in memory)."""
         key = self.keys.batch_results(batch_id)
         for start in range(0, total, chunk):

@@ -24,7 +24,9 @@ async def finalize_batch(ctx: dict[str, Any], batch_id: str) -> None:
         await _batch_webhook(ctx, store, batch_id, info, url)
 
 
-async def _batch_webhook(ctx: dict[str, Any], store: Store, batch_id: str, info: dict[str, str], url: str) -> None:
+async def _batch_webhook(
+    ctx: dict[str, Any], store: Store, batch_id: str, info: dict[str, str], url: str
+) -> None:
     from shared.webhook_delivery import enqueue_webhook
     from shared.webhooks import RequestCounts, batch_event
 
@@ -35,7 +37,9 @@ async def _batch_webhook(ctx: dict[str, Any], store: Store, batch_id: str, info:
     )
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
     counts = RequestCounts(
-        total=int(info.get("total", 0)), completed=int(info.get("completed", 0)), failed=int(info.get("failed", 0))
+        total=int(info.get("total", 0)),
+        completed=int(info.get("completed", 0)),
+        failed=int(info.get("failed", 0)),
     )
     event = batch_event(
         batch_id,

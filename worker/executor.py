@@ -48,7 +48,9 @@ class Deferred(Exception):
 
 
 class Executor:
-    def __init__(self, store: Store, router: Router, gate: Gate, policy: RetryPolicy, max_tries: int = 1000) -> None:
+    def __init__(
+        self, store: Store, router: Router, gate: Gate, policy: RetryPolicy, max_tries: int = 1000
+    ) -> None:
         self.store = store
         self.router = router
         self.gate = gate
@@ -70,7 +72,9 @@ class Executor:
             except Deferred as d:
                 if job_try < self.max_tries:
                     raise Retry(defer=d.delay) from None
-                info = ErrorInfo(code="providers_unavailable", message=str(d), error_class="unavailable", status=503)
+                info = ErrorInfo(
+                    code="providers_unavailable", message=str(d), error_class="unavailable", status=503
+                )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
         calls = [c for c in (outcome.settle, self.store.complete_call(result, spec.tenant)) if c is not None]
@@ -85,7 +89,9 @@ class Executor:
 
     def _estimate(self, spec: JobSpec) -> int:
         if spec.request is not None:
-            return estimate_messages(spec.request.messages) + (spec.request.output_limit() or DEFAULT_OUTPUT_ESTIMATE)
+            return estimate_messages(spec.request.messages) + (
+                spec.request.output_limit() or DEFAULT_OUTPUT_ESTIMATE
+            )
         assert spec.embed is not None
         return sum(estimate_text(t) for t in spec.embed.texts())
 
@@ -120,12 +126,17 @@ class Executor:
                         await asyncio.shield(self.gate.settle(adm, "ignored", _ms(t0), 0))
                     raise
                 latency = _ms(t0)
-                provider_fault = err is not None and err.error_class in (ErrorClass.TRANSIENT, ErrorClass.RATE_LIMITED)
+                provider_fault = err is not None and err.error_class in (
+                    ErrorClass.TRANSIENT,
+                    ErrorClass.RATE_LIMITED,
+                )
                 self.router.finished(cand, latency, not provider_fault)
                 tokens = resp.usage.total_tokens if resp is not None else 0
                 settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens)
                 if resp is not None:
-                    attempts.append(Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency))
+                    attempts.append(
+                        Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
+                    )
                     return Outcome(resp, cand, None, settle)
                 assert err is not None
                 last = err

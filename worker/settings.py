@@ -85,7 +85,9 @@ class FuseboxWorker(Worker):
                 break
             except _REDIS_DOWN as e:
                 if delay == 0.2:
-                    log.error("Redis %s is unreachable (%s): waiting for it before starting", self.redis_label, e)
+                    log.error(
+                        "Redis %s is unreachable (%s): waiting for it before starting", self.redis_label, e
+                    )
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
         await super().main()
@@ -100,7 +102,9 @@ class FuseboxWorker(Worker):
             loop = asyncio.get_running_loop()
             if self._down_since is None:
                 self._down_since = loop.time()
-                log.error("Redis %s is unreachable (%s): not taking jobs until it is back", self.redis_label, e)
+                log.error(
+                    "Redis %s is unreachable (%s): not taking jobs until it is back", self.redis_label, e
+                )
             await asyncio.sleep(min(2.0, 0.2 + (loop.time() - self._down_since) / 10))
             return
         if self._down_since is not None:

@@ -86,13 +86,17 @@ async def test_result_and_counters_are_written_exactly_once(settings, redis):
     c = await client.counts(sub.batch_id)
     assert (c.completed, c.failed, c.status) == (1, 0, "in_progress")
     rows = await usage.read_usage(redis, settings.keys, 120, batch="b-once")
-    assert [(x.requests, x.input_tokens, x.output_tokens, round(x.cost_usd, 6)) for x in rows] == [(1, 5, 7, 0.25)]
+    assert [(x.requests, x.input_tokens, x.output_tokens, round(x.cost_usd, 6)) for x in rows] == [
+        (1, 5, 7, 0.25)
+    ]
     obj = await client.batch("b-once")
     assert obj["usage"]["cost_usd"] == 0.25 and obj["usage"]["prompt_tokens"] == 5
 
 
 async def test_cancel_keeps_partial_results_and_answers_every_line(settings, redis):
-    s = settings.with_file(FileConfig(simulated=SimulatedConfig(latency_ms=50), worker=WorkerConfig(max_jobs=4)))
+    s = settings.with_file(
+        FileConfig(simulated=SimulatedConfig(latency_ms=50), worker=WorkerConfig(max_jobs=4))
+    )
     client = FuseboxClient(redis, s)
     async with running_worker(s, redis):
         sub = await client.submit_batch(_lines(300))
@@ -119,7 +123,9 @@ async def _done_at_least(client, batch_id, n):
 
 
 async def test_completion_window_expires_unrun_lines(settings, redis):
-    s = settings.with_file(FileConfig(simulated=SimulatedConfig(latency_ms=100), worker=WorkerConfig(max_jobs=2)))
+    s = settings.with_file(
+        FileConfig(simulated=SimulatedConfig(latency_ms=100), worker=WorkerConfig(max_jobs=2))
+    )
     client = FuseboxClient(redis, s)
     store = Store(redis, s.keys)
     async with running_worker(s, redis):

@@ -9,7 +9,9 @@ from shared.observability import FILTERED, ScrubbingFilter, _before_send, scrub
 
 def test_scrub_removes_secret_fields_and_key_shaped_values():
     event = {
-        "request": {"headers": {"Authorization": "Bearer sk-abcdefghijklmnop", "x-api-key": "k", "accept": "*/*"}},
+        "request": {
+            "headers": {"Authorization": "Bearer sk-abcdefghijklmnop", "x-api-key": "k", "accept": "*/*"}
+        },
         "message": "call failed with key sk-proj-1234567890abcdef and whsec_QUJDREVGR0hJSktM",
         "extra": {"api_key": "AIzaSyA1234567890abcdefghijk", "items": ["Bearer abc.def"]},
     }
