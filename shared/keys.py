@@ -83,7 +83,7 @@ class Keys:
         return f"{self.ns}:batch:{batch_id}:done"
 
     def usage_minute(self, minute: int) -> str:
-        """Hash of one minute's usage counters (unix time // 60): 'provider|model|tenant|batch|metric' -> n."""
+        """One minute's usage counters (unix time // 60): 'provider|model|tenant|batch|metric' -> n."""
         return f"{self.ns}:usage:{minute}"
 
     # -- resilience gate (breaker, leases, rate limits) -------------------
