@@ -66,13 +66,13 @@ async def redis(settings: Settings) -> AsyncIterator:
 def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a child process (worker, CLI) sharing this test's Redis and namespace."""
     env = dict(os.environ)
+    env.pop("FUSEBOX_CONFIG", None)  # only what the test passes in ``extra``
     env.update(
         REDIS_URL=settings.redis_url or "",
         FUSEBOX_NAMESPACE=settings.namespace,
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         **extra,
     )
-    env.pop("FUSEBOX_CONFIG", None)
     return env
 
 

@@ -73,10 +73,12 @@ async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, t
     url = server.start()
     s = Settings(redis_url=url, namespace=settings.namespace).with_file(settings.file)
     cfg = tmp_path / "fusebox.toml"
-    cfg.write_text("[simulated]\nlatency_ms = 20\n[worker]\nmax_jobs = 10\n")
+    cfg.write_text("[simulated]\nlatency_ms = 20\n[worker]\nmax_jobs = 200\n")
     env = subprocess_env(s, FUSEBOX_CONFIG=str(cfg))
+    log_path = tmp_path / "worker.log"  # a file, not a pipe: a full pipe would block the worker
+    log_file = open(log_path, "wb")
     worker = subprocess.Popen(
-        [PYTHON, "-m", "producer.cli", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [PYTHON, "-m", "producer.cli", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=log_file
     )
     try:
         client = FuseboxClient(connect(url, s.keys), s)
@@ -100,11 +102,12 @@ async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, t
     finally:
         worker.terminate()
         try:
-            _, err = worker.communicate(timeout=20)
+            worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
-            _, err = worker.communicate()
+            worker.wait()
+        log_file.close()
         server.stop()
-    log = err.decode()
+    log = log_path.read_text()
     assert "is unreachable" in log and "not taking jobs" in log
     assert "is back: taking jobs again" in log
