@@ -33,6 +33,9 @@ class WorkerConfig(_Section):
     poll_delay: float = Field(0.01, gt=0)
     # arq re-runs a killed worker's job only after job_timeout + 10 s; keep it near the slowest call.
     job_timeout: float = Field(300.0, gt=0)
+    # Jobs of one worker that may wait in it for a saturated provider (the rest are deferred
+    # through arq); bounded so one provider's backlog never takes every slot. Default max_jobs / 4.
+    local_waiters: int | None = Field(None, ge=0)
     # arq counts every deferral (saturated provider, long Retry-After) as a try.
     max_tries: int = Field(1000, ge=2)
 

@@ -22,7 +22,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,9 +134,17 @@ class Gate:
         return self.policy(provider, model if sep else None)
 
     # -- hot path ------------------------------------------------------------
-    async def admit(self, provider: str, model: str | None, est_tokens: int, waiter: str = "") -> Admission:
+    async def admit(
+        self,
+        provider: str,
+        model: str | None,
+        est_tokens: int,
+        waiter: str = "",
+        other_lines: Sequence[str] = (),
+    ) -> Admission:
         """``waiter`` (a job id) joins the scope's virtual line when saturated: ``retry_in`` then says
-        when its turn should come, so deferred jobs come back spread out instead of all at once."""
+        when its turn should come, so deferred jobs come back spread out instead of all at once.
+        ``other_lines`` are the scopes of the job's other candidates: admitted, it leaves them too."""
         pol = self.policy(provider, model)
         scope = pol.scope
         k = self.keys
@@ -149,6 +157,7 @@ class Gate:
                 k.gate_probes(scope),
                 k.breaker_events,
                 k.gate_waiting(scope),
+                *(k.gate_waiting(s) for s in other_lines if s != scope),
             ],
             [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter],
         )

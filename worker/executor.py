@@ -26,9 +26,12 @@ from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, R
 from shared.scripts import ScriptCall, run_pipelined
 from shared.store import Store
 from shared.tokens import estimate_messages, estimate_text
+from worker.local_lines import LocalLines
 
 DEFAULT_OUTPUT_ESTIMATE = 256  # tokens reserved for a reply whose request sets no max_tokens
 MAX_DEFER_S = 60.0
+LOCAL_WAIT_S = 0.5  # a job waiting in the worker re-checks the gate at least this often
+MAX_LOCAL_ROUNDS = 20
 
 
 @dataclass(slots=True)
@@ -37,6 +40,7 @@ class Outcome:
     candidate: Candidate | None
     error: ErrorInfo | None
     settle: ScriptCall | None = None  # the last attempt's settle, sent with the result write
+    scope: str | None = None  # the gate scope that settle frees a slot of
 
 
 class Deferred(Exception):
@@ -49,13 +53,20 @@ class Deferred(Exception):
 
 class Executor:
     def __init__(
-        self, store: Store, router: Router, gate: Gate, policy: RetryPolicy, max_tries: int = 1000
+        self,
+        store: Store,
+        router: Router,
+        gate: Gate,
+        policy: RetryPolicy,
+        max_tries: int = 1000,
+        local_waiters: int = 50,
     ) -> None:
         self.store = store
         self.router = router
         self.gate = gate
         self.policy = policy
         self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
+        self.local = LocalLines(local_waiters)
 
     async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
         """Run the job; None when it was deferred (arq re-queues it) instead of finishing."""
@@ -82,6 +93,8 @@ class Executor:
             replies = await run_pipelined(self.store.redis, calls)
         except (OSError, ConnectionError) as e:
             raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
+        if outcome.scope is not None:
+            self.local.release(outcome.scope)
         written, _ = self.store.completed(replies[-1])
         if written and spec.webhook:
             await self._job_webhook(spec.webhook, result)
@@ -96,16 +109,52 @@ class Executor:
         return sum(estimate_text(t) for t in spec.embed.texts())
 
     async def _call(self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt]) -> Outcome:
-        req = spec.req()
+        # The job may stand in every candidate's line; admitted anywhere, it leaves them all.
+        lines = (
+            [self.gate.policy(c.provider.name, c.model).scope for c in candidates]
+            if len(candidates) > 1
+            else []
+        )
         est = self._estimate(spec)
+        for _ in range(MAX_LOCAL_ROUNDS):
+            denied: list[Admission] = []
+            outcome = await self._try_candidates(spec, candidates, attempts, est, lines, denied)
+            if outcome is not None:
+                return outcome
+            delay = _come_back_in(denied)
+            full = [d.scope for d in denied if d.reason == "saturated"]
+            if len(full) == len(denied) and self.local.has_room(full):
+                # A few jobs per provider wait here and take a slot the moment one of this worker's
+                # calls ends; the rest go back to arq until about their turn.
+                freed = await self.local.wait(full, min(delay, LOCAL_WAIT_S))
+                if freed is not None:  # try the candidate that just freed a slot first
+                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
+                continue
+            # Nothing can serve it now: re-queue instead of holding this worker slot.
+            delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
+            raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])
+        raise Deferred(0.05, ["still saturated after waiting in this worker"])
+
+    async def _try_candidates(
+        self,
+        spec: JobSpec,
+        candidates: list[Candidate],
+        attempts: list[Attempt],
+        est: int,
+        lines: list[str],
+        denied: list[Admission],
+    ) -> Outcome | None:
+        """An outcome, or None when some candidates refused admission (``denied``) and none served it."""
+        req = spec.req()
         last: ProviderError | None = None
-        denied: list[Admission] = []
         for cand in candidates:
             for n in range(self.policy.max_attempts):
-                adm = await self.gate.admit(cand.provider.name, cand.model, est, waiter=spec.id)
+                adm = await self.gate.admit(
+                    cand.provider.name, cand.model, est, waiter=spec.id, other_lines=lines
+                )
                 if not adm.ok:
                     denied.append(adm)
-                    break  # saturated / open: the next candidate, or defer the job
+                    break  # saturated / open: the next candidate, or wait / defer the job
                 self.router.started(cand)
                 t0 = time.perf_counter()
                 resp: ProviderResponse | None = None
@@ -124,6 +173,7 @@ class Executor:
                     # cancelled (shutdown, job timeout): free the slot now, say nothing about health
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.gate.settle(adm, "ignored", _ms(t0), 0))
+                    self.local.release(adm.scope)
                     raise
                 latency = _ms(t0)
                 provider_fault = err is not None and err.error_class in (
@@ -137,7 +187,7 @@ class Executor:
                     attempts.append(
                         Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
                     )
-                    return Outcome(resp, cand, None, settle)
+                    return Outcome(resp, cand, None, settle, adm.scope)
                 assert err is not None
                 last = err
                 attempts.append(
@@ -150,8 +200,9 @@ class Executor:
                     )
                 )
                 if err.error_class is ErrorClass.FINAL:
-                    return Outcome(None, cand, _info(err), settle)
+                    return Outcome(None, cand, _info(err), settle, adm.scope)
                 await self.gate.settle(adm, outcome_of(err), latency, tokens)
+                self.local.release(adm.scope)
                 if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
                     break  # this candidate cannot serve it: the next one
                 if n + 1 < self.policy.max_attempts:
@@ -160,10 +211,7 @@ class Executor:
                         raise Deferred(delay, [f"{cand.label} asked to wait"])
                     await asyncio.sleep(delay)
         if denied and (last is None or last.error_class is not ErrorClass.CONTEXT):
-            # Nothing could serve it now: re-queue instead of holding this worker slot.
-            wait = min(d.retry_in for d in denied)
-            delay = min(MAX_DEFER_S, max(0.01, wait) * random.uniform(1.0, 1.25))
-            raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])
+            return None
         assert last is not None
         return Outcome(None, None, _info(last))
 
@@ -195,6 +243,18 @@ class Executor:
             cost_usd=round(cost, 10),
             completed_at=time.time(),
         )
+
+
+def _come_back_in(denied: list[Admission]) -> float:
+    """When to retry a job every candidate refused.
+
+    Each saturated candidate put the job in its line and said when its turn comes
+    there; the job waits in all of them at once, so their service rates add up.
+    """
+    lines = [d.retry_in for d in denied if d.reason == "saturated" and d.retry_in > 0]
+    if lines:
+        return 1.0 / sum(1.0 / w for w in lines)
+    return min(d.retry_in for d in denied)
 
 
 def _ms(t0: float) -> float:

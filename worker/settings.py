@@ -36,9 +36,10 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     providers = build_providers(cfg)
     router = Router(providers, cfg)
     gate = Gate(redis, settings.keys, cfg, {name: p.config for name, p in providers.items()})
-    return Executor(
-        Store(redis, settings.keys, cfg.batches), router, gate, RetryPolicy(cfg.retry), cfg.worker.max_tries
-    )
+    wc = cfg.worker
+    local = wc.local_waiters if wc.local_waiters is not None else max(1, wc.max_jobs // 4)
+    store = Store(redis, settings.keys, cfg.batches)
+    return Executor(store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local)
 
 
 class FuseboxWorker(Worker):

@@ -1,7 +1,8 @@
 -- Admit one provider call, or say why not: breaker (incl. the half-open probe lease), concurrency
 -- lease against the (adaptive) limit, and rpm/tpm reservation, all in one step.
 -- KEYS[1] state hash, KEYS[2] leases zset, KEYS[3] probes zset, KEYS[4] events stream,
--- KEYS[5] waiting zset (jobs deferred because the scope was saturated)
+-- KEYS[5] waiting zset (jobs deferred because the scope was saturated), KEYS[6..] the waiting
+-- zsets of the job's other candidates (an admitted job leaves every line it stood in)
 -- ARGV[1] scope, ARGV[2] lease id, ARGV[3] estimated tokens,
 -- ARGV[4] max_concurrency, ARGV[5] rpm (0 = none), ARGV[6] tpm (0 = none), ARGV[7] lease ms,
 -- ARGV[8] probe lease ms, ARGV[9] half-open probes, ARGV[10] adaptive 1/0,
@@ -89,7 +90,9 @@ if tpm > 0 then
 end
 
 redis.call('ZADD', L, fmt(now + lease_ms), id)
-if waiter ~= '' then redis.call('ZREM', KEYS[5], waiter) end
+if waiter ~= '' then
+  for i = 5, #KEYS do redis.call('ZREM', KEYS[i], waiter) end
+end
 if probe == 1 then redis.call('ZADD', P, fmt(now + probe_ms), id) end
 if rtat then redis.call('HSET', S, 'rtat', fmt(rtat)) end
 if ttat then redis.call('HSET', S, 'ttat', fmt(ttat)) end
