@@ -138,7 +138,7 @@ class Stack:
         return env
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - lives with the process
+        log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")  # open while the worker lives
         p = subprocess.Popen(
             [sys.executable, "-m", "producer.cli", "worker"], env=self.env(), stdout=log, stderr=log
         )
