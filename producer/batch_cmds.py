@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from producer.batch_input import prompt_options
 from producer.client import FuseboxClient
 from producer.output import write_results
 from producer.progress import Progress
@@ -69,8 +70,8 @@ def _print_json(obj: Any) -> None:
 
 
 async def _submit(client: FuseboxClient, args: argparse.Namespace) -> int:
-    prompts = {"model": args.model, "system": args.system} if args.model else None
     try:
+        prompts = prompt_options(args.input, args.model, args.system, client.settings.file.default_model)
         with open(args.input, "rb") as f:
             sub = await client.submit_batch(
                 f,

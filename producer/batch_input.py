@@ -155,3 +155,26 @@ def file_digest(path: str, *salt: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "batch_" + h.hexdigest()[:24]
+
+
+def prompt_options(
+    path: str, model: str | None, system: str | None, default_model: str | None
+) -> dict[str, Any] | None:
+    """How to read ``path``: None for OpenAI Batch JSONL, else the prompts-file options.
+
+    ``--model`` forces a prompts file; without it, a file whose first line is not a JSON
+    object is a prompts file sent to ``default_model`` (fusebox.toml), or a clear error.
+    """
+    if model:
+        return {"model": model, "system": system}
+    with open(path, "rb") as f:
+        first = next((line for line in f if line.strip()), b"")
+    if first.lstrip().startswith(b"{"):
+        return None
+    if default_model:
+        return {"model": default_model, "system": system}
+    raise RequestError(
+        "missing_model",
+        f"{path} looks like a prompts file (its first line is not a JSON object): "
+        "pass --model MODEL, or set default_model in fusebox.toml",
+    )

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.batch_input import file_digest
+from producer.batch_input import file_digest, prompt_options
 from producer.client import FuseboxClient, Submission
 from producer.output import write_results
 from producer.progress import Progress
 from shared.config import Settings
 from shared.embedded import EmbeddedValkey
 from shared.redis_conn import connect, redact_url
+from shared.schema import RequestError
 from worker.settings import build_worker
 
 
@@ -56,6 +57,9 @@ def run(opts: RunOptions, settings: Settings | None = None) -> int:
         _say(f"using Redis at {redact_url(url)}", opts.quiet)
     try:
         return asyncio.run(_run(opts, settings, url))
+    except RequestError as e:
+        _say(f"error: {e.message}")
+        return 2
     except KeyboardInterrupt:
         _say("interrupted: progress is kept in Redis; run the same command again to resume")
         return 130
@@ -67,12 +71,10 @@ def run(opts: RunOptions, settings: Settings | None = None) -> int:
 async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
     redis = connect(url, settings.keys)
     client = FuseboxClient(redis, settings)
-    prompts: dict[str, Any] | None = None
-    if opts.model:
-        prompts = {"model": opts.model, "system": opts.system}
+    prompts = prompt_options(str(opts.input), opts.model, opts.system, settings.file.default_model)
     batch_id = opts.batch_id
     if batch_id is None and not opts.fresh:
-        batch_id = file_digest(str(opts.input), opts.model or "", opts.system or "")
+        batch_id = file_digest(str(opts.input), (prompts or {}).get("model") or "", opts.system or "")
     workers = [build_worker(settings, redis, handle_signals=False) for _ in range(max(1, opts.workers))]
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
     progress = Progress()

@@ -123,3 +123,21 @@ def test_file_digest_depends_on_content_and_options(tmp_path):
     a, b = file_digest(str(p)), file_digest(str(p), "model")
     p.write_text("y\n")
     assert len({a, b, file_digest(str(p))}) == 3 and a.startswith("batch_")
+
+
+def test_prompt_options_detects_plain_prompt_files(tmp_path):
+    from producer.batch_input import prompt_options
+    from shared.schema import RequestError
+
+    jsonl, prompts = tmp_path / "a.jsonl", tmp_path / "p.txt"
+    jsonl.write_text("\n" + _line() + "\n")
+    prompts.write_text("Tell me a joke\n")
+    assert prompt_options(str(jsonl), None, None, None) is None
+    assert prompt_options(str(prompts), "simulated/x", "Be brief", None) == {
+        "model": "simulated/x",
+        "system": "Be brief",
+    }
+    assert prompt_options(str(prompts), None, None, "simulated/d") == {"model": "simulated/d", "system": None}
+    with pytest.raises(RequestError) as e:
+        prompt_options(str(prompts), None, None, None)
+    assert e.value.code == "missing_model" and "--model" in e.value.message
