@@ -31,6 +31,8 @@ from producer.client import FuseboxClient, Submission  # noqa: E402
 from shared.config import FileConfig, Settings  # noqa: E402
 from shared.embedded import EmbeddedValkey, free_port  # noqa: E402
 from shared.redis_conn import connect  # noqa: E402
+from shared.resilience import Gate  # noqa: E402
+from shared.schema import JobResult  # noqa: E402
 from shared.simulator.config import SimConfig  # noqa: E402
 from shared.simulator.runner import SimulatorProcess  # noqa: E402
 from shared.store import BatchCounts  # noqa: E402
@@ -97,6 +99,7 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.loop = asyncio.new_event_loop()
         self.client: FuseboxClient | None = None
+        self._gate: Gate | None = None
 
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -185,9 +188,27 @@ class Stack:
         counts = self.wait(sub.batch_id, timeout)
         return counts, time.perf_counter() - t0, sub.batch_id
 
-    def gate_snapshot(self, provider: str) -> dict[str, Any]:
-        from shared.resilience import Gate
+    @property
+    def gate(self) -> Gate:
+        """The gate as the workers see it (same Redis, namespace and config), for ops and inspection."""
+        if self._gate is None:
+            assert self.client is not None
+            self._gate = Gate(self.client.redis, self.settings.keys, self.file_config)
+        return self._gate
 
+    def gate_snapshot(self, provider: str) -> dict[str, Any]:
+        return self.run(self.gate.snapshot(provider))
+
+    def transitions(self, scope: str, count: int = 200) -> list[dict[str, Any]]:
+        """Breaker transitions of ``scope``, oldest first."""
+        return list(reversed(self.run(self.gate.transitions(count, scope))))
+
+    def results(self, batch_id: str) -> list[JobResult | None]:
+        """Every line's result in input order (None for a line without one)."""
         assert self.client is not None
-        gate = Gate(self.client.redis, self.settings.keys, self.file_config)
-        return self.run(gate.snapshot(provider))
+
+        async def collect() -> list[JobResult | None]:
+            assert self.client is not None
+            return [r async for r in self.client.results(batch_id)]
+
+        return self.run(collect())
