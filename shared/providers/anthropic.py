@@ -12,9 +12,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
-from shared.config import ProviderConfig
 from shared.providers import classify
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of, unsupported
@@ -43,24 +40,11 @@ class AnthropicProvider(HTTPProvider):
     health_path = "v1/models"
     health_params = {"limit": "1"}
 
-    def __init__(
-        self,
-        name: str,
-        cfg: ProviderConfig,
-        *,
-        env: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            cfg,
-            env=env,
-            transport=transport,
-            default_base_url="https://api.anthropic.com",
-            key_envs=("ANTHROPIC_API_KEY",),
-        )
-        self.base_url = self.base_url.removesuffix("/v1")
-        opts = cfg.options
+    DEFAULT_BASE_URL = "https://api.anthropic.com"
+    KEY_ENVS = ("ANTHROPIC_API_KEY",)
+    STRIP_SUFFIXES = ("/v1",)
+
+    def configure(self, opts: Mapping[str, Any]) -> None:
         self.default_max_tokens = int(opts.get("default_max_tokens", DEFAULT_MAX_TOKENS))
         self.version = str(opts.get("anthropic_version", ANTHROPIC_VERSION))
         beta = opts.get("beta")

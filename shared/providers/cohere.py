@@ -9,12 +9,8 @@ finish reasons are upper-case words. Usage is what Cohere bills
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
-from shared.config import ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.providers import classify
 from shared.providers.base import ProviderResponse
@@ -48,23 +44,9 @@ class CohereProvider(HTTPProvider):
     health_path = "v1/models"
     health_params = {"page_size": "1"}
 
-    def __init__(
-        self,
-        name: str,
-        cfg: ProviderConfig,
-        *,
-        env: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            cfg,
-            env=env,
-            transport=transport,
-            default_base_url="https://api.cohere.com",
-            key_envs=("COHERE_API_KEY", "CO_API_KEY"),
-        )
-        self.base_url = self.base_url.removesuffix("/v2").removesuffix("/v1")
+    DEFAULT_BASE_URL = "https://api.cohere.com"
+    KEY_ENVS = ("COHERE_API_KEY", "CO_API_KEY")
+    STRIP_SUFFIXES = ("/v2", "/v1")
 
     def payload(self, req: ChatRequest, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": convert_messages(req.messages)}

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import msgspec
 
-from shared.config import ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, decode_json, dumps, json_arguments, text_of
@@ -50,22 +47,8 @@ class GeminiProvider(HTTPProvider):
     health_path = "models"
     health_params = {"pageSize": "1"}
 
-    def __init__(
-        self,
-        name: str,
-        cfg: ProviderConfig,
-        *,
-        env: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            cfg,
-            env=env,
-            transport=transport,
-            default_base_url=BASE_URL,
-            key_envs=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-        )
+    DEFAULT_BASE_URL = BASE_URL
+    KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key}

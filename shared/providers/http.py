@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import httpx
@@ -118,6 +118,11 @@ def make_client(
 class HTTPProvider(Provider):
     """A provider reached over HTTP. Subclasses build payloads and normalize answers; this does the rest."""
 
+    DEFAULT_BASE_URL: ClassVar[str | None] = None
+    KEY_ENVS: ClassVar[tuple[str, ...]] = ()  # where the key usually is, when no api_key_env is set
+    KEY_REQUIRED: ClassVar[bool] = True
+    STRIP_SUFFIXES: ClassVar[tuple[str, ...]] = ()
+
     dialect = "openai"  # which error conventions classify.py applies
     health_path = "models"
     health_params: Mapping[str, str] | None = None
@@ -130,13 +135,21 @@ class HTTPProvider(Provider):
         env: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         default_base_url: str | None = None,
-        key_envs: tuple[str, ...] = (),
-        key_required: bool = True,
+        key_envs: tuple[str, ...] | None = None,
+        key_required: bool | None = None,
     ) -> None:
+        """Keyword overrides win over the class's DEFAULT_BASE_URL / KEY_ENVS / KEY_REQUIRED
+        (OpenAI-compatible presets differ per instance)."""
+        default_base_url = default_base_url or self.DEFAULT_BASE_URL
+        key_envs = self.KEY_ENVS if key_envs is None else key_envs
+        key_required = self.KEY_REQUIRED if key_required is None else key_required
         self.name = name
         self.type = cfg.type
         self.config = cfg
-        self.base_url = (cfg.base_url or default_base_url or "").rstrip("/")
+        base_url = (cfg.base_url or default_base_url or "").rstrip("/")
+        for suffix in self.STRIP_SUFFIXES:  # users paste URLs with or without the version path
+            base_url = base_url.removesuffix(suffix)
+        self.base_url = base_url
         if not self.base_url:
             raise ConfigError(f"[providers.{name}] (type {cfg.type!r}) needs base_url")
         self.key = load_secret(cfg, env, key_envs)
@@ -148,6 +161,10 @@ class HTTPProvider(Provider):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models = frozenset(cfg.models)
         self._secret = self.key.reveal() if self.key else None
+        self.configure(cfg.options)
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Subclass hook: read type-specific ``options`` from the provider's config."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} type={self.type} base_url={self.base_url}>"

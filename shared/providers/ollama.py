@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
-from shared.config import ProviderConfig
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of
 from shared.providers.openai import usage_dict
@@ -30,24 +26,10 @@ class OllamaProvider(HTTPProvider):
     dialect = "ollama"
     health_path = "api/tags"
 
-    def __init__(
-        self,
-        name: str,
-        cfg: ProviderConfig,
-        *,
-        env: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            cfg,
-            env=env,
-            transport=transport,
-            default_base_url="http://localhost:11434",
-            key_envs=("OLLAMA_API_KEY",),
-            key_required=False,
-        )
-        self.base_url = self.base_url.removesuffix("/api").removesuffix("/v1")
+    DEFAULT_BASE_URL = "http://localhost:11434"
+    KEY_ENVS = ("OLLAMA_API_KEY",)
+    KEY_REQUIRED = False
+    STRIP_SUFFIXES = ("/api", "/v1")
 
     def payload(self, req: ChatRequest, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {

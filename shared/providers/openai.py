@@ -137,18 +137,9 @@ class AzureOpenAIProvider(OpenAIProvider):
     """
 
     health_path = "openai/models"
+    STRIP_SUFFIXES = ("/openai",)
 
-    def __init__(
-        self,
-        name: str,
-        cfg: ProviderConfig,
-        *,
-        env: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(name, cfg, env=env, transport=transport)
-        opts = cfg.options
-        self.base_url = self.base_url.removesuffix("/openai")
+    def configure(self, opts: Mapping[str, Any]) -> None:
         self.api_version = str(opts.get("api_version") or AZURE_API_VERSION)
         self.deployments: dict[str, str] = {
             str(k): str(v) for k, v in (opts.get("deployments") or {}).items()
