@@ -182,7 +182,11 @@ class Gate:
     async def settle(
         self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None
     ) -> None:
-        """Release the lease and record the outcome. ``actual_tokens`` None keeps the estimate."""
+        """Release the lease and record the outcome. ``actual_tokens`` None keeps the estimate.
+
+        The freed slot also calls the next job of the scope's line (jobs deferred while it was
+        saturated, see ``admit``'s ``waiter``) back from arq's queue now, ahead of its estimated turn.
+        """
         call = self.settle_call(adm, outcome, latency_ms, actual_tokens)
         if call is not None:
             await self._call(*call)
@@ -203,6 +207,8 @@ class Gate:
             k.gate_leases(scope),
             k.gate_probes(scope),
             k.breaker_events,
+            k.gate_waiting(scope),
+            k.queue,
         ]
         args = [
             scope,
@@ -216,6 +222,7 @@ class Gate:
             -1 if actual_tokens is None else max(0, int(actual_tokens)),
             repr(random.random()),
             *pol.settle_args,
+            int(adm.in_flight >= adm.limit),  # admitted at the limit: a 429 then marks the capacity
         ]
         return ScriptCall(self._settle, keys, args)
 

@@ -182,6 +182,8 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
     submitted_at: float = 0.0
     tenant: str | None = None
     webhook: str | None = None  # single jobs: POSTed a signed summary when done
+    # Attempts of earlier runs of a job deferred after failures (arq re-runs it from this payload).
+    prior_attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def kind(self) -> Kind:

@@ -14,17 +14,21 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import msgspec
 from arq import Retry
+from arq.jobs import serialize_job
+from redis.exceptions import RedisError
 
 from shared import codec
 from shared.errors import ErrorClass, ProviderError
+from shared.keys import ARQ_JOB
 from shared.providers.base import ProviderResponse
 from shared.resilience import Admission, Gate, RedisUnavailable, outcome_of
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
 from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
 from shared.scripts import ScriptCall, run_pipelined
-from shared.store import Store
+from shared.store import JOB_FUNCTION, Store
 from shared.tokens import estimate_messages, estimate_text
 from worker.local_lines import LocalLines
 
@@ -72,7 +76,7 @@ class Executor:
         """Run the job; None when it was deferred (arq re-queues it) instead of finishing."""
         spec = codec.decode_spec(raw)
         started = time.perf_counter()
-        attempts: list[Attempt] = []
+        attempts: list[Attempt] = list(spec.prior_attempts)
         try:
             candidates = self.router.candidates(spec.req().model)
         except RequestError as e:
@@ -82,6 +86,8 @@ class Executor:
                 outcome = await self._call(spec, candidates, attempts)
             except Deferred as d:
                 if job_try < self.max_tries:
+                    if len(attempts) > len(spec.prior_attempts):
+                        await self._carry(spec, attempts)
                     raise Retry(defer=d.delay) from None
                 info = ErrorInfo(
                     code="providers_unavailable", message=str(d), error_class="unavailable", status=503
@@ -116,9 +122,10 @@ class Executor:
             else []
         )
         est = self._estimate(spec)
+        errors: list[ProviderError] = []
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
-            outcome = await self._try_candidates(spec, candidates, attempts, est, lines, denied)
+            outcome = await self._try_candidates(spec, candidates, attempts, est, lines, denied, errors)
             if outcome is not None:
                 return outcome
             delay = _come_back_in(denied)
@@ -143,12 +150,18 @@ class Executor:
         est: int,
         lines: list[str],
         denied: list[Admission],
+        errors: list[ProviderError],
     ) -> Outcome | None:
-        """An outcome, or None when some candidates refused admission (``denied``) and none served it."""
+        """An outcome, or None when some candidates refused admission (``denied``) and none served it.
+
+        A job's attempts on each candidate are bounded for the whole job (``max_attempts``, earlier rounds
+        and runs included): one that waits for a saturated fallback does not call a failing primary again.
+        """
         req = spec.req()
         last: ProviderError | None = None
         for cand in candidates:
-            for n in range(self.policy.max_attempts):
+            used = _used(attempts, cand, self.policy.max_attempts)
+            for n in range(used, self.policy.max_attempts):
                 adm = await self.gate.admit(
                     cand.provider.name, cand.model, est, waiter=spec.id, other_lines=lines
                 )
@@ -190,6 +203,7 @@ class Executor:
                     return Outcome(resp, cand, None, settle, adm.scope)
                 assert err is not None
                 last = err
+                errors.append(err)
                 attempts.append(
                     Attempt(
                         provider=cand.provider.name,
@@ -212,8 +226,28 @@ class Executor:
                     await asyncio.sleep(delay)
         if denied and (last is None or last.error_class is not ErrorClass.CONTEXT):
             return None
-        assert last is not None
+        if last is not None and last.error_class is ErrorClass.RATE_LIMITED:
+            # Back-pressure, not failure (adaptive concurrency even probes for it): the job goes back to
+            # arq until the provider's wait is over; only arq's last try fails it.
+            delay = max(last.retry_after or 0.0, self.policy.delay(self.policy.max_attempts - 1))
+            raise Deferred(delay, [f"{attempts[-1].provider}/{attempts[-1].model}: rate limited"])
+        if last is None:  # every candidate's attempts were spent in earlier rounds or runs
+            last = errors[-1] if errors else _spent_error(attempts)
         return Outcome(None, None, _info(last))
+
+    async def _carry(self, spec: JobSpec, attempts: list[Attempt]) -> None:
+        """Rewrite the queued payload so the next run starts with ``attempts``: arq re-runs a deferred
+        job from the payload stored at enqueue, and its result must list every attempt. Only jobs
+        deferred after a failed attempt pay this round trip; if it fails, the job still runs again."""
+        carried = msgspec.structs.replace(spec, prior_attempts=attempts)
+        enqueued_ms = int((spec.submitted_at or time.time()) * 1000)
+        payload = serialize_job(
+            JOB_FUNCTION[spec.kind], (codec.encode_spec(carried),), {}, None, enqueued_ms,
+            serializer=codec.arq_serializer,
+        )  # fmt: skip
+        with contextlib.suppress(RedisError, OSError):
+            # XX: never resurrect a job that is gone; KEEPTTL: the job's expiry stays as enqueued
+            await self.store.redis.set(ARQ_JOB + spec.id, payload, xx=True, keepttl=True)
 
     async def _job_webhook(self, url: str, result: JobResult) -> None:
         from shared.webhook_delivery import enqueue_webhook
@@ -243,6 +277,28 @@ class Executor:
             cost_usd=round(cost, 10),
             completed_at=time.time(),
         )
+
+
+def _used(attempts: list[Attempt], cand: Candidate, budget: int) -> int:
+    """How much of its attempt budget on ``cand`` this job has spent: its failures there (the whole budget
+    once the candidate said it cannot serve the job). 429s spend none: they are back-pressure, which
+    adaptive concurrency and Retry-After handle, not a sign the job should give up on the provider."""
+    n = 0
+    for a in attempts:
+        if a.provider != cand.provider.name or a.model != cand.model or a.error_class is None:
+            continue
+        if a.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
+            return budget
+        if a.error_class != ErrorClass.RATE_LIMITED:
+            n += 1
+    return n
+
+
+def _spent_error(attempts: list[Attempt]) -> ProviderError:
+    """The failure to report for a job whose attempts were all spent in earlier runs (only Attempts left)."""
+    a = next(a for a in reversed(attempts) if a.error_class is not None)
+    msg = f"every candidate failed; last: {a.provider}/{a.model} ({a.error_class}, status {a.status})"
+    return ProviderError(ErrorClass(a.error_class), msg, status=a.status or None)
 
 
 def _come_back_in(denied: list[Admission]) -> float:

@@ -67,7 +67,7 @@ class FuseboxWorker(Worker):
             self._claim = scripts.load(self.pool, "claim")
         timeout_ms = int(self.in_progress_timeout_s * 1000)
         claimed = await self._claim(
-            keys=[self.queue_name], args=[ARQ_IN_PROGRESS, timeout_ms, timestamp_ms(), *job_ids[:free]]
+            keys=[self.queue_name], args=[ARQ_IN_PROGRESS, timeout_ms, timestamp_ms(), free, *job_ids]
         )
         for i in range(0, len(claimed), 2):
             job_id = claimed[i].decode()

@@ -2,10 +2,15 @@
 -- WATCH, EXISTS, ZSCORE, MULTI/EXEC). Same rule as arq: a job is ours if it is due and no worker
 -- holds its in-progress key; we then set that key for the job's timeout.
 -- KEYS[1] queue zset; ARGV[1] in-progress key prefix, ARGV[2] in-progress ttl ms, ARGV[3] now ms,
--- ARGV[4..] candidate job ids. Returns a flat list {id, score, id, score, ...} of claimed jobs.
+-- ARGV[4] how many to claim at most (the worker's free slots), ARGV[5..] candidate job ids, due first:
+-- all of them are scanned, since jobs other workers are running (long calls, jobs waiting in a worker)
+-- keep their old scores and sit at the head of the queue.
+-- Returns a flat list {id, score, id, score, ...} of claimed jobs.
 local out = {}
 local now = tonumber(ARGV[3])
-for i = 4, #ARGV do
+local want = tonumber(ARGV[4])
+for i = 5, #ARGV do
+  if #out >= 2 * want then break end
   local id = ARGV[i]
   local ip = ARGV[1] .. id
   if redis.call('EXISTS', ip) == 0 then

@@ -11,7 +11,9 @@
 -- ARGV[18] open wait base ms, ARGV[19] wait growth, ARGV[20] wait max ms, ARGV[21] jitter fraction,
 -- ARGV[22] half-open probes, ARGV[23] count 429 as failure 1/0, ARGV[24] adaptive 1/0,
 -- ARGV[25] max_concurrency, ARGV[26] decrease factor, ARGV[27] increase step,
--- ARGV[28] success window, ARGV[29] events stream max length
+-- ARGV[28] success window, ARGV[29] events stream max length,
+-- ARGV[30] '1' if the call was admitted with the concurrency limit reached (the limit was binding)
+-- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue
 -- Returns {state after, 1 if this outcome caused a transition else 0}.
 --#include _gate.lua
 unpack_policy(11)  -- ARGV[11..29] arrive packed in ARGV[11]
@@ -26,10 +28,22 @@ local maxlen = ARGV[29]
 local now = now_ms()
 
 -- Releasing is idempotent, and a lease already reclaimed as expired is simply gone.
-redis.call('ZREM', L, id)
+local released = redis.call('ZREM', L, id)
 if probe then redis.call('ZREM', P, id) end
 
-local h = redis.call('HMGET', S, 'st', 'gen', 'ttat', 'lat', 'lim', 'lgen')
+-- Jobs deferred while this scope was saturated come back on an estimate of their turn. Each freed
+-- slot also calls the next of them back now: closed-loop, so slots never idle while jobs sit in arq's
+-- queue waiting for a turn estimated too late (a job waiting in a worker may take this slot first;
+-- the one called back then waits there in turn).
+if released == 1 then
+  local nxt = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. fmt(now), '+inf', 'LIMIT', 0, 1)
+  if nxt[1] then
+    redis.call('ZADD', KEYS[6], fmt(now), nxt[1])
+    redis.call('ZADD', KEYS[7], 'XX', 'LT', math.floor(now), nxt[1])
+  end
+end
+
+local h = redis.call('HMGET', S, 'st', 'gen', 'ttat', 'lat', 'lim', 'lgen', 'lmax')
 local st, cur_gen = h[1] or 'closed', num(h[2], 0)
 
 if tpm > 0 and actual >= 0 and h[3] then
@@ -113,19 +127,33 @@ end
 -- Adaptive concurrency (AIMD): one multiplicative decrease per limit generation, so a burst of
 -- 429s from calls admitted under the same limit shrinks it once; additive growth after a run of
 -- successes. Shared by the whole fleet.
+-- A 429 that came while the limit was binding marks the level the provider refused ('lmax'); growth
+-- back up to just below it is as usual, but it probes that level PLATEAU_GROWTH times as fast, so the
+-- limit spends most of its time at the provider's real capacity instead of paying a 429 every few
+-- dozen calls to re-discover it. Past lmax + 1 (the capacity grew) growth is normal again. Without
+-- 'lim' (never shrunk, or an ops reset) any remembered level is void.
+local PLATEAU_GROWTH = 0.25
 if ARGV[24] == '1' then
   local max_conc = tonumber(ARGV[25])
   local lim = math.min(num(h[5], max_conc), max_conc)
+  local lmax = h[5] and tonumber(h[7]) or nil
   if outcome == 'rate_limited' then
     if lgen == num(h[6], 0) then
-      lim = math.max(1, lim * tonumber(ARGV[26]))
-      redis.call('HSET', S, 'lim', fmt(lim), 'lgen', lgen + 1, 'okrun', 0)
+      local shrunk = math.max(1, lim * tonumber(ARGV[26]))
+      redis.call('HSET', S, 'lim', fmt(shrunk), 'lgen', lgen + 1, 'okrun', 0)
+      if ARGV[30] == '1' then
+        redis.call('HSET', S, 'lmax', math.floor(lim))
+      elseif not h[5] then
+        redis.call('HDEL', S, 'lmax')
+      end
     end
   elseif outcome == 'success' then
     local run = redis.call('HINCRBY', S, 'okrun', 1)
     if run >= tonumber(ARGV[28]) then
       if lim < max_conc then
-        redis.call('HSET', S, 'lim', fmt(math.min(max_conc, lim + tonumber(ARGV[27]))))
+        local step = tonumber(ARGV[27])
+        if lmax and lim >= lmax - 1 and lim < lmax + 1 then step = step * PLATEAU_GROWTH end
+        redis.call('HSET', S, 'lim', fmt(math.min(max_conc, lim + step)))
       end
       redis.call('HSET', S, 'okrun', 0)
     end
