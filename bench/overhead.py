@@ -31,7 +31,7 @@ from shared import codec
 from shared.config import FileConfig, Settings
 from shared.embedded import EmbeddedValkey, free_port
 from shared.redis_conn import connect
-from worker.settings import build_worker
+from worker.settings import FuseboxWorker, build_worker
 
 
 async def noop(ctx: dict[str, Any], raw: bytes) -> None:
@@ -65,7 +65,8 @@ async def _drain(worker: Worker) -> float:
     return time.perf_counter() - t0
 
 
-async def bare_arq(url: str, n: int) -> float:
+async def bare_arq(url: str, n: int, worker_class: type[Worker] = Worker) -> float:
+    """No-op jobs through ``worker_class`` (arq's own, or Fusebox's with its batched claim)."""
     s = _settings(url)
     redis = connect(url, s.keys)
     payload = codec.encode(b"x" * 200)
@@ -73,7 +74,7 @@ async def bare_arq(url: str, n: int) -> float:
         await redis.enqueue_job("chat", payload, _job_id=f"noop{i}")
     assert await redis.zcard(s.keys.queue) == n, "bare arq jobs were not all queued"
     wc = s.file.worker
-    worker = Worker(
+    worker = worker_class(
         functions=[noop],
         queue_name=s.keys.queue,
         redis_pool=redis,
@@ -126,16 +127,19 @@ async def enqueue(url: str, n: int) -> tuple[float, float]:
 
 
 async def main_async(url: str, n: int, rounds: int) -> None:
-    arq_rates, fb_rates = [], []
-    for _ in range(rounds):  # interleaved, so machine noise hits both sides alike
+    arq_rates, fb_rates, fw_rates = [], [], []
+    for _ in range(rounds):  # interleaved, so machine noise hits all sides alike
         arq_rates.append(await bare_arq(url, n))
         fb_rates.append((await fusebox(url, n))[0])
-    arq_best, fb_best = max(arq_rates), max(fb_rates)
+        fw_rates.append(await bare_arq(url, n, FuseboxWorker))
+    arq_best, fb_best, fw_best = max(arq_rates), max(fb_rates), max(fw_rates)
     batch_rate, loop_rate = await enqueue(url, n)
     print(
         f"bare arq no-op:      {arq_best:8.0f} jobs/s  (rounds: {', '.join(f'{r:.0f}' for r in arq_rates)})"
     )
     print(f"fusebox full path:   {fb_best:8.0f} jobs/s  (rounds: {', '.join(f'{r:.0f}' for r in fb_rates)})")
+    print(f"fusebox worker no-op:{fw_best:8.0f} jobs/s  (batched claim)")
+    print(f"job path alone (full path / fusebox worker no-op): {fb_best / fw_best:.2f}")
     print(f"batch submit:        {batch_rate:8.0f} lines/s (pipelined, validated)")
     print(f"enqueue_job loop:    {loop_rate:8.0f} jobs/s")
     print(f"overhead ratio: {fb_best / arq_best:.2f} enqueue ratio: {batch_rate / loop_rate:.1f}")
