@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import httpx
 import pytest
 
 from shared.config import ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.providers.anthropic import AnthropicProvider
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
+from tests.unit.wire import Wire
 
 KEY = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-WXYZ"
-
-
-class Wire:
-    def __init__(self, *answers: tuple[int, Any, dict[str, str]] | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        status, body, headers = answer
-        return httpx.Response(
-            status, content=json.dumps(body).encode(), headers={"content-type": "application/json", **headers}
-        )
-
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
-
-    def body(self, i: int = -1) -> Any:
-        return json.loads(self.requests[i].content)
 
 
 def provider(wire: Wire, **options: Any) -> AnthropicProvider:

@@ -5,39 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 
 from shared.config import ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.providers.gemini import GeminiProvider
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
+from tests.unit.wire import Wire
 
 KEY = "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5WXYZ"
 BASE = "https://generativelanguage.googleapis.com/v1beta"
-
-
-class Wire:
-    def __init__(self, *answers: tuple[int, Any, dict[str, str]] | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        status, body, headers = answer
-        return httpx.Response(
-            status, content=json.dumps(body).encode(), headers={"content-type": "application/json", **headers}
-        )
-
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
-
-    def body(self, i: int = -1) -> Any:
-        return json.loads(self.requests[i].content)
 
 
 def provider(wire: Wire, env: dict[str, str] | None = None, **options: Any) -> GeminiProvider:

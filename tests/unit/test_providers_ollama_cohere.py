@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -13,31 +12,9 @@ from shared.errors import ErrorClass, ProviderError
 from shared.providers.cohere import CohereProvider
 from shared.providers.ollama import OllamaProvider
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
+from tests.unit.wire import Wire
 
 COHERE_KEY = "co-AbCdEfGhIjKlMnOpQrStUvWxYz0123WXYZ"
-
-
-class Wire:
-    def __init__(self, *answers: tuple[int, Any, dict[str, str]] | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        status, body, headers = answer
-        return httpx.Response(
-            status, content=json.dumps(body).encode(), headers={"content-type": "application/json", **headers}
-        )
-
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
-
-    def body(self, i: int = -1) -> Any:
-        return json.loads(self.requests[i].content)
 
 
 def ollama(wire: Wire, env: dict[str, str] | None = None, base_url: str | None = None) -> OllamaProvider:

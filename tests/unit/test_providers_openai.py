@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -13,34 +12,9 @@ from shared.errors import ErrorClass, ProviderError
 from shared.providers.http import make_client
 from shared.providers.openai import PRESETS, AzureOpenAIProvider, OpenAIProvider
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
+from tests.unit.wire import Wire
 
 KEY = "sk-proj-Abc123Def456Ghi789Jkl012Mno345WXYZ"
-
-
-class Wire:
-    """A MockTransport handler that records requests and replays canned answers in order."""
-
-    def __init__(self, *answers: tuple[int, Any, dict[str, str]] | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        status, body, headers = answer
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.Response(
-            status, content=content, headers={"content-type": "application/json", **headers}
-        )
-
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
-
-    def body(self, i: int = -1) -> Any:
-        return json.loads(self.requests[i].content)
 
 
 def provider(wire: Wire, type_: str = "openai", key: str | None = KEY, **cfg: Any) -> OpenAIProvider:
