@@ -17,7 +17,9 @@ import httpx
 import msgspec
 from arq import Retry
 from arq.jobs import serialize_job
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec
 from shared.errors import ErrorClass, ProviderError
@@ -97,7 +99,8 @@ class Executor:
         calls = [c for c in (outcome.settle, self.store.complete_call(result, spec.tenant)) if c is not None]
         try:
             replies = await run_pipelined(self.store.redis, calls)
-        except (OSError, ConnectionError) as e:
+        except (OSError, RedisConnectionError, RedisTimeoutError) as e:
+            # the worker re-queues the job once Redis answers again (FuseboxWorker._reap_tasks)
             raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
         if outcome.scope is not None:
             self.local.release(outcome.scope)
