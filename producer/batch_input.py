@@ -31,13 +31,6 @@ MAX_LINE_BYTES = 1_000_000
 _json = msgspec.json.Decoder()
 
 
-@dataclass(slots=True)
-class LineError:
-    line: int  # 1-based line number in the input file
-    code: str
-    message: str
-
-
 @dataclass
 class Validator:
     """Validates lines one by one; remembers custom_ids to refuse duplicates by line number."""

@@ -1,4 +1,4 @@
-"""``fusebox run``: the all-in-one batch — Redis (embedded if needed), in-process workers, output file."""
+"""``fusebox run``: the all-in-one batch — Redis (embedded if needed), an in-process worker, output file."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ class RunOptions:
     fresh: bool = False
     model: str | None = None  # set for a plain prompts file
     system: str | None = None
-    workers: int = 1
     quiet: bool = False
 
 
@@ -75,8 +74,9 @@ async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
     batch_id = opts.batch_id
     if batch_id is None and not opts.fresh:
         batch_id = file_digest(str(opts.input), (prompts or {}).get("model") or "", opts.system or "")
-    workers = [build_worker(settings, redis, handle_signals=False) for _ in range(max(1, opts.workers))]
-    tasks = [asyncio.create_task(w.async_run()) for w in workers]
+    # One worker in this event loop: more would share the same core and only add polling.
+    worker = build_worker(settings, redis, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
     progress = Progress()
     t0 = time.monotonic()
     try:
@@ -109,13 +109,10 @@ async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
             progress.close()
         written = await write_results(client, sub.batch_id, opts.output, opts.errors)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        for w in workers:
-            await w.close()  # also closes the shared pool
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()  # also closes the shared pool
     secs = time.monotonic() - t0
     dest = f"{opts.output}" + (f" (errors: {opts.errors})" if opts.errors else "")
     _say(

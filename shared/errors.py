@@ -13,12 +13,6 @@ class ErrorClass(StrEnum):
     UNAVAILABLE = "unavailable"  # breaker open / provider saturated: next candidate or defer
 
 
-RETRYABLE = frozenset({ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT})
-FALLBACK = frozenset(
-    {ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT, ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE}
-)
-
-
 class ProviderError(Exception):
     """A provider call failed. The message must never contain credentials."""
 

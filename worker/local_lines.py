@@ -20,9 +20,6 @@ class LocalLines:
         self.cap = per_scope_cap
         self._waiters: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)
 
-    def waiting(self, scope: str) -> int:
-        return len(self._waiters[scope])
-
     def has_room(self, scopes: Sequence[str]) -> bool:
         return all(len(self._waiters[s]) < self.cap for s in scopes)
 
