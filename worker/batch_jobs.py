@@ -10,6 +10,8 @@ from arq.cron import cron
 
 from shared.schema import Usage
 from shared.store import Store
+from shared.webhook_delivery import enqueue_webhook
+from shared.webhooks import RequestCounts, batch_event
 
 log = logging.getLogger("fusebox.batches")
 STORE_KEY = "fusebox_store"
@@ -27,9 +29,6 @@ async def finalize_batch(ctx: dict[str, Any], batch_id: str) -> None:
 async def _batch_webhook(
     ctx: dict[str, Any], store: Store, batch_id: str, info: dict[str, str], url: str
 ) -> None:
-    from shared.webhook_delivery import enqueue_webhook
-    from shared.webhooks import RequestCounts, batch_event
-
     usage = Usage(
         prompt_tokens=int(info.get("prompt_tokens", 0)),
         completion_tokens=int(info.get("completion_tokens", 0)),

@@ -32,6 +32,8 @@ from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, R
 from shared.scripts import ScriptCall, run_pipelined
 from shared.store import JOB_FUNCTION, Store
 from shared.tokens import estimate_messages, estimate_text
+from shared.webhook_delivery import enqueue_webhook
+from shared.webhooks import job_event
 from worker.local_lines import LocalLines
 
 DEFAULT_OUTPUT_ESTIMATE = 256  # tokens reserved for a reply whose request sets no max_tokens
@@ -253,9 +255,6 @@ class Executor:
             await self.store.redis.set(ARQ_JOB + spec.id, payload, xx=True, keepttl=True)
 
     async def _job_webhook(self, url: str, result: JobResult) -> None:
-        from shared.webhook_delivery import enqueue_webhook
-        from shared.webhooks import job_event
-
         await enqueue_webhook(self.store.redis, self.store.keys, url, job_event(result), None)
 
     def _result(self, spec: JobSpec, outcome: Outcome, attempts: list[Attempt], started: float) -> JobResult:
