@@ -43,7 +43,7 @@ class Validator:
 
     def check_model(self, model: str) -> None:
         if self.router is not None:
-            self.router.candidates(model)
+            self.router.resolve(model)  # validation must not advance round-robin state
 
     def parse_jsonl(self, raw: bytes | str, lineno: int, index: int) -> JobSpec | JobResult:
         """One OpenAI Batch line -> JobSpec, or a rejected JobResult."""

@@ -81,7 +81,7 @@ class FuseboxClient:
         ``webhook`` gets a signed ``job.completed`` / ``job.failed`` summary when it ends.
         """
         req = ChatRequest.from_body(body) if kind == "chat" else EmbeddingRequest.from_body(body)
-        self.router.candidates(req.model)
+        self.router.resolve(req.model)
         if webhook:
             await self.check_webhook_url(webhook)
         spec = JobSpec(
