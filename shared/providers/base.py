@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 from msgspec import Struct
 
@@ -35,6 +35,9 @@ class Provider(ABC):
     name: str
     type: str
     config: ProviderConfig
+    # Most inputs one embedding call of this API takes (None: no documented limit). Larger inputs
+    # are split into chunks by shared.providers.embedding.run.
+    max_embed_inputs: ClassVar[int | None] = None
 
     def serves(self, model: str) -> bool:
         """Whether this provider claims ``model`` when no prefix or route names it."""

@@ -4,6 +4,10 @@ v2 chat messages and tools are close to OpenAI's (roles system/user/assistant/
 tool, function tools); the answer's content is a list of text blocks and the
 finish reasons are upper-case words. Usage is what Cohere bills
 (``billed_units``), falling back to the raw ``tokens`` counts.
+
+Cohere accepts ``p`` only in 0.01-0.99 (400 otherwise); OpenAI's ``top_p`` is 0-1 with 1 meaning
+"no nucleus cut", so it is clamped into that range rather than failing the job: 1.0 becomes 0.99
+(the widest nucleus Cohere allows) and 0 becomes 0.01.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 from typing import Any
 
 from shared.errors import ErrorClass, ProviderError
-from shared.providers import classify
+from shared.providers import classify, embedding
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, text_of
 from shared.providers.openai import usage_dict
@@ -37,6 +41,8 @@ PASSTHROUGH = (
     "priority",
 )
 _MESSAGE_FIELDS = ("content", "tool_calls", "tool_call_id", "tool_plan")
+P_MIN, P_MAX = 0.01, 0.99
+MAX_EMBED_TEXTS = 96  # /v2/embed: at most 96 texts per call
 
 
 class CohereProvider(HTTPProvider):
@@ -47,13 +53,14 @@ class CohereProvider(HTTPProvider):
     DEFAULT_BASE_URL = "https://api.cohere.com"
     KEY_ENVS = ("COHERE_API_KEY", "CO_API_KEY")
     STRIP_SUFFIXES = ("/v2", "/v1")
+    max_embed_inputs = MAX_EMBED_TEXTS
 
     def payload(self, req: ChatRequest, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": convert_messages(req.messages)}
         if req.temperature is not None:
             body["temperature"] = req.temperature
         if req.top_p is not None:
-            body["p"] = req.top_p
+            body["p"] = min(P_MAX, max(P_MIN, req.top_p))
         limit = req.output_limit()
         if limit is not None:
             body["max_tokens"] = limit
@@ -114,6 +121,16 @@ class CohereProvider(HTTPProvider):
         )
 
     async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        return await embedding.run(
+            self.name,
+            req,
+            lambda part: self._embed(part, model),
+            max_inputs=self.max_embed_inputs,
+            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
+            token_ids=False,
+        )
+
+    async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
         texts = req.texts()
         input_type = req.extra.get("input_type") or self.config.options.get("input_type") or "search_document"
         payload: dict[str, Any] = {

@@ -4,10 +4,24 @@ OpenAI messages become ``contents``/``parts`` (roles user/model) with system
 messages in ``systemInstruction``; sampling fields go to ``generationConfig``;
 tools become ``functionDeclarations``. A prompt or answer blocked by safety
 filters is a final error that says so, not an empty completion.
+
+Thought signatures: a ``functionCall`` part may carry an opaque ``thoughtSignature`` that must be
+sent back on that part in the next turn (Gemini 3 rejects the turn with 400 without it). It
+travels on the OpenAI-shaped tool call as ``extra_content.google.thought_signature``, the shape
+Google's own OpenAI-compatible endpoint uses. A history with no signature for a Gemini 3 model (a
+conversation begun on another model, or tool calls made up by the client) gets the placeholder
+Google documents for exactly that case on the first call of each model turn.
+
+Finish reasons the model ends on without a usable answer (a malformed or unexpected tool call,
+too many tool calls, OTHER, ...) are final errors, never an empty successful ``stop``: the request
+was valid and the provider healthy, so retrying is another billed generation that most likely ends
+the same way, and counting it against the provider's breaker would punish the provider for what the
+prompt or tool schema caused.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -15,6 +29,7 @@ from typing import Any
 import msgspec
 
 from shared.errors import ErrorClass, ProviderError
+from shared.providers import embedding
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, decode_json, dumps, json_arguments, text_of
 from shared.providers.openai import usage_dict
@@ -22,10 +37,42 @@ from shared.schema import ChatRequest, EmbeddingRequest, Usage
 from shared.tokens import estimate_text
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
-FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
+# google.genai.types.FinishReason, all of it: every value is mapped, failed, or blocked.
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "CONTINUATION": "length"}
 BLOCKED = frozenset(
-    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "LANGUAGE",
+        "ESCALATION",
+        "MODEL_ARMOR",
+    }
 )
+# The model stopped without a usable answer: a final error (see the module docstring).
+FAILED = frozenset(
+    {
+        "MALFORMED_FUNCTION_CALL",
+        "UNEXPECTED_TOOL_CALL",
+        "TOO_MANY_TOOL_CALLS",
+        "MISSING_THOUGHT_SIGNATURE",
+        "MALFORMED_RESPONSE",
+        "OTHER",
+        "IMAGE_OTHER",
+        "NO_IMAGE",
+        "PUP_LIMITED_DISABLED",
+        "FINISH_REASON_UNSPECIFIED",
+    }
+)
+# Google's documented placeholder for a function call that has no signature of its own.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+MAX_EMBED_REQUESTS = 100  # batchEmbedContents: at most 100 requests per call
+_VERSION = re.compile(r"gemini-(\d+)")
 # OpenAI-style extras that have a generationConfig equivalent.
 GENERATION_EXTRAS = {
     "top_k": "topK",
@@ -49,13 +96,14 @@ class GeminiProvider(HTTPProvider):
 
     DEFAULT_BASE_URL = BASE_URL
     KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    max_embed_inputs = MAX_EMBED_REQUESTS
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key}
 
     # -- chat
-    def payload(self, req: ChatRequest) -> dict[str, Any]:
-        system, contents = convert_messages(self.name, req.messages)
+    def payload(self, req: ChatRequest, model: str = "") -> dict[str, Any]:
+        system, contents = convert_messages(self.name, req.messages, signatures=needs_signatures(model))
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": system}
@@ -74,7 +122,7 @@ class GeminiProvider(HTTPProvider):
 
     async def chat(self, req: ChatRequest, model: str) -> ProviderResponse:
         model = model.removeprefix("models/")
-        data, resp = await self.post_json(f"models/{model}:generateContent", self.payload(req))
+        data, resp = await self.post_json(f"models/{model}:generateContent", self.payload(req, model))
         candidates = data.get("candidates")
         if not isinstance(candidates, list) or not candidates:
             feedback = data.get("promptFeedback") or {}
@@ -112,13 +160,15 @@ class GeminiProvider(HTTPProvider):
         for part in (cand.get("content") or {}).get("parts") or ():
             if "functionCall" in part:
                 fc = part["functionCall"]
-                tool_calls.append(
-                    {
-                        "id": fc.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-                        "type": "function",
-                        "function": {"name": fc.get("name"), "arguments": dumps(fc.get("args") or {})},
-                    }
-                )
+                call: dict[str, Any] = {
+                    "id": fc.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                    "type": "function",
+                    "function": {"name": fc.get("name"), "arguments": dumps(fc.get("args") or {})},
+                }
+                signature = part.get("thoughtSignature") or part.get("thought_signature")
+                if signature:
+                    call["extra_content"] = {"google": {"thought_signature": signature}}
+                tool_calls.append(call)
             elif part.get("thought"):
                 thoughts.append(part.get("text", ""))
             elif "text" in part:
@@ -126,6 +176,8 @@ class GeminiProvider(HTTPProvider):
         reason = cand.get("finishReason") or "STOP"
         if reason in BLOCKED and not texts and not tool_calls:
             return None
+        if reason in FAILED or (reason not in FINISH_REASONS and reason not in BLOCKED and not texts):
+            raise self._failed(reason, cand)
         message: dict[str, Any] = {
             "role": "assistant",
             "content": "".join(texts) if texts or not tool_calls else None,
@@ -145,6 +197,15 @@ class GeminiProvider(HTTPProvider):
             "finish_reason": finish,
         }
 
+    def _failed(self, reason: str, cand: dict[str, Any]) -> ProviderError:
+        detail = str(cand.get("finishMessage") or "")[:200]
+        return ProviderError(
+            ErrorClass.FINAL,
+            f"{self.name}: Gemini ended without an answer (finishReason {reason})"
+            + (f": {detail}" if detail else ""),
+            code=reason.lower(),
+        )
+
     def _blocked(self, what: str, info: dict[str, Any]) -> ProviderError:
         flagged = [
             f"{r.get('category')}: {r.get('probability')}"
@@ -162,6 +223,17 @@ class GeminiProvider(HTTPProvider):
     # -- embeddings
     async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
         model = model.removeprefix("models/")
+        return await embedding.run(
+            self.name,
+            req,
+            lambda part: self._embed(part, model),
+            max_inputs=self.max_embed_inputs,
+            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
+            token_ids=False,
+        )
+
+    async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        """One call: ``embedContent`` for one input, ``batchEmbedContents`` for up to 100."""
         texts = req.texts()
         task = req.extra.get("task_type") or req.extra.get("taskType") or self.config.options.get("task_type")
 
@@ -200,10 +272,19 @@ class GeminiProvider(HTTPProvider):
 # -- request conversion ---------------------------------------------------
 
 
+def needs_signatures(model: str) -> bool:
+    """Gemini 3 and later reject a function call sent back without its thought signature."""
+    m = _VERSION.search(model)
+    return bool(m) and int(m.group(1)) >= 3
+
+
 def convert_messages(
-    provider: str, messages: list[dict[str, Any]]
+    provider: str, messages: list[dict[str, Any]], *, signatures: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """OpenAI messages -> (systemInstruction parts, contents); same-role turns are merged."""
+    """OpenAI messages -> (systemInstruction parts, contents); same-role turns are merged.
+
+    ``signatures``: put Google's placeholder on the first function call of a turn that carries
+    no thought signature (the target model requires one)."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_call_id -> function name, for functionResponse parts
@@ -218,21 +299,34 @@ def convert_messages(
             _append(contents, "user", [part])
         elif role == "assistant":
             parts = _parts(content)
+            calls: list[dict[str, Any]] = []
             for tc in m.get("tool_calls") or ():
                 fn = tc.get("function") or {}
                 names[tc.get("id") or ""] = fn.get("name") or ""
-                parts.append(
-                    {
-                        "functionCall": {
-                            "name": fn.get("name"),
-                            "args": json_arguments(provider, fn.get("arguments")),
-                        }
+                part: dict[str, Any] = {
+                    "functionCall": {
+                        "name": fn.get("name"),
+                        "args": json_arguments(provider, fn.get("arguments")),
                     }
-                )
-            _append(contents, "model", parts)
+                }
+                signature = thought_signature(tc)
+                if signature:
+                    part["thoughtSignature"] = signature
+                calls.append(part)
+            if signatures and calls and not any("thoughtSignature" in c for c in calls):
+                calls[0]["thoughtSignature"] = SKIP_SIGNATURE
+            _append(contents, "model", parts + calls)
         else:
             _append(contents, "user", _parts(content))
     return system, contents
+
+
+def thought_signature(tool_call: dict[str, Any]) -> str | None:
+    """The signature an earlier Gemini answer put on this OpenAI-shaped tool call, if any."""
+    extra = tool_call.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    sig = google.get("thought_signature") if isinstance(google, dict) else None
+    return sig if isinstance(sig, str) and sig else None
 
 
 def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:

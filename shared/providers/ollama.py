@@ -4,6 +4,10 @@ Sampling fields move into ``options`` (max tokens is ``num_predict``); tool
 call arguments are objects, not JSON strings; usage comes from
 ``prompt_eval_count`` / ``eval_count``. No key is needed for a local server; a
 key (OLLAMA_API_KEY) is sent as a bearer token when set (hosted Ollama).
+
+Tool results: the documented field is ``tool_name`` (the function's name); current servers also
+read ``tool_call_id`` and give tool calls an ``id``, so both are sent (Go's JSON decoding ignores
+fields an older server does not know). ``/api/embed`` takes text only: token-id inputs are rejected.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from shared.providers import embedding
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of
 from shared.providers.openai import usage_dict
@@ -109,6 +114,16 @@ class OllamaProvider(HTTPProvider):
         return ProviderResponse(body=body, usage=usage)
 
     async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        return await embedding.run(
+            self.name,
+            req,
+            lambda part: self._embed(part, model),
+            max_inputs=self.max_embed_inputs,
+            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
+            token_ids=False,
+        )
+
+    async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
         texts = req.texts()
         payload: dict[str, Any] = {"model": model, "input": texts}
         if req.dimensions:
@@ -152,18 +167,21 @@ def convert_messages(provider: str, messages: list[dict[str, Any]]) -> list[dict
             for tc in m["tool_calls"]:
                 fn = tc.get("function") or {}
                 names[tc.get("id") or ""] = fn.get("name") or ""
-                calls.append(
-                    {
-                        "function": {
-                            "name": fn.get("name"),
-                            "arguments": json_arguments(provider, fn.get("arguments")),
-                        }
+                call: dict[str, Any] = {
+                    "function": {
+                        "name": fn.get("name"),
+                        "arguments": json_arguments(provider, fn.get("arguments")),
                     }
-                )
+                }
+                if tc.get("id"):
+                    call["id"] = tc["id"]
+                calls.append(call)
             msg["tool_calls"] = calls
         elif role == "tool":
             name = m.get("name") or names.get(m.get("tool_call_id") or "")
             if name:
                 msg["tool_name"] = name
+            if m.get("tool_call_id"):
+                msg["tool_call_id"] = m["tool_call_id"]
         out.append(msg)
     return out

@@ -16,7 +16,7 @@ import httpx
 
 from shared.config import ProviderConfig
 from shared.errors import ProviderError
-from shared.providers import classify
+from shared.providers import classify, embedding
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
@@ -107,7 +107,19 @@ class OpenAIProvider(HTTPProvider):
             body=data, usage=usage, request_id=classify.request_id(resp.headers) or data.get("id")
         )
 
+    max_embed_inputs = 2048  # /embeddings: at most 2,048 inputs per call; larger inputs are chunked
+
     async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        return await embedding.run(
+            self.name,
+            req,
+            lambda part: self._embed(part, model),
+            max_inputs=self.max_embed_inputs,
+            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
+            token_ids=True,
+        )
+
+    async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
         url, params = self.embed_url(model)
         data, resp = await self.post_json(url, self.payload(req, model), params=params)
         if not isinstance(data.get("data"), list):

@@ -230,15 +230,55 @@ async def test_function_call_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "finish"),
-    [("STOP", "stop"), ("MAX_TOKENS", "length"), ("MALFORMED_FUNCTION_CALL", "stop"), ("OTHER", "stop")],
+    [("STOP", "stop"), ("MAX_TOKENS", "length"), ("CONTINUATION", "length"), (None, "stop")],
 )
-async def test_finish_reasons(reason: str, finish: str) -> None:
+async def test_finish_reasons(reason: str | None, finish: str) -> None:
     answer = json.loads(json.dumps(TEXT_RESPONSE))
-    answer["candidates"][0]["finishReason"] = reason
+    if reason is None:
+        del answer["candidates"][0]["finishReason"]
+    else:
+        answer["candidates"][0]["finishReason"] = reason
     resp = await provider(Wire((200, answer, {}))).chat(
         ChatRequest.from_body({"model": "g", "messages": [{"role": "user", "content": "x"}]}), "g"
     )
     assert resp.body["choices"][0]["finish_reason"] == finish
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "MALFORMED_FUNCTION_CALL",
+        "UNEXPECTED_TOOL_CALL",
+        "TOO_MANY_TOOL_CALLS",
+        "OTHER",
+        "MISSING_THOUGHT_SIGNATURE",
+        "MALFORMED_RESPONSE",
+        "FINISH_REASON_UNSPECIFIED",
+        "SOMETHING_NEW",  # a value this adapter has never seen, with no answer: not a silent stop
+    ],
+)
+async def test_failed_finish_reasons_are_final_errors(reason: str) -> None:
+    # What Gemini sends: no content (or an empty one) and the reason, sometimes a finishMessage.
+    answer = {
+        "candidates": [{"finishReason": reason, "index": 0, "finishMessage": "Malformed function call: x"}],
+        "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+    }
+    with pytest.raises(ProviderError) as ei:
+        await provider(Wire((200, answer, {}))).chat(
+            ChatRequest.from_body({"model": "g", "messages": [{"role": "user", "content": "x"}]}), "g"
+        )
+    assert ei.value.error_class == ErrorClass.FINAL
+    assert ei.value.code == reason.lower()
+    assert reason in ei.value.message
+
+
+def test_every_sdk_finish_reason_is_mapped() -> None:
+    """The full google-genai FinishReason enum: each value is a finish reason, a block or a failure."""
+    types = pytest.importorskip("google.genai.types")
+    from shared.providers.gemini import BLOCKED, FAILED, FINISH_REASONS
+
+    known = set(FINISH_REASONS) | BLOCKED | FAILED
+    assert {r.value for r in types.FinishReason} <= known
 
 
 async def test_blocked_prompt_is_a_clear_final_error() -> None:

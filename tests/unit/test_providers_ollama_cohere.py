@@ -193,11 +193,18 @@ async def test_ollama_tool_calls_both_ways() -> None:
                     "function": {
                         "name": "get_current_weather",
                         "arguments": {"format": "celsius", "location": "Paris, FR"},
-                    }
+                    },
+                    "id": call["id"],
                 }
             ],
         },
-        {"role": "tool", "content": "22 degrees", "tool_name": "get_current_weather"},
+        # tool_name (documented) and tool_call_id (read by current servers) both identify the call
+        {
+            "role": "tool",
+            "content": "22 degrees",
+            "tool_name": "get_current_weather",
+            "tool_call_id": call["id"],
+        },
     ]
 
 
