@@ -93,10 +93,17 @@ async def run(
         return encode_as_requested(await call(req), req.encoding_format)
     chunks = [items[i : i + max_inputs] for i in range(0, len(items), max_inputs)]
     gate = asyncio.Semaphore(parallel)
+    failed = asyncio.Event()
 
-    async def one(chunk: list[Any]) -> ProviderResponse:
+    async def one(chunk: list[Any]) -> ProviderResponse | None:
         async with gate:
-            return await call(msgspec.structs.replace(req, input=chunk))
+            if failed.is_set():  # a chunk already failed: the call is lost, send nothing more
+                return None
+            try:
+                return await call(msgspec.structs.replace(req, input=chunk))
+            except BaseException:
+                failed.set()
+                raise
 
     tasks = [asyncio.ensure_future(one(c)) for c in chunks]
     try:
@@ -108,7 +115,8 @@ async def run(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return encode_as_requested(join(parts, [len(c) for c in chunks]), req.encoding_format)
+    done = [p for p in parts if p is not None]
+    return encode_as_requested(join(done, [len(c) for c in chunks]), req.encoding_format)
 
 
 def join(parts: Sequence[ProviderResponse], sizes: Sequence[int]) -> ProviderResponse:
