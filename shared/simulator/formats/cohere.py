@@ -1,4 +1,8 @@
-"""Cohere v2 ``/v2/chat`` and ``/v2/embed``, and the ``/v1/models`` list."""
+"""Cohere v2 ``/v2/chat`` and ``/v2/embed``, and the ``/v1/models`` list.
+
+Strict where the real API is: ``p`` only in 0.01-0.99, at most 96 texts per embed call, a tool
+message must name the ``tool_call_id`` it answers.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from shared.tokens import estimate_text
 
 _FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool": "TOOL_CALL"}
 _EMBED_TYPES = ("float", "int8", "uint8")
+MAX_EMBED_TEXTS = 96
+P_MIN, P_MAX = 0.01, 0.99
 
 
 def _model(b: dict[str, Any]) -> str:
@@ -59,11 +65,18 @@ class CohereFormat(WireFormat):
             role = m.get("role") if isinstance(m, dict) else None
             if role not in ("system", "user", "assistant", "tool"):
                 raise WireError(f"invalid request: invalid role {role!r} at messages[{i}]")
+            if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+                raise WireError(f"invalid request: messages[{i}]: tool messages must have a tool_call_id")
             text = content_text(m.get("content"))
             for tc in m.get("tool_calls") or ():
                 if isinstance(tc, dict):
                     text += " " + str(tc.get("function", {}).get("arguments", ""))
             texts.append(text)
+        p = b.get("p")
+        if p is not None and (
+            isinstance(p, bool) or not isinstance(p, int | float) or not P_MIN <= p <= P_MAX
+        ):
+            raise WireError(f"invalid request: p must be between {P_MIN} and {P_MAX}, inclusive")
         tools = []
         for t in b.get("tools") or ():
             fn = t.get("function") if isinstance(t, dict) else None
@@ -129,9 +142,10 @@ class CohereFormat(WireFormat):
             texts = [content_text(i.get("content")) if isinstance(i, dict) else "" for i in b["inputs"]]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise WireError("invalid request: texts must be a non-empty list of strings")
-        if len(texts) > 96:
+        if len(texts) > MAX_EMBED_TEXTS:
             raise WireError(
-                f"invalid request: total number of texts must be at most 96 - received {len(texts)}"
+                f"invalid request: total number of texts must be at most {MAX_EMBED_TEXTS} - received "
+                f"{len(texts)}"
             )
         if not b.get("input_type") and "v2.0" not in model:
             raise WireError("invalid request: valid input_type must be provided with the provided model")

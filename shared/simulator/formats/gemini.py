@@ -1,12 +1,21 @@
 """Google Gemini ``generateContent``, ``embedContent``, ``batchEmbedContents`` and models.
 
 The Gemini API accepts both camelCase and snake_case field names (protobuf JSON), so both are read.
+
+Strict where the real API is: ``batchEmbedContents`` takes at most 100 requests, and Gemini 3
+models reject a turn whose function calls come back without the ``thoughtSignature`` the model
+gave them (the first call of each model step must carry its own signature, or Google's documented
+placeholder). Replies from thinking models (2.5, 3) carry a signature on their function calls.
 """
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from shared.simulator.formats.base import JSON, Rendered, WireFormat, encode, opt_int, require_dict
 from shared.simulator.wire import (
@@ -18,6 +27,7 @@ from shared.simulator.wire import (
     WireError,
     content_text,
     count_prompt,
+    digest,
     proto_duration,
     request_digest,
 )
@@ -25,6 +35,10 @@ from shared.tokens import estimate_text
 
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
 _QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_paid_tier_requests"
+MAX_BATCH_EMBED = 100
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+_VERSION = re.compile(r"gemini-(\d+)(?:\.(\d+))?")
+_SIGNATURE_DOCS = "https://ai.google.dev/gemini-api/docs/thought-signatures"
 _STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -68,10 +82,62 @@ def _tools(b: dict[str, Any]) -> tuple[list[Tool], str | None]:
     return tools, (allowed[0] if allowed else "")
 
 
+def _version(model: str) -> tuple[int, int]:
+    m = _VERSION.search(model)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else (0, 0)
+
+
+def signature_for(name: str, args: Any) -> str:
+    """The signature this simulator gives a function call (stands in for Google's opaque one)."""
+    canonical = msgspec.json.encode(args or {}, order="sorted")
+    return base64.b64encode(digest("thought", name, canonical)[:24]).decode()
+
+
+def _check_signatures(contents: list[Any]) -> None:
+    """Gemini 3: in the current turn (since the last user message with content of its own), the
+    first function call of every model step must carry its signature."""
+    start = 0
+    for i, c in enumerate(contents):
+        parts = c.get("parts") or []
+        if c.get("role", "user") == "user" and any(
+            isinstance(p, dict) and not _get(p, "functionResponse", "function_response") for p in parts
+        ):
+            start = i
+    for i in range(start, len(contents)):
+        c = contents[i]
+        if c.get("role") != "model":
+            continue
+        calls = [
+            p
+            for p in c.get("parts") or ()
+            if isinstance(p, dict) and _get(p, "functionCall", "function_call")
+        ]
+        if not calls:
+            continue
+        first = calls[0]
+        fc = _get(first, "functionCall", "function_call")
+        sig = _get(first, "thoughtSignature", "thought_signature")
+        if sig != SKIP_SIGNATURE and sig != signature_for(fc.get("name", ""), fc.get("args")):
+            raise WireError(
+                "Function call is missing a thought_signature in functionCall parts. This is required for "
+                "tools to work correctly, and missing thought_signature may lead to degraded model "
+                f"performance. Additional data, function call `default_api:{fc.get('name', '')}` , position "
+                f"{i + 1}. Please refer to {_SIGNATURE_DOCS} for more details."
+            )
+
+
 class GeminiFormat(WireFormat):
     name = "gemini"
     request_id_header = None
-    default_models = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "text-embedding-004")
+    default_models = (
+        "gemini-2.5-flash",
+        "gemini-2.5-pro",
+        "gemini-2.0-flash",
+        "gemini-3-pro-preview",
+        "gemini-3-flash-preview",
+        "text-embedding-004",
+        "gemini-embedding-001",
+    )
 
     def api_key(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
         return headers.get("x-goog-api-key") or query.get("key")
@@ -106,6 +172,9 @@ class GeminiFormat(WireFormat):
                     if call:
                         text += " " + encode(call).decode()
             texts.append(text)
+        model = _model(path_model)
+        if _version(model) >= (3, 0):
+            _check_signatures(contents)
         gen = _get(b, "generationConfig", "generation_config") or {}
         limit = opt_int(_get(gen, "maxOutputTokens", "max_output_tokens"), "maxOutputTokens")
         schema = None
@@ -113,7 +182,6 @@ class GeminiFormat(WireFormat):
             schema = _get(gen, "responseSchema", "response_schema") or gen.get("responseJsonSchema") or {}
         tools, forced = _tools(b)
         extra = estimate_text(encode(b["tools"]).decode()) if tools else 0
-        model = _model(path_model)
         return ChatCall(
             model=model,
             digest=request_digest(b, model),
@@ -127,9 +195,11 @@ class GeminiFormat(WireFormat):
     def render_chat(self, call: ChatCall, replies: list[Reply], duration_s: float) -> tuple[bytes, str]:
         r = replies[0]
         if r.tool_call is not None:
-            parts: list[dict[str, Any]] = [
-                {"functionCall": {"name": r.tool_call.name, "args": r.tool_call.arguments}}
-            ]
+            tc = r.tool_call
+            part: dict[str, Any] = {"functionCall": {"name": tc.name, "args": tc.arguments}}
+            if _version(call.model) >= (2, 5):  # thinking models sign their function calls
+                part["thoughtSignature"] = signature_for(tc.name, tc.arguments)
+            parts: list[dict[str, Any]] = [part]
         else:
             parts = [{"text": r.text or ""}]
         body = {
@@ -154,6 +224,11 @@ class GeminiFormat(WireFormat):
             reqs = b.get("requests")
             if not reqs or not isinstance(reqs, list):
                 raise WireError("* BatchEmbedContentsRequest.requests: requests is not specified\n")
+            if len(reqs) > MAX_BATCH_EMBED:
+                raise WireError(
+                    f"* BatchEmbedContentsRequest.requests: at most {MAX_BATCH_EMBED} requests can be in "
+                    f"one batch, got {len(reqs)}\n"
+                )
             items = reqs
         else:
             items = [b]

@@ -1,6 +1,10 @@
 """Ollama ``/api/chat``, ``/api/embed`` and ``/api/tags``.
 
 Like the real server, ``/api/chat`` streams (NDJSON) unless the request says ``"stream": false``.
+
+Strict where the Go server's JSON decoding is: a message's ``content`` is a string, tool call
+``arguments`` an object, ``tool_name``/``tool_call_id`` strings; ``/api/embed`` takes a string or
+a list of strings (token ids: "invalid input type").
 """
 
 from __future__ import annotations
@@ -39,6 +43,27 @@ def _model(b: dict[str, Any]) -> str:
     return model
 
 
+def _unmarshal(value: Any, field: str, want: str) -> WireError:
+    kind = {str: "string", list: "array", dict: "object", bool: "bool", int: "number", float: "number"}
+    got = kind.get(type(value), "value")
+    return WireError(f"json: cannot unmarshal {got} into Go struct field {field} of type {want}")
+
+
+def _check_message(m: dict[str, Any]) -> None:
+    content = m.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _unmarshal(content, "ChatRequest.messages.content", "string")
+    for key in ("tool_name", "tool_call_id", "thinking"):
+        if m.get(key) is not None and not isinstance(m[key], str):
+            raise _unmarshal(m[key], f"ChatRequest.messages.{key}", "string")
+    for tc in m.get("tool_calls") or ():
+        args = (tc.get("function") or {}).get("arguments") if isinstance(tc, dict) else None
+        if args is not None and not isinstance(args, dict):
+            raise _unmarshal(
+                args, "ChatRequest.messages.tool_calls.function.arguments", "api.ToolCallFunctionArguments"
+            )
+
+
 class OllamaFormat(WireFormat):
     name = "ollama"
     request_id_header = None
@@ -58,6 +83,7 @@ class OllamaFormat(WireFormat):
         for m in msgs:
             if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
                 raise WireError(f"invalid role: {m.get('role') if isinstance(m, dict) else m!r}")
+            _check_message(m)
             texts.append(content_text(m.get("content")))
         options = b.get("options") or {}
         limit = opt_int(options.get("num_predict"), "num_predict") if isinstance(options, dict) else None
