@@ -185,6 +185,7 @@ GEMINI_REQUEST_FIELDS = {
     "toolConfig": genai_types.ToolConfig,
     "safetySettings": genai_types.SafetySetting,
     "cachedContent": None,
+    "labels": None,  # what google-genai's own request builder sends for the Gemini API
 }
 
 
@@ -212,7 +213,7 @@ def check_gemini_embed(body: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        {"contents": [{"role": "user", "parts": [{"text": "x"}]}], "labels": {"a": "b"}},  # not a field
+        {"contents": [{"role": "user", "parts": [{"text": "x"}]}], "temperature": 0.5},  # not top-level
         {"contents": [{"role": "user", "parts": [{"functionResponse": {"name": "f", "response": "x"}}]}]},
         {
             "contents": [

@@ -16,7 +16,8 @@ from shared.errors import ErrorClass, ProviderError
 from shared.providers.base import Provider
 from shared.providers.cohere import CohereProvider
 from shared.providers.embedding import from_base64, to_base64
-from shared.providers.gemini import SKIP_SIGNATURE, GeminiProvider
+from shared.providers.gemini import GeminiProvider
+from shared.providers.gemini_request import SKIP_SIGNATURE
 from shared.providers.ollama import OllamaProvider
 from shared.providers.openai import OpenAIProvider
 from shared.schema import ChatRequest, EmbeddingRequest
