@@ -18,6 +18,7 @@ import msgspec
 
 from shared.config import ProviderConfig, SimulatedConfig
 from shared.errors import ErrorClass, ProviderError
+from shared.providers import embedding
 from shared.providers.base import Health, Provider, ProviderResponse
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
 from shared.tokens import estimate_messages, estimate_text
@@ -87,6 +88,7 @@ class SimulatedProvider(Provider):
         return ProviderResponse(body=body, usage=usage, request_id=rid)
 
     async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        embedding.check(self.name, req, token_ids=True)  # stands in for OpenAI, which takes token ids
         await self._behave()
         dims = req.dimensions or self.sim.embedding_dimensions
         texts = req.texts()
@@ -102,7 +104,8 @@ class SimulatedProvider(Provider):
             "model": model,
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         }
-        return ProviderResponse(body=body, usage=usage, request_id="sim-" + _digest(model, texts)[:8].hex())
+        resp = ProviderResponse(body=body, usage=usage, request_id="sim-" + _digest(model, texts)[:8].hex())
+        return embedding.encode_as_requested(resp, req.encoding_format)
 
     async def health(self) -> Health:
         return Health(ok=True, detail="in-process")

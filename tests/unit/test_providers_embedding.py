@@ -271,3 +271,23 @@ async def test_ollama_sends_tool_call_id_even_without_the_call_in_history() -> N
     messages = [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_9", "content": "7"}]
     await ol.chat(ChatRequest.from_body({"model": "m", "messages": messages}), "m")
     assert wire.body()["messages"][1] == {"role": "tool", "content": "7", "tool_call_id": "call_9"}
+
+
+async def test_the_in_process_simulated_provider_returns_base64_too() -> None:
+    from shared.config import SimulatedConfig
+    from shared.providers.simulated import SimulatedProvider
+
+    p = SimulatedProvider(SimulatedConfig(latency_ms=0))
+    plain = await p.embed(
+        EmbeddingRequest.from_body({"model": "e", "input": ["a", "b"], "dimensions": 4}), "e"
+    )
+    b64 = await p.embed(
+        EmbeddingRequest.from_body(
+            {"model": "e", "input": ["a", "b"], "dimensions": 4, "encoding_format": "base64"}
+        ),
+        "e",
+    )
+    floats = [d["embedding"] for d in plain.body["data"]]
+    assert [from_base64(d["embedding"]) for d in b64.body["data"]] == [
+        pytest.approx(v, rel=1e-6) for v in floats
+    ]
