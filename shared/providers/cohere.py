@@ -171,6 +171,13 @@ def convert_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in _MESSAGE_FIELDS:
             if m.get(key) is not None:
                 msg[key] = m[key]
+        if isinstance(msg.get("tool_calls"), list):
+            # only what v2 knows: a call made by another provider may carry extras (Gemini's
+            # extra_content with its thought signature)
+            msg["tool_calls"] = [
+                {k: tc[k] for k in ("id", "type", "function") if k in tc} if isinstance(tc, dict) else tc
+                for tc in msg["tool_calls"]
+            ]
         if role == "tool" and not isinstance(msg.get("content"), str | list):
             msg["content"] = text_of(msg.get("content"))
         out.append(msg)

@@ -306,6 +306,9 @@ def check_cohere_chat(body: dict[str, Any]) -> None:
     assert set(body) <= chat_params(), set(body) - chat_params()
     for m in body["messages"]:
         strict(COHERE_MESSAGES[m["role"]], m)
+        for tc in m.get("tool_calls") or ():
+            strict(cohere.ToolCallV2, tc)
+            strict(cohere.ToolCallV2Function, tc["function"])
     for t in body.get("tools") or ():
         strict(cohere.ToolV2, t)
         strict(cohere.ToolV2Function, t["function"])
