@@ -171,7 +171,8 @@ class GeminiProvider(HTTPProvider):
         reason = cand.get("finishReason") or "STOP"
         if reason in BLOCKED and not texts and not tool_calls:
             return None
-        if reason in FAILED or (reason not in FINISH_REASONS and reason not in BLOCKED and not texts):
+        unknown = reason not in FINISH_REASONS and reason not in BLOCKED
+        if reason in FAILED or (unknown and not texts and not tool_calls):
             raise self._failed(reason, cand)
         message: dict[str, Any] = {
             "role": "assistant",
