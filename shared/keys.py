@@ -82,6 +82,14 @@ class Keys:
         """List of input indexes in completion order (iterate results as they complete)."""
         return f"{self.ns}:batch:{batch_id}:done"
 
+    def batch_retry(self, batch_id: str) -> str:
+        """Hash: input index -> 1 for failed lines a ``fusebox retry`` is about to run again."""
+        return f"{self.ns}:batch:{batch_id}:retry"
+
+    def batch_done_scratch(self, batch_id: str) -> str:
+        """List: the done list being rebuilt without retried lines (swapped in by RENAME)."""
+        return f"{self.ns}:batch:{batch_id}:done:scratch"
+
     def usage_minute(self, minute: int) -> str:
         """One minute's usage counters (unix time // 60): 'provider|model|tenant|batch|metric' -> n."""
         return f"{self.ns}:usage:{minute}"
