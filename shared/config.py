@@ -177,6 +177,20 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".fusebox")
     namespace: str = "fusebox"
     sentry_dsn: str | None = Field(None, validation_alias=AliasChoices("SENTRY_DSN", "FUSEBOX_SENTRY_DSN"))
+    # Redis Sentinel: connect through the sentinels instead of REDIS_URL (see shared/redis_conn.py,
+    # which also reads REDIS_PASSWORD / REDIS_SENTINEL_PASSWORD).
+    redis_sentinels: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_SENTINELS", "redis_sentinels")
+    )
+    redis_sentinel_master: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_SENTINEL_MASTER", "redis_sentinel_master")
+    )
+
+    def model_post_init(self, _ctx: Any) -> None:
+        if self.redis_sentinels or self.redis_sentinel_master:
+            # Built even when half set, so connecting says which variable is missing.
+            hosts, master = self.redis_sentinels or "", self.redis_sentinel_master or ""
+            self.redis_url = f"redis+sentinel://{hosts}/{master}"
 
     @cached_property
     def file(self) -> FileConfig:
