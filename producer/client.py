@@ -13,7 +13,7 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from producer.batch_input import Validator, numbered_lines
-from shared import codec
+from shared import codec, durability
 from shared.batch_retry import BatchBusy, BatchRetry, RetryOutcome
 from shared.config import Settings
 from shared.providers.registry import build_providers
@@ -48,6 +48,7 @@ class FuseboxClient:
         self.redis = redis
         self.store = Store(redis, self.settings.keys, self.settings.file.batches)
         self._router: Router | None = None
+        self._durable_checked = False
 
     @classmethod
     def connect(cls, settings: Settings | None = None, url: str | None = None) -> FuseboxClient:
@@ -68,6 +69,19 @@ class FuseboxClient:
             self._router = Router(build_providers(cfg), cfg)
         return self._router
 
+    async def check_durable(self) -> None:
+        """In durable mode, ConfigError unless the server supports it; run before anything is written."""
+        cfg = self.settings.file.redis
+        if cfg.durable and not self._durable_checked:
+            await durability.check_server(self.redis, cfg)
+            self._durable_checked = True
+
+    async def _acknowledge(self) -> None:
+        """In durable mode, return only once Redis has fsynced everything submitted so far."""
+        if self.settings.file.redis.durable:
+            await self.check_durable()
+            await durability.wait_on_disk(self.redis, self.settings.keys, self.settings.file.redis)
+
     # -- single jobs -----------------------------------------------------
     async def submit(
         self,
@@ -84,6 +98,7 @@ class FuseboxClient:
         """
         req = ChatRequest.from_body(body) if kind == "chat" else EmbeddingRequest.from_body(body)
         self.router.resolve(req.model)
+        await self.check_durable()
         if webhook:
             await self.check_webhook_url(webhook)
         spec = JobSpec(
@@ -94,6 +109,7 @@ class FuseboxClient:
         else:
             spec.embed = req
         await self.redis.enqueue_job(JOB_FUNCTION[spec.kind], codec.encode_spec(spec), _job_id=spec.id)
+        await self._acknowledge()
         return spec.id
 
     async def result(self, job_id: str) -> JobResult | None:
@@ -130,6 +146,7 @@ class FuseboxClient:
         ``webhook`` gets a signed summary when the batch ends.
         """
         batch_id = batch_id or "batch_" + uuid.uuid4().hex[:24]
+        await self.check_durable()
         if webhook:
             await self.check_webhook_url(webhook)
         fields: dict[str, Any] = {}
@@ -166,6 +183,7 @@ class FuseboxClient:
         sub.status = await self.store.seal(
             batch_id, sub.total, validation_failed=nothing_valid or sub.total == 0
         )
+        await self._acknowledge()
         return sub
 
     async def retry_batch(
@@ -199,7 +217,9 @@ class FuseboxClient:
                 )
             if isinstance(item, JobSpec):
                 specs[item.line] = item
-        return await r.run(specs, len(failed))
+        out = await r.run(specs, len(failed))
+        await self._acknowledge()
+        return out
 
     async def cancel(self, batch_id: str) -> tuple[int, str]:
         """No new dispatch; running calls finish; unrun lines answered 'batch_cancelled'. -> (n, status)."""

@@ -151,9 +151,20 @@ class WebhookConfig(_Section):
         AllowList.parse(self.allow_hosts)  # a bad entry fails at load, not at the first delivery
 
 
+class RedisConfig(_Section):
+    """How a submission is acknowledged (README, Operations: Redis settings)."""
+
+    # Return from a submission only once Redis has fsynced it to its AOF (WAITAOF: Redis >= 7.2,
+    # Valkey >= 8, appendonly yes), so an acknowledged line survives a Redis crash.
+    durable: bool = False
+    durable_replicas: int = Field(0, ge=0)  # also wait for this many replicas' AOF
+    durable_timeout_ms: int = Field(2000, ge=1)
+
+
 class FileConfig(_Section):
     """The contents of ``fusebox.toml``."""
 
+    redis: RedisConfig = Field(default_factory=RedisConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     simulated: SimulatedConfig = Field(default_factory=SimulatedConfig)

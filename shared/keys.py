@@ -27,6 +27,11 @@ class Keys:
         """The arq queue (sorted set of job ids scored by run-at ms)."""
         return f"{self.ns}:queue"
 
+    @property
+    def durable_mark(self) -> str:
+        """String written just before WAITAOF, so the wait covers every earlier write (durable mode)."""
+        return f"{self.ns}:durable"
+
     # -- single jobs -----------------------------------------------------
     def result(self, job_id: str) -> str:
         """Stored JobResult (msgpack) of a job that is not part of a batch."""
