@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from producer.batch_input import Validator
 from producer.client import BatchBusy, FuseboxClient
 from producer.output import write_results
+from shared.batch_retry import BatchRetry
 from shared.errors import ErrorClass, ProviderError
+from shared.keys import ARQ_JOB
 from shared.providers.simulated import SimulatedProvider
+from shared.store import Store
 from tests.conftest import PYTHON, subprocess_env
 from worker.settings import build_worker
 
@@ -160,3 +164,39 @@ async def test_retry_of_a_running_batch_is_refused(settings, redis, tmp_path):
     assert proc.returncode == 1
     assert f"batch {sub.batch_id} is in_progress" in proc.stderr
     assert (await client.batch(sub.batch_id))["status"] == "in_progress"
+
+
+async def test_an_interrupted_retry_completes_when_run_again(settings, redis, outage):
+    lines = _lines(16)
+    client = FuseboxClient(redis, settings)
+    async with running_worker(settings, redis):
+        sub = await client.submit_batch(lines)
+        await _ended(client, sub.batch_id)
+        outage["down"] = False
+        # A retry that died after queueing only the first failed line (c0).
+        r = BatchRetry(client.store, sub.batch_id)
+        v = Validator(sub.batch_id, client.router)
+        specs = [v.parse_jsonl(line, i + 1, i) for i, line in enumerate(lines) if i % 4 == 0]
+        assert (await r._step("begin", sub.batch_id))[0] == b"begun"
+        assert await r._step("mark", *(s.line for s in specs)) == 4
+        start = 0
+        while start >= 0:
+            start = int(await r._step("compact", start, 3))
+        argv = [
+            0,
+            60_000,
+            ARQ_JOB,
+            sub.batch_id,
+            specs[0].line,
+            specs[0].custom_id,
+            Store.job_payload(specs[0]),
+        ]
+        assert await r._step("requeue", *argv) == 1
+        assert (await client.batch(sub.batch_id))["status"] == "validating"  # cannot finish half-retried
+        out = await client.retry_batch(sub.batch_id, lines)
+        assert out.requeued == 3
+        final = await _ended(client, sub.batch_id)
+    assert final["status"] == "completed"
+    assert final["request_counts"] == {"total": 16, "completed": 16, "failed": 0}
+    done = await redis.lrange(settings.keys.batch_done(sub.batch_id), 0, -1)
+    assert sorted(int(i) for i in done) == list(range(16))
