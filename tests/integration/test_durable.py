@@ -93,7 +93,7 @@ async def test_durable_without_aof_is_refused_before_anything_is_written(redis_u
         if (await redis.config_get("appendonly"))["appendonly"] == "yes":
             pytest.skip("FUSEBOX_TEST_REDIS_URL points at a server with AOF on")
         client = FuseboxClient(redis, settings)
-        with pytest.raises(ConfigError, match="appendonly yes|needs WAITAOF"):  # redis 7.0: no WAITAOF
+        with pytest.raises(ConfigError, match=r"appendonly yes|needs WAITAOF"):  # redis 7.0: no WAITAOF
             await client.submit_batch(_lines(3), batch_id="b-durable")
         assert await redis.exists(settings.keys.batch("b-durable")) == 0
     finally:
