@@ -1,8 +1,9 @@
 """Redis Sentinel: workers and producer connect through real sentinels and ride out a failover.
 
-Debian's redis-server plays primary, replica and three sentinels on loopback ports. The primary is
-killed with SIGKILL mid-batch; the sentinels promote the replica and the batch still completes,
-every custom_id answered exactly once.
+Debian's redis-server plays primary, replica and three sentinels on loopback ports. Mid-batch the
+primary is killed with SIGKILL (or handed over with SENTINEL FAILOVER, so clients still connected
+to it get READONLY); the sentinels promote the replica and the batch still completes, every
+custom_id answered exactly once.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ async def _done(client: FuseboxClient, batch_id: str) -> int:
     return c.done if c else 0
 
 
-async def test_batch_survives_a_primary_failover(topology: Topology, namespace: str, tmp_path: Path):
+async def _run_through_failover(topology: Topology, namespace: str, tmp_path: Path, failover) -> None:
+    """A batch through 2 worker processes; ``failover(topology)`` is called once 10% is done."""
     cfg = tmp_path / "fusebox.toml"
     cfg.write_text(CONFIG)
     sentinels = ",".join(f"127.0.0.1:{p}" for p in topology.sentinels)
@@ -164,7 +166,7 @@ async def test_batch_survives_a_primary_failover(topology: Topology, namespace: 
     try:
         sub = await client.submit_batch(_lines(n))
         assert sub.queued == n
-        # Asynchronous replication: make sure the replica has the submission before the kill.
+        # Asynchronous replication: make sure the replica has the submission before the failover.
         assert await redis.execute_command("WAIT", 1, 5000) >= 1
         for i in range(2):
             log = open(tmp_path / f"worker{i}.log", "wb")
@@ -174,9 +176,9 @@ async def test_batch_survives_a_primary_failover(topology: Topology, namespace: 
         while await _done(client, sub.batch_id) < n // 10:
             assert time.monotonic() < deadline, "workers made no progress"
             await asyncio.sleep(0.05)
-        topology.kill("primary")
-        at_kill = await _done(client, sub.batch_id)  # answered by the promoted replica
-        assert at_kill < n, "the batch ended before the failover; it tests nothing"
+        await asyncio.to_thread(failover, topology)
+        at_failover = await _done(client, sub.batch_id)  # answered by the promoted replica
+        assert at_failover < n, "the batch ended before the failover; it tests nothing"
 
         counts = await client.wait_batch(sub.batch_id, timeout=60, poll=0.2)
         assert topology.master_port() == topology.replica
@@ -186,6 +188,8 @@ async def test_batch_survives_a_primary_failover(topology: Topology, namespace: 
         done = await redis.lrange(settings.keys.batch_done(sub.batch_id), 0, -1)
         assert len(done) == n and len(set(done)) == n  # never counted twice
         assert all(w.poll() is None for w in workers), "a worker died during the failover"
+        for i in range(len(workers)):
+            assert "Traceback" not in (tmp_path / f"worker{i}.log").read_text()
     except BaseException:
         print(topology.logs())
         for i in range(len(workers)):
@@ -201,3 +205,20 @@ async def test_batch_survives_a_primary_failover(topology: Topology, namespace: 
             except subprocess.TimeoutExpired:
                 w.kill()
         await redis.aclose()
+
+
+async def test_batch_survives_the_primary_killed(topology: Topology, namespace: str, tmp_path: Path):
+    await _run_through_failover(topology, namespace, tmp_path, lambda t: t.kill("primary"))
+
+
+def _switch_over(t: Topology) -> None:
+    """A manual failover: the old primary stays up and becomes a replica (its clients get READONLY)."""
+    redis_sync.Redis(port=t.sentinels[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
+    deadline = time.monotonic() + 20
+    while t.master_port() != t.replica:
+        assert time.monotonic() < deadline, "sentinels did not switch over"
+        time.sleep(0.05)
+
+
+async def test_batch_survives_a_switchover(topology: Topology, namespace: str, tmp_path: Path):
+    await _run_through_failover(topology, namespace, tmp_path, _switch_over)
