@@ -200,3 +200,22 @@ async def test_an_interrupted_retry_completes_when_run_again(settings, redis, ou
     assert final["request_counts"] == {"total": 16, "completed": 16, "failed": 0}
     done = await redis.lrange(settings.keys.batch_done(sub.batch_id), 0, -1)
     assert sorted(int(i) for i in done) == list(range(16))
+
+
+async def test_cli_retry_waits_and_writes_one_output_line_per_input_line(settings, redis, outage, tmp_path):
+    lines = _lines(20)
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    client = FuseboxClient(redis, settings)
+    async with running_worker(settings, redis):
+        sub = await client.submit_batch(lines, input_name="in.jsonl")
+        await _ended(client, sub.batch_id)
+        outage["down"] = False
+        # No INPUT argument: the batch recorded 'in.jsonl', found in the working directory.
+        args = ("retry", sub.batch_id, "--wait", "-o", "out.jsonl")
+        proc = await asyncio.to_thread(_cli, settings, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{sub.batch_id}: 5 of 5 failed lines queued again" in proc.stdout
+    assert f"{sub.batch_id}: completed, 20 ok, 0 failed of 20" in proc.stdout
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["custom_id"] for o in out] == [f"c{i}" for i in range(20)]
+    assert all(o["error"] is None and o["response"]["status_code"] == 200 for o in out)
