@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from typing import Any
 import msgspec
 
 from producer.batch_input import prompt_options
-from producer.client import FuseboxClient
+from producer.client import BatchBusy, FuseboxClient
 from producer.output import write_results
 from producer.progress import Progress
 from shared.config import Settings
@@ -159,6 +160,48 @@ async def _cancel(client: FuseboxClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _retry(client: FuseboxClient, args: argparse.Namespace) -> int:
+    info = await client.batch(args.id)  # KeyError for an unknown id
+    path = args.input or info.get("input")
+    if not path or not os.path.isfile(path):  # noqa: ASYNC240 - one stat, before any I/O starts
+        print(
+            f"error: give the input file of batch {args.id}"
+            + (f" (it was {info['input']!r}, not found here)" if info.get("input") else ""),
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        prompts = prompt_options(path, args.model, args.system, client.settings.file.default_model)
+        with open(path, "rb") as f:
+            out = await client.retry_batch(args.id, f, prompts=prompts)
+    except BatchBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (RequestError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(dataclasses.asdict(out))
+    elif out.failed == 0 and out.requeued == 0:
+        print(f"{args.id} has no failed lines; nothing to retry ({out.status})")
+        return 0
+    else:
+        extra = f", {out.not_retried} not retried (input line still invalid)" if out.not_retried else ""
+        print(f"{args.id}: {out.requeued} of {out.failed} failed lines queued again{extra} ({out.status})")
+    if not args.wait or out.requeued == 0:
+        return 0
+    progress = Progress()
+    counts = await client.wait_batch(
+        args.id, on_progress=lambda c: progress.update(c.done, c.failed, c.total)
+    )
+    progress.update(counts.done, counts.failed, counts.total, force=True)
+    progress.close()
+    if args.output:
+        await write_results(client, args.id, Path(args.output), Path(args.errors) if args.errors else None)
+    print(f"{args.id}: {counts.status}, {counts.completed} ok, {counts.failed} failed of {counts.total}")
+    return 0
+
+
 async def _batches(client: FuseboxClient, args: argparse.Namespace) -> int:
     rows = await client.batches(args.limit)
     if args.json:
@@ -226,6 +269,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_with_client(_cancel))
+
+    p = sub.add_parser("retry", help="run an ended batch's failed lines again, into the same batch")
+    p.add_argument("id")
+    p.add_argument("input", nargs="?", help="the batch's input file (default: its recorded name, if here)")
+    p.add_argument("--model", help="as given at submission, for a prompts file")
+    p.add_argument("--system", help="as given at submission, for a prompts file")
+    p.add_argument("--wait", action="store_true", help="show progress until the batch ends again")
+    p.add_argument("-o", "--output", help="with --wait: write all results here")
+    p.add_argument("--errors", help="with --wait -o: write failed lines here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_with_client(_retry))
 
     p = sub.add_parser("batches", help="list recent batches")
     p.add_argument("--limit", type=int, default=20)

@@ -6,14 +6,15 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
 
 from producer.batch_input import Validator, numbered_lines
-from shared import codec
+from shared import codec, durability
+from shared.batch_retry import BatchBusy, BatchRetry, RetryOutcome
 from shared.config import Settings
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
@@ -24,6 +25,7 @@ from shared.store import ENDED, JOB_FUNCTION, BatchCounts, Store
 from shared.usage import UsageRow, read_usage
 
 CHUNK = 500
+__all__ = ["BatchBusy", "FuseboxClient", "RetryOutcome", "Submission"]
 
 
 @dataclass
@@ -46,6 +48,7 @@ class FuseboxClient:
         self.redis = redis
         self.store = Store(redis, self.settings.keys, self.settings.file.batches)
         self._router: Router | None = None
+        self._durable_checked = False
 
     @classmethod
     def connect(cls, settings: Settings | None = None, url: str | None = None) -> FuseboxClient:
@@ -66,6 +69,19 @@ class FuseboxClient:
             self._router = Router(build_providers(cfg), cfg)
         return self._router
 
+    async def check_durable(self) -> None:
+        """In durable mode, ConfigError unless the server supports it; run before anything is written."""
+        cfg = self.settings.file.redis
+        if cfg.durable and not self._durable_checked:
+            await durability.check_server(self.redis, cfg)
+            self._durable_checked = True
+
+    async def _acknowledge(self) -> None:
+        """In durable mode, return only once Redis has fsynced everything submitted so far."""
+        if self.settings.file.redis.durable:
+            await self.check_durable()
+            await durability.wait_on_disk(self.redis, self.settings.keys, self.settings.file.redis)
+
     # -- single jobs -----------------------------------------------------
     async def submit(
         self,
@@ -82,6 +98,7 @@ class FuseboxClient:
         """
         req = ChatRequest.from_body(body) if kind == "chat" else EmbeddingRequest.from_body(body)
         self.router.resolve(req.model)
+        await self.check_durable()
         if webhook:
             await self.check_webhook_url(webhook)
         spec = JobSpec(
@@ -92,6 +109,7 @@ class FuseboxClient:
         else:
             spec.embed = req
         await self.redis.enqueue_job(JOB_FUNCTION[spec.kind], codec.encode_spec(spec), _job_id=spec.id)
+        await self._acknowledge()
         return spec.id
 
     async def result(self, job_id: str) -> JobResult | None:
@@ -128,6 +146,7 @@ class FuseboxClient:
         ``webhook`` gets a signed summary when the batch ends.
         """
         batch_id = batch_id or "batch_" + uuid.uuid4().hex[:24]
+        await self.check_durable()
         if webhook:
             await self.check_webhook_url(webhook)
         fields: dict[str, Any] = {}
@@ -154,14 +173,7 @@ class FuseboxClient:
                 if maybe is not None:
                     await maybe
 
-        pextra = dict(prompts or {})
-        pmodel, psystem = pextra.pop("model", None), pextra.pop("system", None)
-        for lineno, index, raw in numbered_lines(lines):
-            if prompts is not None:
-                text = raw.decode() if isinstance(raw, bytes) else raw
-                item = v.parse_prompt(text, lineno, index, pmodel, psystem, pextra)
-            else:
-                item = v.parse_jsonl(raw, lineno, index)
+        for item in _parsed(v, lines, prompts):
             (jobs if isinstance(item, JobSpec) else rejected).append(item)  # type: ignore[arg-type]
             sub.total += 1
             if len(jobs) + len(rejected) >= CHUNK:
@@ -171,7 +183,43 @@ class FuseboxClient:
         sub.status = await self.store.seal(
             batch_id, sub.total, validation_failed=nothing_valid or sub.total == 0
         )
+        await self._acknowledge()
         return sub
+
+    async def retry_batch(
+        self, batch_id: str, lines: Iterable[bytes | str], *, prompts: dict[str, Any] | None = None
+    ) -> RetryOutcome:
+        """Run an ended batch's failed lines again, into the same batch; each line is answered once.
+
+        ``lines`` is the batch's input again (requests are not kept in Redis), read as
+        ``submit_batch`` reads it: ``prompts`` must match the original submission. Lines whose
+        input is still invalid stay failed. Raises BatchBusy while the batch has not ended, and
+        ValueError if ``lines`` is not this batch's input (a custom_id differs); nothing changes then.
+        A retry interrupted midway is completed by calling this again.
+        """
+        r = BatchRetry(self.store, batch_id)
+        _, resuming, _total = await r.check()
+        failed = await r.failed_lines(_total)
+        if not failed and not resuming:
+            return RetryOutcome(batch_id, status=(await r.check())[0])
+        info = await self.store.batch_info(batch_id)
+        v = Validator(batch_id, self.router, self.settings.file.batches.max_line_bytes,
+                      tenant=info.get("tenant"))  # fmt: skip
+        specs: dict[int, JobSpec] = {}
+        for item in _parsed(v, lines, prompts):
+            want = failed.get(item.line, _ABSENT)
+            if want is _ABSENT:
+                continue
+            if want is not None and item.custom_id != want:
+                raise ValueError(
+                    f"input line {item.line + 1} (non-blank) has custom_id {item.custom_id!r}, but batch "
+                    f"{batch_id} has {want!r} there: this is not the batch's input file"
+                )
+            if isinstance(item, JobSpec):
+                specs[item.line] = item
+        out = await r.run(specs, len(failed))
+        await self._acknowledge()
+        return out
 
     async def cancel(self, batch_id: str) -> tuple[int, str]:
         """No new dispatch; running calls finish; unrun lines answered 'batch_cancelled'. -> (n, status)."""
@@ -231,6 +279,23 @@ class FuseboxClient:
         else:
             async for _, r in self.store.iter_completed(batch_id):
                 yield r
+
+
+_ABSENT = object()
+
+
+def _parsed(
+    v: Validator, lines: Iterable[bytes | str], prompts: dict[str, Any] | None
+) -> Iterator[JobSpec | JobResult]:
+    """Each non-blank line validated: JSONL, or a prompts file when ``prompts`` is given."""
+    pextra = dict(prompts or {})
+    pmodel, psystem = pextra.pop("model", None), pextra.pop("system", None)
+    for lineno, index, raw in numbered_lines(lines):
+        if prompts is not None:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            yield v.parse_prompt(text, lineno, index, pmodel, psystem, pextra)
+        else:
+            yield v.parse_jsonl(raw, lineno, index)
 
 
 def batch_object(batch_id: str, info: dict[str, str]) -> dict[str, Any]:

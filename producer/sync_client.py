@@ -7,7 +7,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
-from producer.client import FuseboxClient, Submission
+from producer.client import FuseboxClient, RetryOutcome, Submission
 from shared.config import Settings
 from shared.schema import JobResult
 from shared.store import BatchCounts
@@ -46,6 +46,9 @@ class SyncFuseboxClient:
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         return self._call(self._client.batch(batch_id))
+
+    def retry_batch(self, batch_id: str, lines: Iterable[bytes | str], **kwargs: Any) -> RetryOutcome:
+        return self._call(self._client.retry_batch(batch_id, lines, **kwargs))
 
     def cancel(self, batch_id: str) -> tuple[int, str]:
         return self._call(self._client.cancel(batch_id))

