@@ -8,7 +8,8 @@ no embeddings API.
 Only what the Messages API accepts is sent (it answers 400 to anything else):
 - samplers: on API version 2023-06-01 (the default) one of ``temperature`` / ``top_p``
   (temperature wins: current models reject both) and ``temperature`` clamped to
-  Anthropic's 0-1 (OpenAI's range is 0-2); on 2026-10-21 and later none at all;
+  Anthropic's 0-1 (OpenAI's range is 0-2); none with thinking on, or on API version
+  2026-10-21 and later;
 - ``metadata``: only ``user_id`` (OpenAI's ``user``, or a ``metadata.user_id``);
 - ``service_tier``: ``auto`` / ``standard_only`` (OpenAI's ``default``/``flex`` ->
   ``standard_only``, ``priority``/``scale`` -> ``auto``; anything else dropped);
@@ -99,7 +100,10 @@ class AnthropicProvider(HTTPProvider):
         }
         if system:
             body["system"] = system
-        if self.samplers:
+        thinking = req.extra.get("thinking")
+        # Extended/adaptive thinking takes no sampler changes either.
+        thinks = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+        if self.samplers and not thinks:
             if req.temperature is not None:  # one sampler only: current models reject both
                 body["temperature"] = min(max(float(req.temperature), 0.0), 1.0)
             elif req.top_p is not None:

@@ -83,6 +83,8 @@ class OpenAIProvider(HTTPProvider):
         self._renames = preset.renames
         # model -> fields a 400 told us to rename or drop; applied up front on later calls
         self._learned: dict[str, set[str]] = {}
+        # Model-name rules only where the names are OpenAI's own; other presets rely on the 400 fallback.
+        self._name_rules = cfg.type in ("openai", "azure")
 
     # -- URLs and payloads (Azure overrides these)
     def chat_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
@@ -92,7 +94,7 @@ class OpenAIProvider(HTTPProvider):
         return "embeddings", None
 
     def is_reasoning(self, model: str) -> bool:
-        return openai_rules.is_reasoning_model(model, self.cost_model(model))
+        return self._name_rules and openai_rules.is_reasoning_model(model, self.cost_model(model))
 
     def payload(self, req: ChatRequest | EmbeddingRequest, model: str) -> dict[str, Any]:
         body = req.to_body()

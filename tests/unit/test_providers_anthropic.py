@@ -403,6 +403,11 @@ async def test_one_sampler_in_anthropic_range(samplers: dict[str, Any], expected
     assert {k: body[k] for k in ("temperature", "top_p", "top_k") if k in body} == expected
 
 
+async def test_thinking_takes_no_sampler() -> None:
+    body = await _sent({"temperature": 0.3, "top_k": 4, "thinking": {"type": "adaptive"}})
+    assert not {"temperature", "top_p", "top_k"} & set(body) and body["thinking"] == {"type": "adaptive"}
+
+
 async def test_api_version_2026_10_21_sends_no_sampler() -> None:
     wire = Wire((200, TEXT_RESPONSE, {}))
     p = provider(wire, anthropic_version="2026-10-21")

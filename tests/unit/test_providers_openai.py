@@ -664,6 +664,12 @@ async def test_other_models_keep_max_tokens_and_samplers(model: str) -> None:
     assert wire.body()["max_tokens"] == 64 and wire.body()["temperature"] == 0.2
 
 
+async def test_name_rules_only_for_openai_itself() -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}))
+    await provider(wire, "groq").chat(chat_request(max_tokens=64), "openai/gpt-5-mini")
+    assert wire.body()["max_tokens"] == 64 and wire.body()["temperature"] == 0.2
+
+
 async def test_reasoning_effort_none_keeps_samplers() -> None:
     wire = Wire((200, CHAT_RESPONSE, {}))
     await provider(wire).chat(chat_request(reasoning_effort="none", max_tokens=5), "gpt-5.1")
