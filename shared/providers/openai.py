@@ -26,7 +26,6 @@ from shared.schema import ChatRequest, EmbeddingRequest, Usage
 # is the default. The newest dated GA version (2024-10-21) predates reasoning models: a dated
 # api_version in options selects the deployments surface (``/openai/deployments/D/...?api-version=``).
 AZURE_API_VERSION = "v1"
-AZURE_LEGACY_GA_VERSION = "2024-10-21"
 _NO_RENAMES: Mapping[str, str] = MappingProxyType({})
 _MAX_TOKENS = MappingProxyType({"max_completion_tokens": "max_tokens"})
 
@@ -137,9 +136,10 @@ class OpenAIProvider(HTTPProvider):
         try:
             return openai_rules.assemble_chat_stream(resp.content)
         except openai_rules.StreamError as e:
+            detail = str(e)
             if e.error is not None:
-                raise self.error(500, e.error, resp.headers) from None
-            raise self.unexpected_stream(f"{e}", resp) from None
+                detail += ": " + classify.parse_error_body(e.error).message
+            raise self.unexpected_stream(classify.redact(detail, self._secret)[:300], resp) from None
 
     # -- calls
     async def chat(self, req: ChatRequest, model: str) -> ProviderResponse:

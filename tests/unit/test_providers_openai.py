@@ -632,7 +632,11 @@ async def test_a_streamed_answer_is_assembled_not_retried() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"data: {not json\n\n", b'data: {"choices":[{"index":0,"delta":{"content":"cut"}}]}\n\n'],
+    [
+        b"data: {not json\n\n",
+        b'data: {"choices":[{"index":0,"delta":{"content":"cut"}}]}\n\n',
+        b'data: {"error":{"message":"The server had an error","type":"server_error"}}\n\n',
+    ],
 )
 async def test_an_unreadable_stream_is_final_never_transient(body: bytes) -> None:
     wire = Wire((200, body, {"content-type": "text/event-stream"}))
