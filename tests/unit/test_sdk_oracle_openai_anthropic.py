@@ -19,7 +19,7 @@ from typing import Any, NotRequired, Required
 
 import httpx
 import pytest
-from anthropic.types import Message, MessageParam  # noqa: F401 - MessageParam keeps the import honest
+from anthropic.types import Message
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from openai.types import CreateEmbeddingResponse, EmbeddingCreateParams
 from openai.types.chat import ChatCompletion
