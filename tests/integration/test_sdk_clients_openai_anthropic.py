@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from shared.config import ProviderConfig
+from shared.errors import ErrorClass, ProviderError
 from shared.providers.anthropic import AnthropicProvider
 from shared.providers.openai import AzureOpenAIProvider, OpenAIProvider
 from shared.schema import ChatRequest, EmbeddingRequest
@@ -283,3 +284,52 @@ async def test_adapters_pass_the_strict_simulator(sim: SimulatorProcess) -> None
     for route in after:  # every call above was answered 200: the simulator rejected nothing
         new = {k: v - before[route].get(k, 0) for k, v in after[route].items()}
         assert {k: v for k, v in new.items() if v} == {"200": new.get("200", 0)} and new["200"] > 0
+
+
+# ---- Azure OpenAI: both GA surfaces ---------------------------------------------------------
+
+
+async def test_azure_sdk_client_dated_surface_and_reasoning_version_rule(sim: SimulatorProcess) -> None:
+    new = openai.AsyncAzureOpenAI(
+        azure_endpoint=sim.base_url, api_version="2025-04-01-preview", api_key=KEY, max_retries=0
+    )
+    r = await new.chat.completions.create(model="o3", messages=USER, max_completion_tokens=50)
+    assert r.choices[0].message.content
+    e = await new.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert [d.index for d in e.data] == [0, 1]
+    old = openai.AsyncAzureOpenAI(
+        azure_endpoint=sim.base_url, api_version="2024-10-21", api_key=KEY, max_retries=0
+    )
+    with pytest.raises(openai.BadRequestError) as ei:
+        await old.chat.completions.create(model="o3", messages=USER)
+    assert "enabled only for api versions 2025-04-01-preview and later" in str(ei.value)
+    assert (await old.chat.completions.create(model="gpt-4o", messages=USER)).choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("options", "ok"),
+    [
+        ({}, True),  # the default: the GA v1 surface, no api-version
+        ({"api_version": "2025-04-01-preview"}, True),
+        ({"api_version": "2024-10-21"}, False),  # the last dated GA predates reasoning deployments
+    ],
+)
+async def test_azure_adapter_reasoning_deployment(
+    sim: SimulatorProcess, options: dict[str, Any], ok: bool
+) -> None:
+
+    cfg = ProviderConfig(
+        type="azure", base_url=sim.base_url, options={**options, "deployments": {"r": "o4-mini"}}
+    )
+    az = AzureOpenAIProvider("azure", cfg, env={"AZURE_OPENAI_API_KEY": KEY})
+    job = ChatRequest.from_body({"model": "r", "messages": USER, "max_tokens": 40, "temperature": 0.1})
+    try:
+        if ok:
+            assert (await az.chat(job, "r")).body["choices"][0]["message"]["content"]
+        else:
+            with pytest.raises(ProviderError) as ei:
+                await az.chat(job, "r")
+            assert (ei.value.error_class, ei.value.status) == (ErrorClass.FINAL, 400)
+            assert "2025-04-01-preview" in ei.value.message
+    finally:
+        await az.aclose()

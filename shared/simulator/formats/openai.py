@@ -82,7 +82,19 @@ def _missing(name: str) -> WireError:
     return WireError(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
 
 
-def _model(b: dict[str, Any]) -> str:
+def azure_version_error(deployment: str, api_version: str | None) -> str | None:
+    """Azure's deployments surface: reasoning deployments need a recent dated api-version."""
+    if not api_version:
+        return "Missing required query parameter: api-version"
+    minimum = "2025-04-01-preview" if deployment.startswith(("o3", "o4", "gpt-5")) else "2024-12-01-preview"
+    if _REASONING.match(deployment) and api_version < minimum:
+        return f"Model {deployment} is enabled only for api versions {minimum} and later"
+    return None
+
+
+def _model(b: dict[str, Any], path_model: str | None = None) -> str:
+    if path_model is not None:  # Azure: the deployment in the URL is the model
+        return path_model
     model = b.get("model")
     if not isinstance(model, str) or not model:
         raise WireError("you must provide a model parameter")
@@ -133,7 +145,7 @@ class OpenAIFormat(WireFormat):
 
     def parse_chat(self, body: Any, path_model: str | None) -> ChatCall:
         b = require_dict(body)
-        model = _model(b)
+        model = _model(b, path_model)
         msgs = b.get("messages")
         if msgs is None:
             raise _missing("messages")
@@ -266,7 +278,7 @@ class OpenAIFormat(WireFormat):
 
     def parse_embed(self, body: Any, path_model: str | None, batch: bool) -> EmbedCall:
         b = require_dict(body)
-        model = _model(b)
+        model = _model(b, path_model)
         if "input" not in b:
             raise _missing("input")
         inp = b["input"]
