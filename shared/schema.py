@@ -70,6 +70,9 @@ class ChatRequest(Struct, kw_only=True, omit_defaults=True):
     @classmethod
     def from_body(cls, body: Any) -> ChatRequest:
         req: ChatRequest = _build(cls, body)
+        # A job is one answer: a streamed reply would be billed, then unreadable (issue 9).
+        req.extra.pop("stream", None)
+        req.extra.pop("stream_options", None)
         if not req.messages:
             raise RequestError("invalid_body", "'messages' must be a non-empty list")
         for i, m in enumerate(req.messages):

@@ -4,6 +4,17 @@ System messages become the top-level ``system``; ``max_tokens`` is required, so
 a configured default (options.default_max_tokens) fills it; tool calls become
 ``tool_use`` blocks and ``tool`` messages ``tool_result`` blocks. Anthropic has
 no embeddings API.
+
+Only what the Messages API accepts is sent (it answers 400 to anything else):
+- samplers: on API version 2023-06-01 (the default) one of ``temperature`` / ``top_p``
+  (temperature wins: current models reject both) and ``temperature`` clamped to
+  Anthropic's 0-1 (OpenAI's range is 0-2); none with thinking on, or on API version
+  2026-10-21 and later;
+- ``metadata``: only ``user_id`` (OpenAI's ``user``, or a ``metadata.user_id``);
+- ``service_tier``: ``auto`` / ``standard_only`` (OpenAI's ``default``/``flex`` ->
+  ``standard_only``, ``priority``/``scale`` -> ``auto``; anything else dropped);
+- ``response_format`` ``json_schema`` -> structured outputs (``output_config.format``);
+  ``json_object`` (JSON without a schema) has no equivalent and fails the job clearly.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from shared.errors import ErrorClass, ProviderError
 from shared.providers import classify
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of, unsupported
@@ -19,11 +31,30 @@ from shared.providers.openai import usage_dict
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
 
 ANTHROPIC_VERSION = "2023-06-01"
+# From this API version on, temperature/top_p/top_k are rejected (400 "Extra inputs are not permitted").
+NO_SAMPLERS_VERSION = "2026-10-21"
 DEFAULT_MAX_TOKENS = 4096
 # Request fields that are Anthropic's own; other unknown (OpenAI-only) fields would be a 400 there.
 PASSTHROUGH = frozenset(
-    {"top_k", "thinking", "metadata", "service_tier", "container", "mcp_servers", "context_management"}
+    {
+        "thinking",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "cache_control",
+        "inference_geo",
+        "speed",
+    }
 )
+# OpenAI service_tier -> Anthropic's (which has only auto and standard_only).
+SERVICE_TIERS = {
+    "auto": "auto",
+    "standard_only": "standard_only",
+    "default": "standard_only",
+    "flex": "standard_only",
+    "priority": "auto",
+    "scale": "auto",
+}
 FINISH_REASONS = {
     "end_turn": "stop",
     "max_tokens": "length",
@@ -47,6 +78,7 @@ class AnthropicProvider(HTTPProvider):
     def configure(self, opts: Mapping[str, Any]) -> None:
         self.default_max_tokens = int(opts.get("default_max_tokens", DEFAULT_MAX_TOKENS))
         self.version = str(opts.get("anthropic_version", ANTHROPIC_VERSION))
+        self.samplers = self.version < NO_SAMPLERS_VERSION  # dated versions compare as strings
         beta = opts.get("beta")
         self.beta = ",".join(beta) if isinstance(beta, list) else (str(beta) if beta else None)
 
@@ -68,10 +100,16 @@ class AnthropicProvider(HTTPProvider):
         }
         if system:
             body["system"] = system
-        if req.temperature is not None:
-            body["temperature"] = req.temperature
-        if req.top_p is not None:
-            body["top_p"] = req.top_p
+        thinking = req.extra.get("thinking")
+        # Extended/adaptive thinking takes no sampler changes either.
+        thinks = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+        if self.samplers and not thinks:
+            if req.temperature is not None:  # one sampler only: current models reject both
+                body["temperature"] = min(max(float(req.temperature), 0.0), 1.0)
+            elif req.top_p is not None:
+                body["top_p"] = req.top_p
+            if "top_k" in req.extra:
+                body["top_k"] = req.extra["top_k"]
         if req.stop:
             body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
         if req.tools:
@@ -79,11 +117,42 @@ class AnthropicProvider(HTTPProvider):
         choice = convert_tool_choice(req.tool_choice, req.extra.get("parallel_tool_calls"))
         if choice and req.tools:
             body["tool_choice"] = choice
-        if req.user:
-            body["metadata"] = {"user_id": req.user}
+        meta = req.extra.get("metadata")
+        user_id = meta.get("user_id") if isinstance(meta, dict) else None
+        if isinstance(user_id, str) or req.user:
+            body["metadata"] = {"user_id": user_id if isinstance(user_id, str) else req.user}
+        tier = SERVICE_TIERS.get(str(req.extra.get("service_tier")))
+        if tier:
+            body["service_tier"] = tier
         for key in PASSTHROUGH.intersection(req.extra):
             body[key] = req.extra[key]
+        output_config = self.output_config(req)
+        if output_config:
+            body["output_config"] = output_config
         return body
+
+    def output_config(self, req: ChatRequest) -> dict[str, Any] | None:
+        """Anthropic's ``output_config`` (as sent, if Anthropic-native) plus OpenAI's ``response_format``."""
+        native = req.extra.get("output_config")
+        out: dict[str, Any] = dict(native) if isinstance(native, dict) else {}
+        rf = req.response_format or {}
+        kind = rf.get("type")
+        if kind == "json_schema":
+            schema = (rf.get("json_schema") or {}).get("schema")
+            if not isinstance(schema, dict):
+                raise self._bad_request("response_format json_schema has no 'json_schema.schema' object")
+            out["format"] = {"type": "json_schema", "schema": schema}
+        elif kind == "json_object":
+            raise self._bad_request(
+                "response_format json_object (JSON without a schema) has no Anthropic equivalent; "
+                "send response_format json_schema with a schema"
+            )
+        elif kind not in (None, "text"):
+            raise self._bad_request(f"response_format type {kind!r} is not supported")
+        return out or None
+
+    def _bad_request(self, what: str) -> ProviderError:
+        return ProviderError(ErrorClass.FINAL, f"{self.name}: {what}", code="unsupported_parameter")
 
     async def chat(self, req: ChatRequest, model: str) -> ProviderResponse:
         data, resp = await self.post_json("v1/messages", self.payload(req, model))

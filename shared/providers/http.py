@@ -248,6 +248,8 @@ class HTTPProvider(Provider):
     def decode(self, resp: httpx.Response) -> dict[str, Any]:
         if not 200 <= resp.status_code < 300:
             raise self.error(resp.status_code, resp.content, resp.headers)
+        if resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream":
+            raise self.unexpected_stream("no adapter reads it here", resp)
         try:
             data = decode_json(resp.content)
         except msgspec.DecodeError:
@@ -263,6 +265,16 @@ class HTTPProvider(Provider):
     def error(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> ProviderError:
         return classify.classify_response(
             self.name, status, body, headers, dialect=self.dialect, secret=self._secret
+        )
+
+    def unexpected_stream(self, detail: str, resp: httpx.Response) -> ProviderError:
+        """A streamed (SSE) answer to a job: final, never retried (every retry is a billed generation)."""
+        return ProviderError(
+            ErrorClass.FINAL,
+            f"{self.name}: answered with a stream (text/event-stream) that cannot be read ({detail}); "
+            "not retried: each attempt would be billed",
+            code="unexpected_stream",
+            request_id=classify.request_id(resp.headers),
         )
 
     def malformed(self, detail: str, resp: httpx.Response | None = None) -> ProviderError:

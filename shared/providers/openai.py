@@ -3,7 +3,8 @@
 A preset is a default base URL and key variable (plus, for APIs that reject
 OpenAI-only field names, a few renames). Azure OpenAI differs in URLs and auth
 and gets a small subclass. Requests go out in OpenAI's shape with unknown
-fields kept; answers are already ``chat.completion`` / embedding lists.
+fields kept (but never ``stream``: a job is one answer), adjusted for reasoning
+models (see openai_rules); answers are already ``chat.completion`` / embedding lists.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from typing import Any, NamedTuple
 
 import httpx
 
-from shared.config import ProviderConfig
+from shared.config import ConfigError, ProviderConfig
 from shared.errors import ProviderError
-from shared.providers import classify, embedding
+from shared.providers import classify, embedding, openai_rules
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
 
-AZURE_API_VERSION = "2024-10-21"  # latest GA data-plane version
+# Azure's GA surfaces: "v1" (GA since August 2025; no api-version, the deployment goes in "model")
+# is the default. The newest dated GA version (2024-10-21) predates reasoning models: a dated
+# api_version in options selects the deployments surface (``/openai/deployments/D/...?api-version=``).
+AZURE_API_VERSION = "v1"
 _NO_RENAMES: Mapping[str, str] = MappingProxyType({})
 _MAX_TOKENS = MappingProxyType({"max_completion_tokens": "max_tokens"})
 
@@ -76,6 +80,10 @@ class OpenAIProvider(HTTPProvider):
             key_required=preset.key_required,
         )
         self._renames = preset.renames
+        # model -> fields a 400 told us to rename or drop; applied up front on later calls
+        self._learned: dict[str, set[str]] = {}
+        # Model-name rules only where the names are OpenAI's own; other presets rely on the 400 fallback.
+        self._name_rules = cfg.type in ("openai", "azure")
 
     # -- URLs and payloads (Azure overrides these)
     def chat_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
@@ -84,19 +92,59 @@ class OpenAIProvider(HTTPProvider):
     def embed_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
         return "embeddings", None
 
+    def is_reasoning(self, model: str) -> bool:
+        return self._name_rules and openai_rules.is_reasoning_model(model, self.cost_model(model))
+
     def payload(self, req: ChatRequest | EmbeddingRequest, model: str) -> dict[str, Any]:
         body = req.to_body()
         body["model"] = model
+        if isinstance(req, ChatRequest):
+            for key in openai_rules.STREAM_FIELDS:  # jobs queued before schema stripped them
+                body.pop(key, None)
+            if self.is_reasoning(model):
+                openai_rules.apply_reasoning_rules(body)
+            for key in self._learned.get(model, ()):
+                if key == "max_tokens" and "max_tokens" in body:
+                    body.setdefault("max_completion_tokens", body.pop("max_tokens"))
+                else:
+                    body.pop(key, None)
         for src, dst in self._renames.items():
             if src in body:
                 value = body.pop(src)
                 body.setdefault(dst, value)
         return body
 
+    async def _post_chat(
+        self, url: str, body: dict[str, Any], params: Mapping[str, str] | None, model: str
+    ) -> tuple[dict[str, Any], httpx.Response]:
+        """POST a chat body; a 400 naming a field we can fix is fixed and sent again (not billed)."""
+        self._require_key()
+        for _ in range(len(openai_rules.DROPPABLE) + 1):
+            resp = await self.send("POST", url, payload=body, params=params)
+            if resp.status_code != 400:
+                break
+            fixed = openai_rules.adapt_to_error(body, resp.content)
+            if fixed is None:
+                break
+            self._learned.setdefault(model, set()).add(fixed)
+        if 200 <= resp.status_code < 300 and openai_rules.is_event_stream(resp.headers.get("content-type")):
+            return self._assemble(resp), resp
+        return self.decode(resp), resp
+
+    def _assemble(self, resp: httpx.Response) -> dict[str, Any]:
+        # Never retried: the generation behind a stream is billed whether or not we can read it.
+        try:
+            return openai_rules.assemble_chat_stream(resp.content)
+        except openai_rules.StreamError as e:
+            detail = str(e)
+            if e.error is not None:
+                detail += ": " + classify.parse_error_body(e.error).message
+            raise self.unexpected_stream(classify.redact(detail, self._secret)[:300], resp) from None
+
     # -- calls
     async def chat(self, req: ChatRequest, model: str) -> ProviderResponse:
         url, params = self.chat_url(model)
-        data, resp = await self.post_json(url, self.payload(req, model), params=params)
+        data, resp = await self._post_chat(url, self.payload(req, model), params, model)
         if not isinstance(data.get("choices"), list) or not data["choices"]:
             raise self._no_result(data, resp, "chat response has no 'choices'")
         data.setdefault("object", "chat.completion")
@@ -141,23 +189,37 @@ class OpenAIProvider(HTTPProvider):
 
 
 class AzureOpenAIProvider(OpenAIProvider):
-    """Azure OpenAI: ``{endpoint}/openai/deployments/{deployment}/...?api-version=``, ``api-key`` header.
+    """Azure OpenAI, ``api-key`` header, on either GA surface (``options.api_version`` decides):
+
+    - ``"v1"`` (the default, or a base_url ending in ``/openai/v1``):
+      ``{endpoint}/openai/v1/chat/completions``, the deployment name as ``model``, no api-version;
+    - a dated version (e.g. ``"2024-10-21"``, ``"2025-04-01-preview"``):
+      ``{endpoint}/openai/deployments/{deployment}/...?api-version=``.
 
     options: ``api_version``; ``deployments`` {model: deployment} (default: the model name is the
-    deployment); ``base_model`` (a name, or {model: name}) to price calls by, since Azure deployments
-    are named by the user.
+    deployment); ``base_model`` (a name, or {model: name}) to price calls by (and to recognise
+    reasoning models), since Azure deployments are named by the user.
     """
 
-    health_path = "openai/models"
-    STRIP_SUFFIXES = ("/openai",)
+    STRIP_SUFFIXES = ("/openai/v1", "/openai")
 
     def configure(self, opts: Mapping[str, Any]) -> None:
-        self.api_version = str(opts.get("api_version") or AZURE_API_VERSION)
+        raw_url = (self.config.base_url or "").rstrip("/")
+        url_v1 = raw_url.endswith("/openai/v1")
+        version = str(opts.get("api_version") or "").strip()
+        if url_v1 and version and version != "v1":
+            raise ConfigError(
+                f"[providers.{self.name}] base_url ends in /openai/v1 (the v1 API, no api-version) "
+                f"but options.api_version is {version!r}: drop one of them"
+            )
+        self.api_version = version or AZURE_API_VERSION
+        self.v1 = self.api_version == "v1"
         self.deployments: dict[str, str] = {
             str(k): str(v) for k, v in (opts.get("deployments") or {}).items()
         }
         self.base_model: str | dict[str, str] | None = opts.get("base_model")
-        self._params = {"api-version": self.api_version}
+        self._params: dict[str, str] | None = None if self.v1 else {"api-version": self.api_version}
+        self.health_path = "openai/v1/models" if self.v1 else "openai/models"
         self.health_params = self._params
 
     def auth_headers(self, key: str) -> dict[str, str]:
@@ -167,14 +229,24 @@ class AzureOpenAIProvider(OpenAIProvider):
         return self.deployments.get(model, model)
 
     def chat_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
+        if self.v1:
+            return "openai/v1/chat/completions", None
         return f"openai/deployments/{self.deployment(model)}/chat/completions", self._params
 
     def embed_url(self, model: str) -> tuple[str, Mapping[str, str] | None]:
+        if self.v1:
+            return "openai/v1/embeddings", None
         return f"openai/deployments/{self.deployment(model)}/embeddings", self._params
+
+    def is_reasoning(self, model: str) -> bool:
+        return openai_rules.is_reasoning_model(model, self.deployment(model), self.cost_model(model))
 
     def payload(self, req: ChatRequest | EmbeddingRequest, model: str) -> dict[str, Any]:
         body = super().payload(req, model)
-        body.pop("model", None)  # the deployment in the URL decides the model
+        if self.v1:
+            body["model"] = self.deployment(model)  # v1 names the deployment in the body
+        else:
+            body.pop("model", None)  # the deployment in the URL decides the model
         return body
 
     def cost_model(self, model: str) -> str:

@@ -33,6 +33,7 @@ from shared.simulator.config import (
     public_dump,
     validate_config,
 )
+from shared.simulator.formats.openai import azure_version_error
 from shared.simulator.wire import ChatCall, EmbedCall, SimError, WireError, chat_reply, embedding_dims, vector
 
 if TYPE_CHECKING:
@@ -214,7 +215,18 @@ class SimulatorServer:
             add(method, "/{route}" + path, self._prefixed_handler(ops))
         add("POST", "/{route}/v1beta/models/{tail}", self._gemini_prefixed)
         add("POST", "/{route}/v1/models/{tail}", self._gemini_prefixed)
+        # Azure OpenAI's dated surface (its v1 surface, /openai/v1/..., is the openai route's own)
+        add("POST", "/openai/deployments/{deployment}/chat/completions", self._azure_deployment)
+        add("POST", "/openai/deployments/{deployment}/embeddings", self._azure_deployment)
         return app
+
+    async def _azure_deployment(self, request: web.Request) -> web.StreamResponse:
+        route, deployment = self.routes["openai"], request.match_info["deployment"]
+        problem = azure_version_error(deployment, request.query.get("api-version"))
+        if problem is not None:
+            return self._reject(route, SimError("bad_request", problem, code="BadRequest"), "")
+        op = "chat" if request.path.endswith("/chat/completions") else "embed"
+        return await self._handle(request, route, op, deployment)
 
     def _bare_handler(self, ops: dict[Format, str]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         formats = list(ops)

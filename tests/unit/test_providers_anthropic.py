@@ -144,8 +144,7 @@ async def test_conversation_with_tools_exact_request() -> None:
                 ],
             },
         ],
-        "temperature": 0.5,
-        "top_p": 0.9,
+        "temperature": 0.5,  # top_p dropped: current models reject both samplers
         "stop_sequences": ["END"],
         "tools": [
             {
@@ -374,3 +373,108 @@ async def test_health_uses_models_endpoint() -> None:
     assert h.ok
     assert str(wire.requests[0].url) == "https://api.anthropic.com/v1/models?limit=1"
     assert wire.requests[0].headers["x-api-key"] == KEY
+
+
+# ---- only what the Messages API accepts (issue 9, defect 2) -------------
+
+
+def _req(**extra: Any) -> ChatRequest:
+    return ChatRequest.from_body({"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+async def _sent(extra: dict[str, Any], **options: Any) -> dict[str, Any]:
+    wire = Wire((200, TEXT_RESPONSE, {}))
+    await provider(wire, **options).chat(_req(**extra), "m")
+    return wire.body()
+
+
+@pytest.mark.parametrize(
+    ("samplers", "expected"),
+    [
+        ({"temperature": 0.3, "top_p": 0.8}, {"temperature": 0.3}),  # temperature wins
+        ({"top_p": 0.8}, {"top_p": 0.8}),
+        ({"temperature": 1.7}, {"temperature": 1.0}),  # OpenAI's 0-2 clamped to Anthropic's 0-1
+        ({"temperature": 2, "top_k": 5}, {"temperature": 1.0, "top_k": 5}),
+        ({}, {}),
+    ],
+)
+async def test_one_sampler_in_anthropic_range(samplers: dict[str, Any], expected: dict[str, Any]) -> None:
+    body = await _sent(samplers)
+    assert {k: body[k] for k in ("temperature", "top_p", "top_k") if k in body} == expected
+
+
+async def test_thinking_takes_no_sampler() -> None:
+    body = await _sent({"temperature": 0.3, "top_k": 4, "thinking": {"type": "adaptive"}})
+    assert not {"temperature", "top_p", "top_k"} & set(body) and body["thinking"] == {"type": "adaptive"}
+
+
+async def test_api_version_2026_10_21_sends_no_sampler() -> None:
+    wire = Wire((200, TEXT_RESPONSE, {}))
+    p = provider(wire, anthropic_version="2026-10-21")
+    await p.chat(_req(temperature=0.2, top_p=0.5, top_k=3), "m")
+    assert not {"temperature", "top_p", "top_k"} & set(wire.body())
+    assert wire.requests[0].headers["anthropic-version"] == "2026-10-21"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"metadata": {"project": "x", "run": "7"}}, None),  # OpenAI's free-form metadata: not Anthropic's
+        ({"metadata": {"project": "x"}, "user": "u-1"}, {"user_id": "u-1"}),
+        ({"metadata": {"user_id": "u-2", "team": "t"}, "user": "u-1"}, {"user_id": "u-2"}),
+    ],
+)
+async def test_metadata_is_only_user_id(extra: dict[str, Any], expected: Any) -> None:
+    assert (await _sent(extra)).get("metadata") == expected
+
+
+@pytest.mark.parametrize(
+    ("tier", "expected"),
+    [
+        ("auto", "auto"),
+        ("standard_only", "standard_only"),
+        ("default", "standard_only"),
+        ("flex", "standard_only"),
+        ("priority", "auto"),
+        ("scale", "auto"),
+        ("turbo", None),
+    ],
+)
+async def test_service_tier_mapped_to_anthropic_values(tier: str, expected: str | None) -> None:
+    assert (await _sent({"service_tier": tier})).get("service_tier") == expected
+
+
+async def test_json_schema_becomes_structured_output() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    body = await _sent(
+        {
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+            "output_config": {"effort": "low"},
+        }
+    )
+    assert body["output_config"] == {"effort": "low", "format": {"type": "json_schema", "schema": schema}}
+    assert "response_format" not in body
+
+
+async def test_json_object_fails_clearly_without_a_call() -> None:
+    wire = Wire((200, TEXT_RESPONSE, {}))
+    with pytest.raises(ProviderError) as ei:
+        await provider(wire).chat(_req(response_format={"type": "json_object"}), "m")
+    assert (ei.value.error_class, ei.value.code) == (ErrorClass.FINAL, "unsupported_parameter")
+    assert "json_schema" in ei.value.message
+    assert wire.requests == []
+
+
+async def test_stream_is_never_sent_and_a_stream_reply_is_final() -> None:
+    body = await _sent({"stream": True, "stream_options": {"include_usage": True}})
+    assert "stream" not in body and "stream_options" not in body
+    sse = b'event: message_start\ndata: {"type":"message_start"}\n\n'
+    wire = Wire((200, sse, {"content-type": "text/event-stream"}))
+    with pytest.raises(ProviderError) as ei:
+        await provider(wire).chat(_req(), "m")
+    assert (ei.value.error_class, ei.value.code) == (ErrorClass.FINAL, "unexpected_stream")

@@ -288,9 +288,11 @@ async def test_azure_deployment_url_api_key_header_and_no_model_field() -> None:
     assert resp.request_id == "a1b2c3d4-0000-1111-2222-333344445555"
 
 
-async def test_azure_embeddings_and_default_deployment_and_version() -> None:
+async def test_azure_dated_version_embeddings_and_default_deployment() -> None:
     wire = Wire((200, EMBED_RESPONSE, {}))
-    p = provider(wire, "azure", base_url="https://res.openai.azure.com/openai")
+    p = provider(
+        wire, "azure", base_url="https://res.openai.azure.com/openai", options={"api_version": "2024-10-21"}
+    )
     await p.embed(
         EmbeddingRequest.from_body({"model": "text-embedding-3-small", "input": "hi"}),
         "text-embedding-3-small",
@@ -299,6 +301,58 @@ async def test_azure_embeddings_and_default_deployment_and_version() -> None:
         "https://res.openai.azure.com/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21"
     )
     assert wire.body() == {"input": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("base_url", "options"),
+    [
+        ("https://res.openai.azure.com", {}),  # the default surface is the GA v1 API
+        ("https://res.openai.azure.com/openai/v1/", {}),  # as Microsoft's docs write the v1 base URL
+        ("https://res.openai.azure.com/openai", {"api_version": "v1"}),
+    ],
+)
+async def test_azure_v1_surface_no_api_version_deployment_in_body(base_url: str, options: dict) -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}), (200, EMBED_RESPONSE, {}), (200, {"data": []}, {}))
+    p = provider(wire, "azure", base_url=base_url, options={**options, "deployments": {"o3": "prod-o3"}})
+    await p.chat(chat_request(max_tokens=50), "o3")
+    assert str(wire.requests[0].url) == "https://res.openai.azure.com/openai/v1/chat/completions"
+    body = wire.body(0)
+    assert body["model"] == "prod-o3"
+    # o3 is a reasoning model: max_completion_tokens, no sampler
+    assert body["max_completion_tokens"] == 50 and "max_tokens" not in body and "temperature" not in body
+    assert wire.requests[0].headers["api-key"] == KEY
+    await p.embed(EmbeddingRequest.from_body({"model": "e", "input": "hi"}), "e")
+    assert str(wire.requests[1].url) == "https://res.openai.azure.com/openai/v1/embeddings"
+    assert wire.body(1) == {"model": "e", "input": "hi"}
+    await p.health()
+    assert str(wire.requests[2].url) == "https://res.openai.azure.com/openai/v1/models"
+
+
+def test_azure_v1_url_with_a_dated_version_is_a_config_error() -> None:
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="openai/v1"):
+        provider(
+            Wire((200, {}, {})),
+            "azure",
+            base_url="https://r.openai.azure.com/openai/v1",
+            options={"api_version": "2024-10-21"},
+        )
+
+
+async def test_azure_reasoning_deployment_recognised_by_base_model() -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}))
+    p = provider(
+        wire,
+        "azure",
+        base_url="https://r.openai.azure.com",
+        options={"deployments": {"smart": "team-reasoner"}, "base_model": {"smart": "gpt-5-mini"}},
+    )
+    await p.chat(chat_request(max_tokens=10, top_p=0.5), "smart")
+    body = wire.body()
+    assert body["model"] == "team-reasoner"
+    assert body["max_completion_tokens"] == 10
+    assert not {"max_tokens", "temperature", "top_p"} & set(body)
 
 
 def test_azure_cost_model() -> None:
@@ -417,8 +471,12 @@ async def test_health_lists_models() -> None:
 
 async def test_azure_health_url() -> None:
     wire = Wire((200, {"data": []}, {}))
-    await provider(wire, "azure", base_url="https://r.openai.azure.com").health()
-    assert str(wire.requests[0].url) == "https://r.openai.azure.com/openai/models?api-version=2024-10-21"
+    await provider(
+        wire, "azure", base_url="https://r.openai.azure.com", options={"api_version": "2025-04-01-preview"}
+    ).health()
+    assert str(wire.requests[0].url) == (
+        "https://r.openai.azure.com/openai/models?api-version=2025-04-01-preview"
+    )
 
 
 async def test_health_reports_failures_without_raising() -> None:
@@ -520,3 +578,137 @@ async def test_production_transport_over_loopback() -> None:
     assert (ei.value.error_class, ei.value.code) == (ErrorClass.TRANSIENT, "connection_error")
     assert KEY not in str(ei.value)
     await p.aclose()
+
+
+# ---- stream: a job never streams (issue 9, defect 1) --------------------
+
+SSE = (
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+    b'"choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+    b'"choices":[{"index":0,"delta":{"content":" world"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+    b'"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function",'
+    b'"function":{"name":"get_current_weather","arguments":"{\\"loc"}}]},"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+    b'"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"ation\\":1}"}}]},'
+    b'"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"},{"index":1,"delta":{},'
+    b'"finish_reason":"tool_calls"}]}\n\n'
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],'
+    b'"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+async def test_stream_fields_are_never_sent() -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}))
+    p = provider(wire)
+    await p.chat(chat_request(stream=True, stream_options={"include_usage": True}), "gpt-4o")
+    assert "stream" not in wire.body() and "stream_options" not in wire.body()
+
+
+async def test_a_streamed_answer_is_assembled_not_retried() -> None:
+    wire = Wire((200, SSE, {"content-type": "text/event-stream; charset=utf-8", "x-request-id": "req_s"}))
+    resp = await provider(wire).chat(chat_request(), "gpt-4o")
+    assert len(wire.requests) == 1
+    c0, c1 = resp.body["choices"]
+    assert c0["message"]["content"] == "Hello world" and c0["finish_reason"] == "stop"
+    assert c1["message"]["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_current_weather", "arguments": '{"location":1}'},
+        }
+    ]
+    assert c1["finish_reason"] == "tool_calls"
+    assert resp.body["object"] == "chat.completion" and resp.body["id"] == "chatcmpl-s1"
+    assert resp.usage == Usage(prompt_tokens=9, completion_tokens=4, total_tokens=13)
+    assert resp.request_id == "req_s"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: {not json\n\n",
+        b'data: {"choices":[{"index":0,"delta":{"content":"cut"}}]}\n\n',
+        b'data: {"error":{"message":"The server had an error","type":"server_error"}}\n\n',
+    ],
+)
+async def test_an_unreadable_stream_is_final_never_transient(body: bytes) -> None:
+    wire = Wire((200, body, {"content-type": "text/event-stream"}))
+    with pytest.raises(ProviderError) as ei:
+        await provider(wire).chat(chat_request(), "gpt-4o")
+    assert (ei.value.error_class, ei.value.code) == (ErrorClass.FINAL, "unexpected_stream")
+    assert len(wire.requests) == 1
+
+
+# ---- reasoning models (issue 9, defect 3) -------------------------------
+
+
+@pytest.mark.parametrize("model", ["o1", "o3-mini", "o4-mini-2025-04-16", "gpt-5", "gpt-5-nano", "gpt-5.1"])
+async def test_reasoning_models_get_max_completion_tokens_and_no_samplers(model: str) -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}))
+    await provider(wire).chat(
+        chat_request(max_tokens=64, top_p=0.9, presence_penalty=0.1, logprobs=True, seed=3), model
+    )
+    body = wire.body()
+    assert body["max_completion_tokens"] == 64
+    assert not {"max_tokens", "temperature", "top_p", "presence_penalty", "logprobs"} & set(body)
+    assert body["seed"] == 3 and body["tools"] == TOOLS  # everything else is kept
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4.1-mini", "gpt-5-chat-latest", "gpt-5.1-chat-latest"])
+async def test_other_models_keep_max_tokens_and_samplers(model: str) -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}))
+    await provider(wire).chat(chat_request(max_tokens=64), model)
+    assert wire.body()["max_tokens"] == 64 and wire.body()["temperature"] == 0.2
+
+
+async def test_name_rules_only_for_openai_itself() -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}))
+    await provider(wire, "groq").chat(chat_request(max_tokens=64), "openai/gpt-5-mini")
+    assert wire.body()["max_tokens"] == 64 and wire.body()["temperature"] == 0.2
+
+
+async def test_reasoning_effort_none_keeps_samplers() -> None:
+    wire = Wire((200, CHAT_RESPONSE, {}))
+    await provider(wire).chat(chat_request(reasoning_effort="none", max_tokens=5), "gpt-5.1")
+    assert wire.body()["temperature"] == 0.2 and wire.body()["max_completion_tokens"] == 5
+
+
+def _unsupported(param: str, code: str = "unsupported_parameter") -> tuple[int, dict, dict]:
+    msg = f"Unsupported parameter: '{param}' is not supported with this model."
+    return 400, {"error": {"message": msg, "type": "invalid_request_error", "param": param, "code": code}}, {}
+
+
+async def test_a_400_naming_a_fixable_field_is_fixed_and_learned() -> None:
+    """A reasoning model the name rules do not know (an OpenRouter alias, a proxy's name)."""
+    wire = Wire(
+        _unsupported("max_tokens"),
+        _unsupported("temperature", "unsupported_value"),
+        (200, CHAT_RESPONSE, {}),
+    )
+    p = provider(wire)
+    resp = await p.chat(chat_request(max_tokens=64), "house-reasoner")
+    assert resp.body == CHAT_RESPONSE
+    assert [("max_tokens" in b, "temperature" in b) for b in map(wire.body, range(3))] == [
+        (True, True),
+        (False, True),
+        (False, False),
+    ]
+    assert wire.body(2)["max_completion_tokens"] == 64
+    await p.chat(chat_request(max_tokens=64), "house-reasoner")  # learned: right the first time
+    assert len(wire.requests) == 4
+    assert "max_tokens" not in wire.body() and "temperature" not in wire.body()
+
+
+async def test_a_400_naming_another_field_stays_final() -> None:
+    wire = Wire(_unsupported("tools"))
+    with pytest.raises(ProviderError) as ei:
+        await provider(wire).chat(chat_request(), "gpt-4o")
+    assert (ei.value.error_class, ei.value.status) == (ErrorClass.FINAL, 400)
+    assert len(wire.requests) == 1

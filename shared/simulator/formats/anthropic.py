@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,77 @@ from shared.simulator.wire import (
 from shared.tokens import estimate_text
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
+# The request's anthropic-version: check_headers sets it, parse_chat reads it (same request task).
+_VERSION: contextvars.ContextVar[str] = contextvars.ContextVar("anthropic_version", default="2023-06-01")
+# From this version on the Messages API rejects every sampler ("Extra inputs are not permitted").
+_NO_SAMPLERS = "2026-10-21"
+_SAMPLERS = frozenset({"temperature", "top_p", "top_k"})
+# Top-level request fields the Messages API accepts (GA and beta); anything else is a 400.
+_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "inference_geo",
+        "speed",
+        "diagnostics",
+        *_SAMPLERS,
+    }
+)
+
+
+def _request_rules(b: dict[str, Any], version: str) -> dict[str, Any] | None:
+    """Reject what the Messages API rejects; the structured-output schema asked for, if any."""
+    allowed = _FIELDS - _SAMPLERS if version >= _NO_SAMPLERS else _FIELDS
+    for key in b:
+        if key not in allowed:
+            raise WireError(f"{key}: Extra inputs are not permitted")
+    for name in ("temperature", "top_p"):
+        v = b.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise WireError(f"{name}: Input should be a valid number")
+        if v > 1:
+            raise WireError(f"{name}: Input should be less than or equal to 1")
+        if v < 0:
+            raise WireError(f"{name}: Input should be greater than or equal to 0")
+    if b.get("temperature") is not None and b.get("top_p") is not None:
+        raise WireError(
+            "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+        )
+    meta = b.get("metadata")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise WireError("metadata: Input should be a valid dictionary")
+        for key in meta:
+            if key != "user_id":
+                raise WireError(f"metadata.{key}: Extra inputs are not permitted")
+    tier = b.get("service_tier")
+    if tier is not None and tier not in ("auto", "standard_only"):
+        raise WireError("service_tier: Input should be 'auto' or 'standard_only'")
+    fmt = (b.get("output_config") or {}).get("format") if isinstance(b.get("output_config"), dict) else None
+    fmt = fmt if fmt is not None else b.get("output_format")
+    if fmt is None:
+        return None
+    schema = fmt.get("schema") if isinstance(fmt, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(schema, dict):
+        raise WireError("output_config.format: Input tag does not match the expected tag 'json_schema'")
+    return schema
 
 
 def _rfc3339(ts: float) -> str:
@@ -56,11 +128,16 @@ class AnthropicFormat(WireFormat):
     default_models = ("claude-sonnet-4-20250514", "claude-opus-4-20250514", "claude-3-5-haiku-20241022")
 
     def api_key(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-        return headers.get("x-api-key")
+        # x-api-key wins when both are sent; SDKs from API version 2026-10-21 on send a Bearer token.
+        key = headers.get("x-api-key")
+        if key is None and headers.get("Authorization", "").startswith("Bearer "):
+            key = headers["Authorization"][7:]
+        return key
 
     def check_headers(self, headers: Mapping[str, str]) -> None:
         if "anthropic-version" not in headers:
             raise WireError("anthropic-version: header is required")
+        _VERSION.set(headers["anthropic-version"])
 
     def parse_chat(self, body: Any, path_model: str | None) -> ChatCall:
         b = require_dict(body)
@@ -76,8 +153,7 @@ class AnthropicFormat(WireFormat):
             raise WireError("messages: Input should be a valid list")
         if not msgs:
             raise WireError("messages: at least one message is required")
-        if b.get("stream"):
-            raise WireError('stream: the simulator does not stream; send "stream": false')
+        schema = _request_rules(b, _VERSION.get())
         texts = []
         system = b.get("system")
         if system is not None:
@@ -106,6 +182,8 @@ class AnthropicFormat(WireFormat):
             max_tokens=limit,
             tools=tools,
             forced_tool=forced,
+            json_schema=schema,
+            stream=bool(b.get("stream")),
         )
 
     def render_chat(self, call: ChatCall, replies: list[Reply], duration_s: float) -> tuple[bytes, str]:
@@ -117,6 +195,8 @@ class AnthropicFormat(WireFormat):
             ]
         else:
             content = [{"type": "text", "text": r.text or ""}]
+        if call.stream:
+            return _sse(call, r, content), "text/event-stream; charset=utf-8"
         body = {
             "id": "msg_01" + r.id_hex,
             "type": "message",
@@ -209,3 +289,50 @@ class AnthropicFormat(WireFormat):
                 "last_id": models[-1] if models else None,
             }
         )
+
+
+def _sse(call: ChatCall, r: Reply, content: list[dict[str, Any]]) -> bytes:
+    """The Messages API's named SSE events for one reply (text deltas word by word, tool input as JSON)."""
+    out = bytearray()
+
+    def event(name: str, data: dict[str, Any]) -> None:
+        out.extend(b"event: " + name.encode() + b"\ndata: " + encode({"type": name, **data}) + b"\n\n")
+
+    message = {
+        "id": "msg_01" + r.id_hex,
+        "type": "message",
+        "role": "assistant",
+        "model": call.model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": r.prompt_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 1,
+            "service_tier": "standard",
+        },
+    }
+    event("message_start", {"message": message})
+    event("ping", {})
+    for i, block in enumerate(content):
+        if block["type"] == "tool_use":
+            event("content_block_start", {"index": i, "content_block": {**block, "input": {}}})
+            delta = {"type": "input_json_delta", "partial_json": encode(block["input"]).decode()}
+            event("content_block_delta", {"index": i, "delta": delta})
+        else:
+            event("content_block_start", {"index": i, "content_block": {"type": "text", "text": ""}})
+            for j, word in enumerate(block["text"].split(" ")):
+                piece = word if j == 0 else " " + word
+                event("content_block_delta", {"index": i, "delta": {"type": "text_delta", "text": piece}})
+        event("content_block_stop", {"index": i})
+    event(
+        "message_delta",
+        {
+            "delta": {"stop_reason": _STOP[r.finish], "stop_sequence": None},
+            "usage": {"output_tokens": r.completion_tokens},
+        },
+    )
+    event("message_stop", {})
+    return bytes(out)

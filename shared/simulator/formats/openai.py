@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import time
 from collections.abc import Mapping
@@ -34,6 +35,45 @@ _BAD_JSON = (
 )
 
 
+# Reasoning models, read from OpenAI's model docs independently of the adapter's own rule:
+# o1/o3/o4-mini..., the gpt-5 family except its -chat models.
+_REASONING = re.compile(r"^(?:o[134](?:-|$)|gpt-5(?!(?:\.\d+)?-chat))")
+# Parameters reasoning models reject unless at their default value.
+_SAMPLER_DEFAULTS = {"temperature": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
+_UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias")
+
+
+def _reasoning_rules(b: dict[str, Any], model: str) -> None:
+    """Reject what OpenAI's reasoning models reject, with OpenAI's own messages and codes."""
+    if not _REASONING.match(model.rsplit("/", 1)[-1]):
+        return
+    if b.get("max_tokens") is not None:
+        raise WireError(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            param="max_tokens",
+            code="unsupported_parameter",
+        )
+    if b.get("reasoning_effort") == "none" and model.startswith("gpt-5."):
+        return  # gpt-5.1+ with reasoning off take samplers
+    for name, default in _SAMPLER_DEFAULTS.items():
+        value = b.get(name)
+        if value is not None and value != default:
+            raise WireError(
+                f"Unsupported value: '{name}' does not support {value} with this model. "
+                f"Only the default ({default}) value is supported.",
+                param=name,
+                code="unsupported_value",
+            )
+    for name in _UNSUPPORTED:
+        if b.get(name) not in (None, False):
+            raise WireError(
+                f"Unsupported parameter: '{name}' is not supported with this model.",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
 def _err(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
     return encode({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
@@ -42,7 +82,19 @@ def _missing(name: str) -> WireError:
     return WireError(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
 
 
-def _model(b: dict[str, Any]) -> str:
+def azure_version_error(deployment: str, api_version: str | None) -> str | None:
+    """Azure's deployments surface: reasoning deployments need a recent dated api-version."""
+    if not api_version:
+        return "Missing required query parameter: api-version"
+    minimum = "2025-04-01-preview" if deployment.startswith(("o3", "o4", "gpt-5")) else "2024-12-01-preview"
+    if _REASONING.match(deployment) and api_version < minimum:
+        return f"Model {deployment} is enabled only for api versions {minimum} and later"
+    return None
+
+
+def _model(b: dict[str, Any], path_model: str | None = None) -> str:
+    if path_model is not None:  # Azure: the deployment in the URL is the model
+        return path_model
     model = b.get("model")
     if not isinstance(model, str) or not model:
         raise WireError("you must provide a model parameter")
@@ -93,7 +145,7 @@ class OpenAIFormat(WireFormat):
 
     def parse_chat(self, body: Any, path_model: str | None) -> ChatCall:
         b = require_dict(body)
-        model = _model(b)
+        model = _model(b, path_model)
         msgs = b.get("messages")
         if msgs is None:
             raise _missing("messages")
@@ -124,6 +176,7 @@ class OpenAIFormat(WireFormat):
                 if isinstance(tc, dict):
                     text += " " + str(tc.get("function", {}).get("arguments", ""))
             texts.append(text)
+        _reasoning_rules(b, model)
         tools, forced = _tools(b)
         extra = estimate_text(encode(b["tools"]).decode()) if tools else 0
         limit = opt_int(b.get("max_completion_tokens"), "max_completion_tokens")
@@ -225,7 +278,7 @@ class OpenAIFormat(WireFormat):
 
     def parse_embed(self, body: Any, path_model: str | None, batch: bool) -> EmbedCall:
         b = require_dict(body)
-        model = _model(b)
+        model = _model(b, path_model)
         if "input" not in b:
             raise _missing("input")
         inp = b["input"]

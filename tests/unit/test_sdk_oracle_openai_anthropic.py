@@ -1,0 +1,466 @@
+"""The vendors' own type definitions as the oracle for what the adapters send and the simulator answers.
+
+Request bodies are checked against the official SDKs' ``*CreateParams`` TypedDicts by a strict
+walker: every key must be declared (a misspelled or OpenAI-only field fails), required keys must
+be present, and values must match the declared types (Literals, unions, nested TypedDicts).
+pydantic's TypeAdapter ignores unknown TypedDict keys, hence the walker. Responses are parsed
+with the SDKs' pydantic models, and any field the model does not declare fails too.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections.abc
+import json
+import struct
+import types
+import typing
+from typing import Any, NotRequired, Required
+
+import httpx
+import pytest
+from anthropic.types import Message
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+from openai.types import CreateEmbeddingResponse, EmbeddingCreateParams
+from openai.types.chat import ChatCompletion
+from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+from pydantic import BaseModel
+from typing_extensions import is_typeddict
+
+from shared.config import ProviderConfig
+from shared.providers.anthropic import AnthropicProvider
+from shared.providers.openai import AzureOpenAIProvider, OpenAIProvider
+from shared.schema import ChatRequest, EmbeddingRequest
+from shared.simulator.formats.anthropic import AnthropicFormat
+from shared.simulator.formats.openai import OpenAIFormat
+from shared.simulator.wire import chat_reply, vector
+
+# ---- the strict TypedDict walker ----------------------------------------------------------
+
+
+class Mismatch(AssertionError):
+    pass
+
+
+_SEQUENCES = {list, tuple, collections.abc.Iterable, collections.abc.Sequence}
+
+
+def check(value: Any, tp: Any, path: str = "$") -> None:
+    """Raise Mismatch unless ``value`` is an instance of the typing annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (Required, NotRequired, typing.Annotated):
+        return check(value, typing.get_args(tp)[0], path)
+    if tp is Any or tp is object:
+        return None
+    if tp is None or tp is type(None):
+        if value is not None:
+            raise Mismatch(f"{path}: expected null, got {value!r}")
+        return None
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return check(value, arm, path)
+            except Mismatch as e:
+                errors.append(str(e))
+        raise Mismatch(f"{path}: matches no arm of the union:\n  " + "\n  ".join(errors))
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool) != any(
+            isinstance(a, bool) for a in typing.get_args(tp)
+        ):
+            raise Mismatch(f"{path}: {value!r} not in {typing.get_args(tp)}")
+        return None
+    if is_typeddict(tp):
+        return _check_typeddict(value, tp, path)
+    if origin in (dict, collections.abc.Mapping) or tp in (dict, typing.Dict):  # noqa: UP006
+        if not isinstance(value, dict):
+            raise Mismatch(f"{path}: expected an object, got {type(value).__name__}")
+        args = typing.get_args(tp)
+        for k, v in value.items():
+            if args:
+                check(k, args[0], f"{path}.<key>")
+                check(v, args[1], f"{path}.{k}")
+        return None
+    if origin in _SEQUENCES or (origin is not None and getattr(origin, "__name__", "") == "SequenceNotStr"):
+        if not isinstance(value, list):
+            raise Mismatch(f"{path}: expected an array, got {type(value).__name__}")
+        (item,) = typing.get_args(tp) or (Any,)
+        for i, v in enumerate(value):
+            check(v, item, f"{path}[{i}]")
+        return None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Mismatch(f"{path}: expected a number, got {value!r}")
+        return None
+    if tp in (int, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise Mismatch(f"{path}: expected {tp.__name__}, got {value!r}")
+        return None
+    if isinstance(tp, type) and tp.__name__ in ("FileTypes", "Base64FileInput"):
+        return None
+    raise Mismatch(f"{path}: the walker does not know the type {tp!r}")
+
+
+def _check_typeddict(value: Any, td: Any, path: str) -> None:
+    if not isinstance(value, dict):
+        raise Mismatch(f"{path}: expected an object ({td.__name__}), got {type(value).__name__}")
+    hints = typing.get_type_hints(td, include_extras=True)
+    unknown = set(value) - set(hints)
+    if unknown:
+        raise Mismatch(f"{path}: {td.__name__} declares no {sorted(unknown)}")
+    missing = _required(td, hints) - set(value)
+    if missing:
+        raise Mismatch(f"{path}: {td.__name__} requires {sorted(missing)}")
+    for key, v in value.items():
+        check(v, hints[key], f"{path}.{key}")
+
+
+def _required(td: Any, hints: dict[str, Any]) -> set[str]:
+    # The SDKs' string annotations leave __required_keys__ empty: read Required[...] / totality here.
+    keys: set[str] = set()
+    for cls in reversed(td.__mro__):
+        for key in getattr(cls, "__dict__", {}).get("__annotations__", {}):
+            origin = typing.get_origin(hints.get(key))
+            if origin is Required or (origin is not NotRequired and getattr(cls, "__total__", False)):
+                keys.add(key)
+            else:
+                keys.discard(key)
+    return keys
+
+
+def parse_strict(model: type[BaseModel], data: Any) -> BaseModel:
+    """The SDK's response model; fields it does not declare (kept as extras) fail."""
+    parsed = model.model_validate(data)
+    _no_extras(parsed, model.__name__)
+    return parsed
+
+
+def _no_extras(m: Any, path: str) -> None:
+    if isinstance(m, BaseModel):
+        assert not m.model_extra, f"{path}: undeclared fields {sorted(m.model_extra or {})}"
+        for name in type(m).model_fields:
+            _no_extras(getattr(m, name), f"{path}.{name}")
+    elif isinstance(m, list):
+        for i, x in enumerate(m):
+            _no_extras(x, f"{path}[{i}]")
+
+
+class MessageCreateParams20230601(MessageCreateParamsNonStreaming, total=False):
+    """API version 2023-06-01 (Fusebox's default) still takes the samplers the 2.x SDK dropped
+    with version 2026-10-21; their types as in anthropic<1.0's MessageCreateParams."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+
+
+def test_the_walker_catches_unknown_fields_and_wrong_types() -> None:
+    ok = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    check(ok, CompletionCreateParamsNonStreaming)
+    for bad in (
+        {**ok, "max_token": 5},  # misspelled
+        {**ok, "temperature": "hot"},
+        {**ok, "messages": [{"role": "robot", "content": "hi"}]},
+        {**ok, "tool_choice": "sometimes"},
+        {**ok, "stream": True},  # not the non-streaming params
+        {"messages": ok["messages"]},
+    ):
+        with pytest.raises(Mismatch):
+            check(bad, CompletionCreateParamsNonStreaming)
+    with pytest.raises(Mismatch):
+        check({"model": "m", "max_tokens": 5, "messages": [], "top_p": 0.5}, MessageCreateParamsNonStreaming)
+
+
+# ---- the corpus ---------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA6"
+USER = [{"role": "user", "content": "Hello"}]
+TOOL_TURNS = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+            },
+            {
+                "id": "call_2",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
+            },
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "22C"}]},
+]
+
+CHAT_CORPUS: dict[str, dict[str, Any]] = {
+    "plain": {"model": "gpt-4o-mini", "messages": USER},
+    "system_and_developer": {
+        "model": "gpt-4o",
+        "messages": [{"role": "system", "content": "S"}, {"role": "developer", "content": "D"}, *USER],
+    },
+    "tools_and_results": {
+        "model": "gpt-4o",
+        "messages": TOOL_TURNS,
+        "tools": [WEATHER],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+    },
+    "forced_tool": {
+        "model": "gpt-4o",
+        "messages": USER,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    },
+    "required_tool": {"model": "gpt-4o", "messages": USER, "tools": [WEATHER], "tool_choice": "required"},
+    "images": {
+        "model": "gpt-4o",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": PNG, "detail": "low"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                ],
+            }
+        ],
+    },
+    "json_mode": {"model": "gpt-4o", "messages": USER, "response_format": {"type": "json_object"}},
+    "json_schema": {
+        "model": "gpt-4o",
+        "messages": USER,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": SCHEMA, "strict": True},
+        },
+    },
+    "samplers_stop_n": {
+        "model": "gpt-4o",
+        "messages": USER,
+        "temperature": 1.4,
+        "top_p": 0.9,
+        "presence_penalty": 0.2,
+        "frequency_penalty": 0.1,
+        "stop": ["END", "STOP"],
+        "n": 2,
+        "seed": 7,
+        "max_tokens": 64,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "user": "user-1",
+        "metadata": {"project": "alpha"},
+        "service_tier": "default",
+        "store": False,
+    },
+    "stop_string_and_stream": {
+        "model": "gpt-4o",
+        "messages": USER,
+        "stop": "END",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    },
+    "reasoning_o3": {
+        "model": "o3",
+        "messages": [{"role": "developer", "content": "Think."}, *USER],
+        "max_tokens": 500,
+        "temperature": 0.2,
+        "top_p": 0.5,
+        "reasoning_effort": "high",
+        "stream": True,
+    },
+    "reasoning_gpt5": {"model": "gpt-5-mini", "messages": USER, "max_tokens": 50, "temperature": 0.7},
+}
+
+EMBED_CORPUS: dict[str, dict[str, Any]] = {
+    "str": {"model": "text-embedding-3-small", "input": "hello"},
+    "list_str": {"model": "text-embedding-3-small", "input": ["a", "b", "c"]},
+    "tokens": {"model": "text-embedding-3-small", "input": [15339, 1917]},
+    "token_lists": {"model": "text-embedding-3-small", "input": [[15339, 1917], [3, 4, 5]]},
+    "dimensions_float": {
+        "model": "text-embedding-3-large",
+        "input": ["x"],
+        "dimensions": 8,
+        "encoding_format": "float",
+        "user": "u",
+    },
+    "base64": {"model": "text-embedding-3-small", "input": "hello", "encoding_format": "base64"},
+}
+
+
+class _Capture:
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+        self.bodies: list[dict[str, Any]] = []
+        self.urls: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.bodies.append(json.loads(request.content))
+        self.urls.append(str(request.url))
+        return httpx.Response(200, json=self.answer)
+
+
+OPENAI_OK = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+}
+ANTHROPIC_OK = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5",
+    "content": [{"type": "text", "text": "hi"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 3, "output_tokens": 1},
+}
+
+
+async def _openai_body(job: dict[str, Any], type_: str = "openai", **options: Any) -> dict[str, Any]:
+    cap = _Capture(OPENAI_OK)
+    cls = AzureOpenAIProvider if type_ == "azure" else OpenAIProvider
+    cfg = ProviderConfig(type=type_, base_url="https://r.openai.azure.com", options=options)
+    p = cls(
+        type_,
+        cfg,
+        env={"OPENAI_API_KEY": "sk-x", "AZURE_OPENAI_API_KEY": "k"},
+        transport=httpx.MockTransport(cap),
+    )
+    await p.chat(ChatRequest.from_body(job), job["model"])
+    return cap.bodies[0]
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_CORPUS))
+async def test_openai_chat_bodies_validate_against_the_sdk(name: str) -> None:
+    check(await _openai_body(CHAT_CORPUS[name]), CompletionCreateParamsNonStreaming)
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_CORPUS))
+async def test_azure_v1_chat_bodies_validate_against_the_sdk(name: str) -> None:
+    check(await _openai_body(CHAT_CORPUS[name], "azure"), CompletionCreateParamsNonStreaming)
+
+
+@pytest.mark.parametrize("name", sorted(EMBED_CORPUS))
+async def test_openai_embedding_bodies_validate_against_the_sdk(name: str) -> None:
+    cap = _Capture(
+        {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    )
+    p = OpenAIProvider(
+        "openai",
+        ProviderConfig(type="openai"),
+        env={"OPENAI_API_KEY": "sk-x"},
+        transport=httpx.MockTransport(cap),
+    )
+    job = EMBED_CORPUS[name]
+    await p.embed(EmbeddingRequest.from_body(job), job["model"])
+    check(cap.bodies[0], EmbeddingCreateParams)
+    assert cap.bodies[0]["input"] == job["input"]
+
+
+ANTHROPIC_CORPUS = {k: v for k, v in CHAT_CORPUS.items() if k != "json_mode"}  # json_object: refused
+
+
+@pytest.mark.parametrize("name", sorted(ANTHROPIC_CORPUS))
+@pytest.mark.parametrize("version", ["2023-06-01", "2026-10-21"])
+async def test_anthropic_bodies_validate_against_the_sdk(name: str, version: str) -> None:
+    cap = _Capture(ANTHROPIC_OK)
+    p = AnthropicProvider(
+        "claude",
+        ProviderConfig(type="anthropic", options={"anthropic_version": version}),
+        env={"ANTHROPIC_API_KEY": "sk-ant-x"},
+        transport=httpx.MockTransport(cap),
+    )
+    job = {**ANTHROPIC_CORPUS[name], "model": "claude-sonnet-4-5"}
+    resp = await p.chat(ChatRequest.from_body(job), "claude-sonnet-4-5")
+    body = cap.bodies[0]
+    if version == "2026-10-21":
+        check(body, MessageCreateParamsNonStreaming)  # the 2.x SDK describes exactly this version
+    else:
+        check(body, MessageCreateParams20230601)
+        assert not ("temperature" in body and "top_p" in body)
+        assert 0 <= body.get("temperature", 0) <= 1
+    # what Fusebox hands back is a chat.completion the OpenAI SDK reads
+    parse_strict(ChatCompletion, resp.body)
+
+
+# ---- simulator responses parse with the SDKs' response models ----------------------------
+
+
+def _sim_chat(fmt: Any, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    if headers is not None:
+        fmt.check_headers(headers)
+    call = fmt.parse_chat(body, None)
+    replies = [chat_reply(call, i) for i in range(call.n)]
+    raw, ctype = fmt.render_chat(call, replies, 0.01)
+    assert ctype.startswith("application/json")
+    return json.loads(raw)
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_CORPUS))
+async def test_simulator_openai_answers_parse_as_chat_completions(name: str) -> None:
+    body = await _openai_body(CHAT_CORPUS[name])
+    answer = _sim_chat(OpenAIFormat(), body)
+    parse_strict(ChatCompletion, answer)
+    if "response_format" in body and body["response_format"]["type"] == "json_schema":
+        assert set(json.loads(answer["choices"][0]["message"]["content"])) == {"name", "age"}
+
+
+@pytest.mark.parametrize("name", sorted(EMBED_CORPUS))
+def test_simulator_openai_embeddings_parse(name: str) -> None:
+    fmt = OpenAIFormat()
+    call = fmt.parse_embed(EMBED_CORPUS[name], None, False)
+    vectors = [vector(call.model, t, call.dims or 4) for t in call.texts]
+    data = json.loads(fmt.render_embed(call, vectors))
+    if EMBED_CORPUS[name].get("encoding_format") == "base64":
+        for d in data["data"]:  # little-endian float32, as the SDK decodes it before parsing
+            raw = base64.b64decode(d["embedding"])
+            d["embedding"] = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    parsed = parse_strict(CreateEmbeddingResponse, data)
+    assert len(parsed.data) == len(call.texts)
+    for d, v in zip(parsed.data, vectors, strict=True):  # type: ignore[attr-defined]
+        assert d.embedding == pytest.approx(v, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ANTHROPIC_CORPUS))
+async def test_simulator_anthropic_answers_parse_as_messages(name: str) -> None:
+    cap = _Capture(ANTHROPIC_OK)
+    p = AnthropicProvider(
+        "c",
+        ProviderConfig(type="anthropic"),
+        env={"ANTHROPIC_API_KEY": "k"},
+        transport=httpx.MockTransport(cap),
+    )
+    await p.chat(
+        ChatRequest.from_body({**ANTHROPIC_CORPUS[name], "model": "claude-sonnet-4-5"}), "claude-sonnet-4-5"
+    )
+    answer = _sim_chat(AnthropicFormat(), cap.bodies[0], {"anthropic-version": "2023-06-01"})
+    msg = parse_strict(Message, answer)
+    assert msg.content  # type: ignore[attr-defined]
