@@ -76,6 +76,7 @@ class FuseboxWorker(Worker):
         self.shutdown_grace = shutdown_grace
         self.reconcile_seconds = reconcile_seconds
         self._draining = False
+        self._orphans: set[str] = set()
         self._side_tasks: list[asyncio.Task[None]] = []
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -133,11 +134,11 @@ class FuseboxWorker(Worker):
                 delay = min(2.0, delay * 2)
         if self.leases is None:  # arq's own CLI: the pool exists only now
             self.leases = Leases(self.pool, self.queue_name, self._lease_s)
-        reconciler = Reconciler(self.pool, self.ctx[STORE_KEY], self.leases.owner, self.reconcile_seconds)
-        self._side_tasks = [
-            self.loop.create_task(self.leases.heartbeat()),
-            self.loop.create_task(reconciler.run()),
-        ]
+        self._side_tasks = [self.loop.create_task(self.leases.heartbeat())]
+        store = self.ctx.get(STORE_KEY)
+        if store is not None:  # a worker that runs Fusebox's jobs (not a bare FuseboxWorker in tests)
+            reconciler = Reconciler(self.pool, store, self.leases.owner, self.reconcile_seconds)
+            self._side_tasks.append(self.loop.create_task(reconciler.run()))
         try:
             await super().main()
         finally:
