@@ -59,7 +59,9 @@ def test_lines_whose_jobs_vanished_are_queued_again_and_answered_once(redis_url:
     """Some lines lose their arq job with no result (what a lost write, or a job deleted without a
     result, leaves): without reconciliation the batch waits for them forever."""
     n, lost = 300, 25
-    with Stack(sim_routes=SIM, providers=PROVIDERS, workers=0, extra_config=_extra(1), redis_url=redis_url) as st:
+    with Stack(
+        sim_routes=SIM, providers=PROVIDERS, workers=0, extra_config=_extra(1), redis_url=redis_url
+    ) as st:
         assert st.client is not None
         r, k = st.client.redis, st.settings.keys
         sub = st.submit(chat_lines(n, "r"))
@@ -80,11 +82,7 @@ async def test_reconcile_drops_answered_lines_relinks_jobs_and_bounds_requeues(s
     from producer.client import FuseboxClient
 
     client = FuseboxClient(redis, settings)
-    lines = [
-        '{"custom_id": "c%d", "method": "POST", "url": "/v1/chat/completions", "body": '
-        '{"model": "simulated/chat", "messages": [{"role": "user", "content": "q"}]}}' % i
-        for i in range(4)
-    ]
+    lines = chat_lines(4, "simulated/chat")
     sub = await client.submit_batch(lines)
     bid, k = sub.batch_id, settings.keys
     store = Store(redis, k)
@@ -173,7 +171,7 @@ def test_redis_kill_9_with_a_lost_aof_tail_mid_batch(tmp_path: Path) -> None:
     """Redis dies mid-batch and comes back without its last writes (half of everything written since
     the batch was queued): answered lines lose their results, leases and deferrals vanish. The batch
     still completes and every line is answered exactly once."""
-    n = 1500
+    n = 1000
     server = AofServer(tmp_path / "redis")
     server.data.mkdir()
     server.start()
