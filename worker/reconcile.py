@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
 from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB
@@ -51,8 +53,11 @@ class Reconciler:
         while True:
             try:
                 await self.tick()
-            except Exception as e:  # Redis down: the poll loop reports it; try again next period
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                # Redis down: the worker's poll loop reports it; try again next period
                 log.debug("reconciliation skipped: %s: %s", type(e).__name__, e)
+            except Exception:
+                log.exception("reconciliation failed; trying again next period")
             await asyncio.sleep(self.every * random.uniform(0.8, 1.2))
 
     async def tick(self) -> Pass | None:

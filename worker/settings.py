@@ -132,7 +132,7 @@ class FuseboxWorker(Worker):
                     )
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
-        if self.leases is None:  # arq's own CLI: the pool exists only now
+        if self.leases is None:  # built from redis_settings: the pool exists only now
             self.leases = Leases(self.pool, self.queue_name, self._lease_s)
         self._side_tasks = [self.loop.create_task(self.leases.heartbeat())]
         store = self.ctx.get(STORE_KEY)
