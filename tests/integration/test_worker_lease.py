@@ -168,3 +168,34 @@ async def test_a_job_whose_lease_redis_lost_is_not_started_again_in_the_same_wor
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await worker.close()
+
+
+async def test_heartbeat_renews_its_leases_retakes_lost_ones_and_leaves_others_alone(
+    settings: Settings, redis: Any
+) -> None:
+    from arq.utils import timestamp_ms
+
+    from worker.lease import Leases
+
+    q = settings.keys.queue
+    ns = settings.namespace
+    mine, lost, deferred, done, stolen = (f"{ns}-{x}" for x in ("mine", "lost", "deferred", "done", "stolen"))
+    now = timestamp_ms()
+    await redis.zadd(q, {mine: now, lost: now, deferred: now + 60_000, stolen: now})
+    leases = Leases(redis, q, 10.0, owner="w1")
+    for j in (mine, lost, deferred, done, stolen):
+        leases.claimed(j)
+    await redis.set(ARQ_IN_PROGRESS + mine, "w1", px=500)
+    await redis.set(ARQ_IN_PROGRESS + stolen, "w2", px=10_000)
+    renewed, restored, taken = await leases.renew()
+    assert (renewed, restored, taken) == (1, 1, [stolen])
+    assert 9_000 < await redis.pttl(ARQ_IN_PROGRESS + mine) <= 10_000  # extended to a whole lease
+    assert await redis.get(ARQ_IN_PROGRESS + lost) == b"w1"  # Redis lost it; the job is still ours
+    # a job deferred (future score) or finished (off the queue) gets no lease back
+    assert not await redis.exists(ARQ_IN_PROGRESS + deferred, ARQ_IN_PROGRESS + done)
+    assert await redis.get(ARQ_IN_PROGRESS + stolen) == b"w2"
+    # release drops only what is ours
+    assert await leases.release([mine, lost, stolen]) == 2
+    assert await redis.get(ARQ_IN_PROGRESS + stolen) == b"w2"
+    await redis.delete(ARQ_IN_PROGRESS + stolen)
+    await redis.zrem(q, mine, lost, deferred, stolen)
