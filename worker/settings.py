@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from functools import partial
 from signal import Signals
 from typing import Any
 
@@ -104,7 +105,17 @@ class FuseboxWorker(Worker):
             self.leases.claimed(job_id)
             task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(partial(self._job_done, job_id))
             self.tasks[job_id] = task
+
+    def _job_done(self, job_id: str, _: asyncio.Task[None]) -> None:
+        """Here, not when the task is reaped (arq's poll loop may reap it first): stop renewing its lease,
+        and if arq could not record the job's end (Redis went away, or it was cancelled before its
+        finish), release the lease once Redis answers, so the job runs again now."""
+        assert self.leases is not None
+        self.leases.finishing(job_id)
+        if job_id in self.leases.held:
+            self._orphans.add(job_id)
 
     async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         assert self.leases is not None
@@ -166,17 +177,11 @@ class FuseboxWorker(Worker):
 
     def _reap_tasks(self) -> None:
         """Collect finished job tasks here: arq re-raises their errors one per poll, stalling the loop."""
-        assert self.leases is not None
         for job_id, t in list(self.tasks.items()):
             if not t.done():
                 continue
             del self.tasks[job_id]
-            self.leases.finishing(job_id)
             exc = None if t.cancelled() else t.exception()
-            if job_id in self.leases.held:
-                # arq could not record the end of this job (Redis went away, or it was cancelled before
-                # its finish): release its lease once Redis answers, so it runs again now.
-                self._orphans.add(job_id)
             if exc is not None and not isinstance(exc, _REDIS_DOWN):
                 log.error("job %s: %s: %s", job_id, type(exc).__name__, exc)
 

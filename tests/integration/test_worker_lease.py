@@ -199,3 +199,55 @@ async def test_heartbeat_renews_its_leases_retakes_lost_ones_and_leaves_others_a
     assert await redis.get(ARQ_IN_PROGRESS + stolen) == b"w2"
     await redis.delete(ARQ_IN_PROGRESS + stolen)
     await redis.zrem(q, mine, lost, deferred, stolen)
+
+
+async def test_a_job_whose_end_could_not_be_recorded_runs_again_at_once(settings: Settings) -> None:
+    """Redis fails while arq records a job's end: the task dies with a connection error. Its lease must
+    be released (not renewed by the heartbeat for ever), so the job runs again and completes."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    runs_key = f"{settings.namespace}:runs"
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        await ctx["redis"].hincrby(runs_key, raw.decode(), 1)
+
+    class Flaky(FuseboxWorker):
+        failed_once = False
+
+        async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+            if not self.failed_once:
+                self.failed_once = True
+                self.leases.finishing(job_id)  # type: ignore[union-attr]
+                raise RedisConnectionError("connection reset while recording the job's end")
+            await super().finish_job(job_id, *args, **kwargs)
+
+        def _reap_tasks(self) -> None:
+            """arq's own poll loop reaps (and re-raises) the dead task first: the order that lost it."""
+
+    pool = connect(settings.redis_url or "", settings.keys)
+    job_id = f"{settings.namespace}-j"
+    await pool.enqueue_job("job", b"j", _job_id=job_id)
+    worker = Flaky(
+        functions=[func(job, name="job")],
+        queue_name=settings.keys.queue,
+        redis_pool=pool,
+        handle_signals=False,
+        poll_delay=0.01,
+        keep_result=0,
+        lease_seconds=60,  # only a release, never an expiry, can give the job back within the test
+        job_serializer=codec.arq_serializer,
+        job_deserializer=codec.arq_deserializer,
+    )
+    task = asyncio.create_task(worker.async_run())
+    try:
+        for _ in range(500):
+            if not await pool.exists(f"arq:job:{job_id}"):
+                break
+            await asyncio.sleep(0.02)
+        assert await pool.hget(runs_key, "j") == b"2"  # ran again after the failed finish, then done
+        assert not await pool.exists(ARQ_IN_PROGRESS + job_id)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
