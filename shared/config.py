@@ -31,13 +31,21 @@ class WorkerConfig(_Section):
     # arq's defaults (poll_delay 0.5 s, max_jobs 10) cap a worker near 200 jobs/s.
     max_jobs: int = Field(200, ge=1)
     poll_delay: float = Field(0.01, gt=0)
-    # arq re-runs a killed worker's job only after job_timeout + 10 s; keep it near the slowest call.
+    # The longest a job may run (arq cancels it then); a dead worker's jobs do not wait for it.
     job_timeout: float = Field(300.0, gt=0)
     # Jobs of one worker that may wait in it for a saturated provider (the rest are deferred
     # through arq); bounded so one provider's backlog never takes every slot. Default max_jobs / 4.
     local_waiters: int | None = Field(None, ge=0)
     # arq counts every deferral (saturated provider, long Retry-After) as a try.
     max_tries: int = Field(1000, ge=2)
+    # A running job's in-progress lease: renewed by its worker's heartbeat every third of it, so a
+    # worker killed with -9 gives its jobs back after this long (not after job_timeout).
+    lease_seconds: float = Field(10.0, ge=1)
+    # SIGTERM/SIGINT: running jobs get this long to finish (a call in flight is not wasted); the rest
+    # are re-queued and their leases released at once. A second signal stops at once.
+    shutdown_grace_seconds: float = Field(5.0, ge=0)
+    # How often (fleet-wide, one worker at a time) batches are checked for lines whose job was lost.
+    reconcile_seconds: float = Field(30.0, gt=0)
 
 
 class SimulatedConfig(_Section):

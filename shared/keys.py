@@ -83,6 +83,25 @@ class Keys:
         """Hash: custom_id -> input index; makes (batch, custom_id) idempotent across re-submissions."""
         return f"{self.ns}:batch:{batch_id}:ids"
 
+    def batch_specs(self, batch_id: str) -> str:
+        """Hash: custom_id -> the line's arq job payload, kept until its result is seen, so a line whose
+        job was lost (Redis lost writes, a job deleted without a result) can be queued again."""
+        return f"{self.ns}:batch:{batch_id}:specs"
+
+    def batch_requeued(self, batch_id: str) -> str:
+        """Hash: custom_id -> how often reconciliation queued the line again (bounded)."""
+        return f"{self.ns}:batch:{batch_id}:requeued"
+
+    @property
+    def batches_active(self) -> str:
+        """Set of batch ids that may still have lines to run (reconciliation checks these)."""
+        return f"{self.ns}:batches:active"
+
+    @property
+    def reconcile_lock(self) -> str:
+        """String: the worker doing the current reconciliation pass (expires after one period)."""
+        return f"{self.ns}:reconcile:lock"
+
     def batch_done(self, batch_id: str) -> str:
         """List of input indexes in completion order (iterate results as they complete)."""
         return f"{self.ns}:batch:{batch_id}:done"

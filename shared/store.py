@@ -134,6 +134,8 @@ class Store:
             k.batch_done(batch_id),
             k.batch(batch_id),
             k.batch_ids(batch_id),
+            k.batch_specs(batch_id),
+            k.batches_active,
         ]
         q, s, r = await self._enqueue(keys=keys, args=argv)
         return int(q), int(s), int(r)
@@ -194,6 +196,9 @@ class Store:
                       self.keys.batch_ids(batch_id)):  # fmt: skip
                 pipe.expire(k, ttl)
             pipe.zrem(self.keys.batch_expiry, batch_id)
+            # every line is answered: reconciliation has nothing left to watch
+            pipe.delete(self.keys.batch_specs(batch_id), self.keys.batch_requeued(batch_id))
+            pipe.srem(self.keys.batches_active, batch_id)
             await pipe.execute()
         return info
 

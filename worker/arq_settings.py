@@ -1,7 +1,9 @@
 """``arq worker.arq_settings.WorkerSettings`` for people who run arq's own CLI.
 
-``fusebox worker`` is the usual entry point (it also survives Redis outages);
-this module reads the environment at import time, as arq's settings classes expect.
+``fusebox worker`` is the usual entry point: arq's CLI builds arq's own Worker, so jobs it runs
+hold arq's in-progress key for job_timeout + 10 s (no short leases or graceful release), it does
+not reconcile batches and it does not survive Redis outages. Run at least one ``fusebox worker``
+beside it. This module reads the environment at import time, as arq's settings classes expect.
 """
 
 from __future__ import annotations

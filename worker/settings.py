@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+from functools import partial
+from signal import Signals
 from typing import Any
 
 from arq import Worker
@@ -25,6 +29,8 @@ from shared.store import Store
 from worker.batch_jobs import BATCH_CRON, BATCH_FUNCTIONS, STORE_KEY
 from worker.executor import Executor
 from worker.jobs import CTX_KEY, chat, embed
+from worker.lease import Leases
+from worker.reconcile import Reconciler
 from worker.webhook_jobs import SETTINGS_KEY, WEBHOOK_FUNCTIONS, close_webhooks
 
 log = logging.getLogger("fusebox.worker")
@@ -43,39 +49,85 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
 
 
 class FuseboxWorker(Worker):
-    """arq's worker with two changes: it claims jobs in batches (one round trip, not four per job),
-    and it survives a Redis outage: it stops taking jobs, says so, and resumes.
+    """arq's worker with these changes: it claims jobs in batches (one round trip, not four per job);
+    a running job holds a short lease renewed by a heartbeat, not arq's job_timeout + 10 s key
+    (worker/lease.py); SIGTERM/SIGINT give running jobs a grace period, then re-queue the rest and
+    release their leases; it reconciles batches (worker/reconcile.py); and it survives a Redis
+    outage: it stops taking jobs, says so, and resumes.
 
     arq's own loop dies on the first connection error. Jobs that were running when
-    Redis went away are not lost: their in-progress keys expire and arq runs them again.
+    Redis went away are not lost: their leases are released once Redis answers (or expire).
     """
 
     redis_label = ""
     _down_since: float | None = None
     _claim: AsyncScript | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        lease_seconds: float = 10.0,
+        shutdown_grace: float = 0.0,
+        reconcile_seconds: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.leases = Leases(self.pool, self.queue_name, lease_seconds) if self._pool is not None else None
+        self._lease_s = lease_seconds
+        self.shutdown_grace = shutdown_grace
+        self.reconcile_seconds = reconcile_seconds
+        self._draining = False
         self._orphans: set[str] = set()
+        self._side_tasks: list[asyncio.Task[None]] = []
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim every job we have a free slot for in one Lua call (arq: four round trips per job)."""
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids:
             return
+        assert self.leases is not None
+        # A job this worker still runs is never started again: Redis may have lost its lease (a
+        # restart from a stale AOF), and a second run of one job id in one worker breaks arq's
+        # bookkeeping (KeyError in run_job, a deferral turned into a failure, the line lost).
+        ids = [j for j in job_ids if j.decode() not in self.tasks]
+        if not ids:
+            return
         if self._claim is None:
             self._claim = scripts.load(self.pool, "claim")
-        timeout_ms = int(self.in_progress_timeout_s * 1000)
         claimed = await self._claim(
-            keys=[self.queue_name], args=[ARQ_IN_PROGRESS, timeout_ms, timestamp_ms(), free, *job_ids]
+            keys=[self.queue_name],
+            args=[ARQ_IN_PROGRESS, self.leases.lease_ms, timestamp_ms(), free, self.leases.owner, *ids],
         )
         for i in range(0, len(claimed), 2):
             job_id = claimed[i].decode()
             await self.sem.acquire()  # never waits: we claimed no more than the free slots
             self.job_counter += 1
+            self.leases.claimed(job_id)
             task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(partial(self._job_done, job_id))
             self.tasks[job_id] = task
+
+    def _job_done(self, job_id: str, _: asyncio.Task[None]) -> None:
+        """Here, not when the task is reaped (arq's poll loop may reap it first): stop renewing its lease,
+        and if arq could not record the job's end (Redis went away, or it was cancelled before its
+        finish), release the lease once Redis answers, so the job runs again now."""
+        assert self.leases is not None
+        self.leases.finishing(job_id)
+        if job_id in self.leases.held:
+            self._orphans.add(job_id)
+
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+        assert self.leases is not None
+        self.leases.finishing(job_id)
+        await super().finish_job(job_id, *args, **kwargs)
+        self.leases.finished(job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        assert self.leases is not None
+        self.leases.finishing(job_id)
+        await super().finish_failed_job(job_id, result_data)
+        self.leases.finished(job_id)
 
     async def main(self) -> None:
         # arq's startup talks to Redis first thing and dies if it cannot: wait for it instead.
@@ -91,7 +143,18 @@ class FuseboxWorker(Worker):
                     )
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
-        await super().main()
+        if self.leases is None:  # built from redis_settings: the pool exists only now
+            self.leases = Leases(self.pool, self.queue_name, self._lease_s)
+        self._side_tasks = [self.loop.create_task(self.leases.heartbeat())]
+        store = self.ctx.get(STORE_KEY)
+        if store is not None:  # a worker that runs Fusebox's jobs (not a bare FuseboxWorker in tests)
+            reconciler = Reconciler(self.pool, store, self.leases.owner, self.reconcile_seconds)
+            self._side_tasks.append(self.loop.create_task(reconciler.run()))
+        try:
+            await super().main()
+        finally:
+            for t in self._side_tasks:
+                t.cancel()
 
     async def _poll_iteration(self) -> None:
         self._reap_tasks()
@@ -119,18 +182,55 @@ class FuseboxWorker(Worker):
                 continue
             del self.tasks[job_id]
             exc = None if t.cancelled() else t.exception()
-            if isinstance(exc, _REDIS_DOWN):
-                # arq could not record the end of this job: its in-progress key would hold it back
-                # for the whole job timeout. Release it once Redis answers, so it runs again now.
-                self._orphans.add(job_id)
-            elif exc is not None:
+            if exc is not None and not isinstance(exc, _REDIS_DOWN):
                 log.error("job %s: %s: %s", job_id, type(exc).__name__, exc)
 
     async def _release_orphans(self) -> None:
+        assert self.leases is not None
         ids = list(self._orphans)
-        await self.pool.delete(*(ARQ_IN_PROGRESS + j for j in ids))
+        n = await self.leases.release(ids)
         self._orphans.difference_update(ids)
-        log.warning("re-queued %d jobs interrupted by the Redis outage", len(ids))
+        if n:
+            log.warning("re-queued %d jobs whose end could not be recorded (Redis outage)", n)
+
+    # -- shutdown ------------------------------------------------------------
+    def handle_sig(self, signum: Signals) -> None:
+        """First SIGTERM/SIGINT: take no new jobs, give running ones ``shutdown_grace`` seconds to
+        finish, then cancel the rest (arq re-queues each and deletes its lease). A second signal, or
+        arq's own close, cancels at once."""
+        sig = Signals(signum)
+        running = sum(not t.done() for t in self.tasks.values())
+        if self._draining or sig == signal.SIGUSR1 or self.shutdown_grace <= 0 or not running:
+            super().handle_sig(signum)
+            return
+        self._draining = True
+        self.allow_pick_jobs = False
+        log.warning(
+            "shutdown on %s: taking no new jobs; %d running get %.0fs to finish (signal again to stop now)",
+            sig.name,
+            running,
+            self.shutdown_grace,
+        )
+        self.loop.create_task(self._drain(sig))
+
+    async def _drain(self, sig: Signals) -> None:
+        pending = [t for t in self.tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.shutdown_grace)
+        super().handle_sig(sig)
+
+    async def close(self) -> None:
+        if self._pool is not None and self.leases is not None:
+            if not self._handle_signals:
+                super().handle_sig(signal.SIGUSR1)
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            self._reap_tasks()
+            # Leases whose finish never ran (cancelled early, Redis errors): give the jobs back now.
+            with contextlib.suppress(*_REDIS_DOWN):
+                n = await self.leases.release(self.leases.held | self._orphans)
+                if n:
+                    log.warning("released %d job leases at shutdown: those jobs run again now", n)
+        await super().close()
 
 
 def build_worker(
@@ -174,6 +274,11 @@ def build_worker(
         log_results=False,
     )
     params.update(overrides)
-    worker = FuseboxWorker(**params)
+    worker = FuseboxWorker(
+        lease_seconds=wc.lease_seconds,
+        shutdown_grace=wc.shutdown_grace_seconds if handle_signals else 0.0,
+        reconcile_seconds=wc.reconcile_seconds,
+        **params,
+    )
     worker.redis_label = redact_url(settings.redis_url or "")
     return worker

@@ -1,6 +1,7 @@
 -- Enqueue a chunk of batch lines in one round trip, idempotently per (batch, custom_id).
 -- KEYS[1] arq queue zset, KEYS[2] batch results hash, KEYS[3] batch done list, KEYS[4] batch hash,
--- KEYS[5] batch ids hash (custom_id -> input index)
+-- KEYS[5] batch ids hash (custom_id -> input index), KEYS[6] batch specs hash (custom_id -> job
+-- payload, kept so reconciliation can queue a lost line again), KEYS[7] set of active batches
 -- ARGV[1] now_ms, ARGV[2] job expiry ms, ARGV[3] arq job key prefix, ARGV[4] batch id,
 -- then quads (kind, custom_id, payload, index):
 -- 'j': queue the job unless this custom_id was submitted to this batch before.
@@ -14,6 +15,7 @@ for i = 5, #ARGV, 4 do
     else
       local id = ARGV[4] .. ':' .. cid
       redis.call('SET', ARGV[3] .. id, payload, 'PX', ARGV[2])
+      redis.call('HSET', KEYS[6], cid, payload)
       redis.call('ZADD', KEYS[1], ARGV[1], id)
       queued = queued + 1
     end
@@ -25,4 +27,5 @@ for i = 5, #ARGV, 4 do
     skipped = skipped + 1
   end
 end
+if queued > 0 then redis.call('SADD', KEYS[7], ARGV[4]) end
 return {queued, skipped, rejected}
