@@ -45,7 +45,7 @@ class BatchRetry:
         k, b = store.keys, batch_id
         self._keys = [
             k.batch(b), k.batch_results(b), k.batch_done(b), k.batch_retry(b), k.batch_done_scratch(b),
-            k.queue, k.batch_ids(b), k.batch_expiry,
+            k.queue, k.batch_ids(b), k.batch_expiry, k.batch_specs(b), k.batches_active,
         ]  # fmt: skip
 
     async def _step(self, step: str, *args: object) -> object:

@@ -241,8 +241,10 @@ def batch_event(
     cost_usd: float = 0.0,
     results: str | None = None,
     metadata: dict[str, Any] | None = None,
+    retries: int = 0,
 ) -> WebhookEvent:
-    """``batch.<status>`` (completed, failed, cancelled, expired) with a deterministic id."""
+    """``batch.<status>`` (completed, failed, cancelled, expired) with a deterministic id; each
+    ``fusebox retry`` of the batch ends with a webhook of its own (``retries`` is in the id)."""
     kind = f"batch.{status}"
     if kind not in EventType.__args__:  # type: ignore[attr-defined]
         raise ValueError(f"no webhook event for batch status {status!r}")
@@ -255,4 +257,5 @@ def batch_event(
         results=results if results is not None else f"fusebox results {batch_id}",
         metadata=metadata or None,
     )
-    return WebhookEvent(type=kind, id=event_id(kind, batch_id), data=data)  # type: ignore[arg-type]
+    subject = batch_id if not retries else f"{batch_id}\0retry-{retries}"
+    return WebhookEvent(type=kind, id=event_id(kind, subject), data=data)  # type: ignore[arg-type]

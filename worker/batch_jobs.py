@@ -47,6 +47,7 @@ async def _batch_webhook(
         usage=usage,
         cost_usd=float(info.get("cost_usd", 0.0)),
         metadata=json.loads(info["metadata"]) if "metadata" in info else None,
+        retries=int(info.get("retries", 0)),
     )
     await enqueue_webhook(ctx["redis"], store.keys, url, event, None)
 

@@ -4,7 +4,8 @@
 -- finalizes it again. Every step may run again after an interrupted retry.
 -- KEYS[1] batch hash, KEYS[2] results hash, KEYS[3] done list, KEYS[4] retry set (hash idx -> 1),
 -- KEYS[5] scratch list for the compacted done list, KEYS[6] arq queue, KEYS[7] ids hash,
--- KEYS[8] expiry zset
+-- KEYS[8] expiry zset, KEYS[9] specs hash (custom_id -> payload, for reconciliation),
+-- KEYS[10] set of active batches
 -- ARGV[1] step, ARGV[2] now (unix s), then per step:
 --   begin:   ARGV[3] batch id -> {outcome, status}; outcome 'begun'|'resumed'|'busy'|'missing'
 --   mark:    ARGV[3..] line indexes to retry (kept only if their stored result is a failure) -> n
@@ -107,10 +108,12 @@ if step == 'requeue' then
       redis.call('HINCRBY', KEYS[1], 'failed', -1)
       local id = ARGV[6] .. ':' .. cid
       redis.call('SET', ARGV[5] .. id, payload, 'PX', ARGV[4])
+      redis.call('HSET', KEYS[9], cid, payload)
       redis.call('ZADD', KEYS[6], ARGV[3], id)
       n = n + 1
     end
   end
+  if n > 0 then redis.call('SADD', KEYS[10], ARGV[6]) end
   return n
 end
 

@@ -196,3 +196,14 @@ def test_job_event_summarises_without_the_response_body():
     assert d["data"]["status"] == "failed" and d["data"]["custom_id"] == "c"
     assert d["data"]["error"] == {"code": "bad_request", "message": "nope"}
     assert d["data"]["results"] == "/v1/jobs/j2"
+
+
+def test_each_retry_of_a_batch_gets_its_own_completion_webhook_id():
+    from shared.webhooks import RequestCounts, batch_event
+
+    counts = RequestCounts(total=2, completed=2, failed=0)
+    first = batch_event("b1", "completed", counts)
+    again = batch_event("b1", "completed", counts)
+    retried = batch_event("b1", "completed", counts, retries=1)
+    assert first.id == again.id  # a finalization that runs twice still sends one webhook
+    assert retried.id != first.id and retried.id != batch_event("b1", "completed", counts, retries=2).id
