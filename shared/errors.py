@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from shared.redact import redact, redact_optional
+
 
 class ErrorClass(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429: retry after the provider's wait
@@ -14,7 +16,8 @@ class ErrorClass(StrEnum):
 
 
 class ProviderError(Exception):
-    """A provider call failed. The message must never contain credentials."""
+    """A provider call failed. The message must never contain credentials: whoever builds one, the
+    message (often provider text or an exception's) and request id pass through ``redact`` here."""
 
     def __init__(
         self,
@@ -26,13 +29,14 @@ class ProviderError(Exception):
         retry_after: float | None = None,
         request_id: str | None = None,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.error_class = error_class
         self.message = message
         self.status = status
         self.code = code or error_class.value
         self.retry_after = retry_after
-        self.request_id = request_id
+        self.request_id = redact_optional(request_id, limit=200)
 
     def __repr__(self) -> str:
         return f"ProviderError({self.error_class.value}, status={self.status}, code={self.code!r})"
