@@ -10,7 +10,9 @@ from shared.redact import redact, redact_optional
 class ErrorClass(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429: retry after the provider's wait
     TRANSIENT = "transient"  # 5xx, 529, timeouts, connection errors: retry, then fall back
-    CONTEXT = "context_length"  # prompt too long for this model: next (larger) candidate
+    # Too large for this candidate (its context window, or a 429 for a request above its whole
+    # tokens-per-minute limit): never retried there, the next candidate may serve it.
+    CONTEXT = "context_length"
     FINAL = "final"  # 400/401/403/404/413, quota: fail the job, never retry
     UNAVAILABLE = "unavailable"  # breaker open / provider saturated: next candidate or defer
 

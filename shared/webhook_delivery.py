@@ -32,7 +32,7 @@ from msgspec import Struct, field
 
 from shared.config import WebhookConfig
 from shared.keys import Keys
-from shared.providers.classify import describe_cause, transport_cause
+from shared.providers.classify import transport_cause
 from shared.redact import redact, register_secret
 from shared.ssrf import AllowList, GuardedResolver, Resolve, UnsafeURLError, blocked_cause, check_url
 from shared.webhooks import WebhookEvent, WebhookSecretError, encode_event, secret_bytes, signed_headers
@@ -430,7 +430,7 @@ class WebhookDeliverer:
             # Name the real cause: httpx-aiohttp reports a refused connection as ConnectTimeout.
             root = transport_cause(e)
             msg = str(root).replace(d.url, redact_url(d.url)) or "(no detail)"
-            return None, redact(f"{describe_cause(root)} ({type(root).__name__}: {msg})"), None, _ms(t0)
+            return None, redact(f"{type(root).__name__}: {msg}"), None, _ms(t0)
         latency = _ms(t0)
         error = None
         if not 200 <= resp.status_code < 300:

@@ -34,6 +34,18 @@ _QUOTA = re.compile(
     r"|reached your specified api usage limits|out of credits|payment required",
     re.IGNORECASE,
 )
+# OpenAI's error codes for spend caps and exhausted credit, sent with a 429 and any ``type``.
+_QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_usage_limit_exceeded",
+        "billing_hard_limit_reached",
+    }
+)
+# A 429 for one request larger than the tokens-per-minute limit itself (OpenAI, Groq): no wait makes it fit.
+_OVER_TPM = re.compile(r"request too large\b.{0,300}?(?:tokens per min|\bTPM\b)", re.IGNORECASE | re.DOTALL)
+_LIMIT_REQUESTED = re.compile(r"\bLimit:? (\d+)\b.{0,80}?\bRequested:? (\d+)\b", re.IGNORECASE | re.DOTALL)
 # Prompt longer than the model's window: a larger-context candidate may still serve it.
 _CONTEXT = re.compile(
     r"context[_ ]length|context (?:window|limit)|prompt is too long|too many tokens|input token count"
@@ -131,6 +143,11 @@ def classify_response(
 def _decide(status: int, p: ParsedError, dialect: str) -> tuple[ErrorClass, str]:
     text = f"{p.message} {p.type} {p.code} {p.extra}"
     if status == 429:
+        if p.code in _QUOTA_CODES or p.type in _QUOTA_CODES:
+            return ErrorClass.FINAL, "insufficient_quota"
+        if _exceeds_tpm(p.message):
+            # Final for this candidate only: CONTEXT sends the job to the next one without a retry here.
+            return ErrorClass.CONTEXT, "request_exceeds_tpm"
         if dialect == "gemini":
             # Gemini's per-minute 429 also says "exceeded your current quota"; only a zero limit is final.
             if re.search(r"limit: 0\b", text):
@@ -176,6 +193,15 @@ def _decide(status: int, p: ParsedError, dialect: str) -> tuple[ErrorClass, str]
     if 200 <= status < 300:
         return ErrorClass.TRANSIENT, "malformed_response"
     return ErrorClass.FINAL, "bad_request"
+
+
+def _exceeds_tpm(message: str) -> bool:
+    if _OVER_TPM.search(message):
+        return True
+    if "tokens per min" not in message.lower() and "tpm" not in message.lower():
+        return False
+    m = _LIMIT_REQUESTED.search(message)  # "Limit 30000, Used 0, Requested 45000"
+    return m is not None and int(m.group(2)) > int(m.group(1))
 
 
 def classify_exception(provider: str, exc: BaseException, *, secret: str | None = None) -> ProviderError:
