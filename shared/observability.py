@@ -30,14 +30,17 @@ def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     return scrub(event)  # type: ignore[no-any-return]
 
 
-def init_sentry(dsn: str | None, component: str) -> bool:
-    """Start Sentry if a DSN is configured; every event is scrubbed of secrets before it leaves."""
+def init_sentry(dsn: str | None, component: str, *, transport: Any = None) -> bool:
+    """Start Sentry if a DSN is configured; every event is scrubbed of secrets before it leaves.
+    ``transport`` replaces the network sender (tests capture events in memory)."""
     if not dsn:
         return False
     import sentry_sdk
 
+    extra: dict[str, Any] = {"transport": transport} if transport is not None else {}
     sentry_sdk.init(
         dsn=dsn,
+        **extra,
         send_default_pii=False,
         before_send=_before_send,  # type: ignore[arg-type]
         before_breadcrumb=lambda crumb, hint: scrub(crumb),
