@@ -380,11 +380,13 @@ def _pick_reset(
 
 
 def request_id(headers: Mapping[str, str] | None) -> str | None:
+    """The provider's request id, for support tickets. Stored with results, so redacted like any
+    provider text (an echoing proxy can put anything in a header)."""
     h = _lower(headers)
     for name in _REQUEST_ID_HEADERS:
         v = h.get(name)
         if v:
-            return v
+            return _redact(v, limit=200)
     return None
 
 
