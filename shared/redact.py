@@ -46,9 +46,9 @@ _NAMED = re.compile(
 _PARAM = re.compile(
     r"(?i)((?:^|[?&;])(?:key|api[-_]?key|token|access_token|sig|signature|secret|password)=)[^&\s\"'#<>]+"
 )
-# Free-standing credentials: a Bearer/Basic token, and the key shapes of the providers Fusebox speaks to.
+# Free-standing credentials: a Bearer token (Basic only after a header name: it is an English word), and the key shapes of the providers Fusebox speaks to.
 _SHAPED = re.compile(
-    r"(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9._\-~+/]{6,}=*"
+    r"\bBearer\s+[A-Za-z0-9._\-~+/]+=*|(?i:\bbearer\s+)[A-Za-z0-9._\-~+/]{8,}=*"
     r"|\b(?:sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{16,}|hf_[A-Za-z0-9]{8,}|gsk_[A-Za-z0-9]{8,}"
     r"|xai-[A-Za-z0-9]{8,}|whsec_[A-Za-z0-9+/=]{8,}|r8_[A-Za-z0-9]{8,}|pplx-[A-Za-z0-9]{8,}"
     r"|ya29\.[A-Za-z0-9_\-.]{8,})"
