@@ -21,9 +21,8 @@ from urllib.parse import quote
 MAX_MESSAGE = 500
 MIN_SECRET = 8  # shorter values are placeholders ("ollama", "none"), not keys: redacting them mangles text
 FRAGMENT = 8  # no run of this many characters of a known secret survives
-MAX_SCAN = (
-    64 * 1024
-)  # longer input is cut first; a piece of a key at that cut is still >= FRAGMENT or harmless
+# Longer input is cut first: a piece of a key at that cut is still >= FRAGMENT (caught) or harmless.
+MAX_SCAN = 64 * 1024
 REDACTED = "[redacted]"
 
 # Names of headers and fields whose values are credentials (request headers, Sentry event fields).
@@ -46,7 +45,8 @@ _NAMED = re.compile(
 _PARAM = re.compile(
     r"(?i)((?:^|[?&;])(?:key|api[-_]?key|token|access_token|sig|signature|secret|password)=)[^&\s\"'#<>]+"
 )
-# Free-standing credentials: a Bearer token (Basic only after a header name: it is an English word), and the key shapes of the providers Fusebox speaks to.
+# Free-standing credentials: a Bearer token (Basic only after a header name: it is an English word)
+# and the key shapes of the providers Fusebox speaks to.
 _SHAPED = re.compile(
     r"\bBearer\s+[A-Za-z0-9._\-~+/]+=*|(?i:\bbearer\s+)[A-Za-z0-9._\-~+/]{8,}=*"
     r"|\b(?:sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{16,}|hf_[A-Za-z0-9]{8,}|gsk_[A-Za-z0-9]{8,}"
