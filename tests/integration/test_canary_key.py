@@ -4,8 +4,9 @@ Each provider gets a random, prefix-free key (nothing about its shape gives it a
 loopback mock that echoes the request's headers back in every way a real upstream or proxy does:
 a non-JSON 200, long 5xx HTML pages, JSON errors quoting the headers, an error object inside a 200,
 the key in response headers, a timeout, a dropped connection and a refused port. Jobs and a batch run
-through a real in-process worker; then every Redis key of the test (scan + DUMP), the captured log
-records, ``fusebox results`` / ``status`` output files and the Sentry events are searched.
+through a real in-process worker on a Redis of the test's own with AOF on; then every Redis key (scan +
+DUMP), the AOF and data files, the captured log records, ``fusebox results`` / ``status`` / ``batches``
+output and files, and the Sentry events are searched.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import secrets
 import socket
 import string
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ from sentry_sdk.transport import Transport
 from producer.client import FuseboxClient
 from shared import redact as redact_mod
 from shared.config import BreakerConfig, FileConfig, ProviderConfig, RetryConfig, Settings
-from shared.keys import ARQ_JOB, ARQ_RESULT, ARQ_RETRY
+from shared.embedded import EmbeddedValkey, free_port
 from shared.observability import init_sentry
+from shared.redis_conn import connect
 from tests.conftest import PYTHON, subprocess_env
 from worker.settings import build_worker
 
@@ -166,15 +168,11 @@ class MemoryTransport(Transport):
         self.envelopes.append(envelope.serialize())
 
 
-async def _dump_namespace(redis: Any, namespace: str, job_ids: list[str]) -> tuple[int, bytes]:
-    """Every key of this test (its namespace and arq's per-job keys): name and DUMP, concatenated."""
+async def _dump_all(redis: Any) -> tuple[int, bytes]:
+    """Every key of the server (this test's own): name, DUMP and decoded content, concatenated."""
     names: set[bytes] = set()
-    async for k in redis.scan_iter(match=f"*{namespace}*", count=1000):
+    async for k in redis.scan_iter(count=1000):
         names.add(k)
-    for jid in job_ids:
-        for prefix in (ARQ_JOB, ARQ_RESULT, ARQ_RETRY):
-            if await redis.exists(prefix + jid):
-                names.add((prefix + jid).encode())
     blob = b""
     for name in sorted(names):
         blob += name + b"\0" + (await redis.dump(name) or b"") + b"\0"
@@ -197,10 +195,21 @@ async def _dump_namespace(redis: Any, namespace: str, job_ids: list[str]) -> tup
     return len(names), blob
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    """A server of this test's own, with AOF on: every write it ever took is in its files."""
+    server = EmbeddedValkey(tmp_path / "valkey", tcp_port=free_port(), persist=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
     settings: Settings,
-    redis: Any,
+    own_redis: EmbeddedValkey,
     upstream: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -222,7 +231,10 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
         # Breakers are not under test: a trip only delays these lines.
         breaker=BreakerConfig(minimum_calls=1_000_000, wait_open_seconds=0.1, wait_open_max_seconds=0.2),
     )
-    s = settings.with_file(cfg)
+    s = Settings(redis_url=own_redis.url, namespace=settings.namespace, data_dir=tmp_path / "data").with_file(
+        cfg
+    )
+    redis = connect(own_redis.url, s.keys)
     sentry = MemoryTransport()
     assert init_sentry("http://public@127.0.0.1:9/1", "worker", transport=sentry)
     caplog.set_level(logging.DEBUG)
@@ -297,8 +309,13 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
     outputs += [out.read_text(), errs.read_text()]
     assert len(errs.read_text().splitlines()) == len(PROVIDERS) - 1
 
-    n_keys, dump = await _dump_namespace(redis, s.namespace, job_ids)
+    n_keys, dump = await _dump_all(redis)
     assert n_keys > 0
+    await redis.aclose()
+    own_redis.stop()  # flushes the AOF: every command the server ever took, deleted keys' values too
+    files = [f for f in own_redis.data_dir.rglob("*") if f.is_file() and not f.name.endswith(".sock")]
+    assert any(".aof" in f.name for f in files)
+    on_disk = b"\0".join(f.read_bytes() for f in files)
     log_text = "\n".join(
         f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}"
         + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
@@ -307,6 +324,7 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
     assert caplog.records
 
     assert leaks(keys, dump) == [], "a key piece is stored in Redis"
+    assert leaks(keys, on_disk) == [], "a key piece is in Redis's AOF / data files"
     assert leaks(keys, log_text) == [], "a key piece is in the logs"
     assert leaks(keys, "\n".join(outputs)) == [], "a key piece is in the command outputs"
     assert sentry.envelopes, "Sentry captured nothing: the check would be vacuous"
