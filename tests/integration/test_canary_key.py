@@ -291,8 +291,16 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
     sentry_sdk.get_client().close()
     sentry_sdk.init()  # back to no client for the rest of the session
 
-    # Outputs: the read commands a user runs.
-    env = subprocess_env(s)
+    # Outputs: the read commands a user runs (``providers`` health-checks every echoing upstream).
+    toml = tmp_path / "fusebox.toml"
+    toml.write_text(
+        "".join(
+            f'[providers.{name}]\ntype = "{p.type}"\nbase_url = "{p.base_url}"\n'
+            f'api_key_env = "{p.api_key_env}"\nmodels = ["{p.models[0]}"]\ntimeout = {p.timeout}\n\n'
+            for name, p in providers.items()
+        )
+    )
+    env = subprocess_env(s, FUSEBOX_CONFIG=str(toml))
     out, errs = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
     outputs: list[str] = []
     for argv in (
@@ -300,11 +308,14 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
         ["results", sub.batch_id],
         ["status", sub.batch_id, "--json"],
         ["batches", "--json"],
+        ["providers", "--json"],
     ):
         proc = subprocess.run(
             [PYTHON, "-m", "producer.cli", *argv], env=env, capture_output=True, text=True, timeout=60
         )
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == (1 if argv[0] == "providers" else 0), proc.stderr  # providers: unhealthy
+        if argv[0] == "providers":  # the health checks met the echoes, and cut them out
+            assert "[redacted]" in proc.stdout, proc.stdout
         outputs += [proc.stdout, proc.stderr]
     outputs += [out.read_text(), errs.read_text()]
     assert len(errs.read_text().splitlines()) == len(PROVIDERS) - 1
