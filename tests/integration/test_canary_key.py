@@ -17,7 +17,7 @@ import logging
 import secrets
 import socket
 import string
-import subprocess
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -310,13 +310,16 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
         ["batches", "--json"],
         ["providers", "--json"],
     ):
-        proc = subprocess.run(
-            [PYTHON, "-m", "producer.cli", *argv], env=env, capture_output=True, text=True, timeout=60
-        )
-        assert proc.returncode == (1 if argv[0] == "providers" else 0), proc.stderr  # providers: unhealthy
+        # Async: the mock upstream answers the health checks from this very event loop.
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "producer.cli", *argv, env=env, stdout=PIPE, stderr=PIPE
+        )  # fmt: skip
+        raw_out, raw_err = await asyncio.wait_for(proc.communicate(), 60)
+        stdout, stderr = raw_out.decode(), raw_err.decode()
+        assert proc.returncode == (1 if argv[0] == "providers" else 0), stderr  # providers: unhealthy
         if argv[0] == "providers":  # the health checks met the echoes, and cut them out
-            assert "[redacted]" in proc.stdout, proc.stdout
-        outputs += [proc.stdout, proc.stderr]
+            assert "[redacted]" in stdout, stdout
+        outputs += [stdout, stderr]
     outputs += [out.read_text(), errs.read_text()]
     assert len(errs.read_text().splitlines()) == len(PROVIDERS) - 1
 
