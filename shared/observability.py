@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
-# Header and field names whose values are credentials.
-_SECRET_NAMES = re.compile(r"(authorization|api[-_]?key|x-goog-api-key|secret|token|password|cookie)", re.I)
-# Values that look like keys even when they sit in free text.
-_SECRET_VALUES = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+\S+)"
-)
+from shared.redact import SECRET_NAME, redact
+
 FILTERED = "[Filtered]"
 
 
 def scrub(obj: Any) -> Any:
-    """A copy of ``obj`` with secret-named fields and key-shaped strings replaced."""
+    """A copy of ``obj`` with secret-named fields, every known secret and key-shaped strings replaced
+    (shared/redact.py: the same rules as error messages, nothing cut)."""
     if isinstance(obj, dict):
         return {
-            k: FILTERED if isinstance(k, str) and _SECRET_NAMES.search(k) else scrub(v)
-            for k, v in obj.items()
+            k: FILTERED if isinstance(k, str) and SECRET_NAME.search(k) else scrub(v) for k, v in obj.items()
         }
     if isinstance(obj, list | tuple):
         return type(obj)(scrub(v) for v in obj)
     if isinstance(obj, str):
-        return _SECRET_VALUES.sub(FILTERED, obj)
+        return redact(obj, limit=None, mask=FILTERED)
+    if isinstance(obj, bytes):
+        return redact(obj.decode("utf-8", "replace"), limit=None, mask=FILTERED)
     return obj
 
 
@@ -33,14 +30,17 @@ def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     return scrub(event)  # type: ignore[no-any-return]
 
 
-def init_sentry(dsn: str | None, component: str) -> bool:
-    """Start Sentry if a DSN is configured; every event is scrubbed of secrets before it leaves."""
+def init_sentry(dsn: str | None, component: str, *, transport: Any = None) -> bool:
+    """Start Sentry if a DSN is configured; every event is scrubbed of secrets before it leaves.
+    ``transport`` replaces the network sender (tests capture events in memory)."""
     if not dsn:
         return False
     import sentry_sdk
 
+    extra: dict[str, Any] = {"transport": transport} if transport is not None else {}
     sentry_sdk.init(
         dsn=dsn,
+        **extra,
         send_default_pii=False,
         before_send=_before_send,  # type: ignore[arg-type]
         before_breadcrumb=lambda crumb, hint: scrub(crumb),
@@ -52,12 +52,23 @@ def init_sentry(dsn: str | None, component: str) -> bool:
 
 
 class ScrubbingFilter(logging.Filter):
-    """Redacts key-shaped strings from log records."""
+    """Redacts secrets from log records: the formatted message (any argument's str() can hold a key,
+    an exception's above all) and the traceback text."""
+
+    _fmt = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(str(record.msg))
-        if record.args:
-            record.args = tuple(scrub(a) if isinstance(a, str) else a for a in record.args)  # type: ignore[union-attr]
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: keep what there is
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = redact(message, limit=None), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._fmt.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, limit=None)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, limit=None)
         return True
 
 

@@ -149,6 +149,17 @@ def check_address(host: str, addr: IPAddress, allow: AllowList) -> None:
         )
 
 
+def shorthand_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The address an IPv4 form other than the dotted quad stands for ('127.1', '2130706433', '0x7f.1',
+    '0177.0.0.1'), read as the OS reads it (inet_aton); None for dotted quads and names."""
+    try:
+        packed = socket.inet_aton(host)
+    except (OSError, ValueError):
+        return None
+    addr = ipaddress.IPv4Address(packed)
+    return None if str(addr) == host else addr
+
+
 async def system_resolve(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -182,6 +193,16 @@ async def check_url(
     if not isinstance(allow, AllowList):
         allow = AllowList.parse(allow)
     _, host, port = split_url(url)
+    short = shorthand_ipv4(host)
+    if short is not None:
+        # The resolver reads these as an address, but the HTTP clients refuse (or misread) them, so
+        # every delivery would fail: refuse at once, with what the address really is.
+        reason = blocked_reason(short)
+        what = f", a {reason}" if reason and not allow.allows_address(short) else ""
+        raise UnsafeURLError(
+            f"webhook URL refused: host {host!r} is IPv4 address {short}{what} written in a shorthand "
+            f"form the HTTP client cannot deliver to; write it as {short}"
+        )
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
     except ValueError:

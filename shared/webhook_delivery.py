@@ -32,6 +32,8 @@ from msgspec import Struct, field
 
 from shared.config import WebhookConfig
 from shared.keys import Keys
+from shared.providers.classify import transport_cause
+from shared.redact import redact, register_secret
 from shared.ssrf import AllowList, GuardedResolver, Resolve, UnsafeURLError, blocked_cause, check_url
 from shared.webhooks import WebhookEvent, WebhookSecretError, encode_event, secret_bytes, signed_headers
 
@@ -137,6 +139,7 @@ def resolve_secret(cfg: WebhookConfig, name: str | None) -> bytes:
         raise WebhookSecretError("no webhook secret configured ([webhooks] secret_env or secret_file)")
     if not value or not value.strip():
         raise WebhookSecretError(f"webhook secret {source} is not set")
+    register_secret(value.strip())  # redacted from every message (a receiver may echo anything)
     try:
         return secret_bytes(value.strip())
     except WebhookSecretError as e:
@@ -424,12 +427,15 @@ class WebhookDeliverer:
             blocked = blocked_cause(e)
             if blocked is not None:  # the address changed since check_url (DNS rebinding)
                 raise UnsafeURLError(blocked.message) from None
-            msg = str(e).replace(d.url, redact_url(d.url)) or "(no detail)"
-            return None, f"{type(e).__name__}: {msg}"[:500], None, _ms(t0)
+            # Name the real cause: httpx-aiohttp reports a refused connection as ConnectTimeout.
+            root = transport_cause(e)
+            msg = str(root).replace(d.url, redact_url(d.url)) or "(no detail)"
+            return None, redact(f"{type(root).__name__}: {msg}"), None, _ms(t0)
         latency = _ms(t0)
         error = None
         if not 200 <= resp.status_code < 300:
-            text = snippet[:SNIPPET_BYTES].decode(errors="replace").strip()
+            # Redacted whole, then cut: a receiver may echo the request (URL tokens, secrets).
+            text = redact(snippet.decode(errors="replace").strip(), limit=SNIPPET_BYTES)
             error = f"HTTP {resp.status_code}" + (f": {text}" if text else "")
         return resp.status_code, error, retry_after_s(resp.headers.get("retry-after")), latency
 

@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from arq.worker import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.resilience import RedisUnavailable
 from worker.executor import Executor
 
 CTX_KEY = "fusebox_executor"
+OUTAGE_RETRY_S = 1.0
+
+log = logging.getLogger("fusebox.worker")
+_REDIS_DOWN = (RedisUnavailable, RedisConnectionError, RedisTimeoutError)
 
 
 async def chat(ctx: dict[str, Any], raw: bytes) -> None:
-    executor: Executor = ctx[CTX_KEY]
-    await executor.run(raw, ctx.get("job_try", 1))
+    await _run(ctx, raw)
 
 
 async def embed(ctx: dict[str, Any], raw: bytes) -> None:
     # Same path as chat; arq registers functions by name, so each kind has its own.
+    await _run(ctx, raw)
+
+
+async def _run(ctx: dict[str, Any], raw: bytes) -> None:
     executor: Executor = ctx[CTX_KEY]
-    await executor.run(raw, ctx.get("job_try", 1))
+    try:
+        await executor.run(raw, ctx.get("job_try", 1))
+    except _REDIS_DOWN as e:
+        # Not a failure of the job: it runs again once Redis answers. arq would log it as "failed" with a
+        # traceback and, if Redis were back by then, delete the job; Retry keeps it queued.
+        log.warning("job %s interrupted by a Redis outage, will run again: %s", ctx.get("job_id"), e)
+        raise Retry(defer=OUTAGE_RETRY_S) from None

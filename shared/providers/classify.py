@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import re
+import socket
+import ssl
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -22,8 +24,8 @@ import httpx
 import msgspec
 
 from shared.errors import ErrorClass, ProviderError
-
-MAX_MESSAGE = 500
+from shared.redact import MAX_MESSAGE, MAX_SCAN
+from shared.redact import redact as _redact
 
 # Spend caps and exhausted credit: waiting minutes does not help, so these are never retried.
 _QUOTA = re.compile(
@@ -32,6 +34,18 @@ _QUOTA = re.compile(
     r"|reached your specified api usage limits|out of credits|payment required",
     re.IGNORECASE,
 )
+# OpenAI's error codes for spend caps and exhausted credit, sent with a 429 and any ``type``.
+_QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_usage_limit_exceeded",
+        "billing_hard_limit_reached",
+    }
+)
+# A 429 for one request larger than the tokens-per-minute limit itself (OpenAI, Groq): no wait makes it fit.
+_OVER_TPM = re.compile(r"request too large\b.{0,300}?(?:tokens per min|\bTPM\b)", re.IGNORECASE | re.DOTALL)
+_LIMIT_REQUESTED = re.compile(r"\bLimit:? (\d+)\b.{0,80}?\bRequested:? (\d+)\b", re.IGNORECASE | re.DOTALL)
 # Prompt longer than the model's window: a larger-context candidate may still serve it.
 _CONTEXT = re.compile(
     r"context[_ ]length|context (?:window|limit)|prompt is too long|too many tokens|input token count"
@@ -44,11 +58,6 @@ _RETRY_IN = re.compile(
 )
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-# Key shapes of the providers Fusebox speaks to; scrubbed from every message as a second line of defence.
-_KEYLIKE = re.compile(
-    r"\b(?:sk-[A-Za-z0-9_\-]{12,}|AIza[0-9A-Za-z_\-]{20,}|hf_[A-Za-z0-9]{12,}|gsk_[A-Za-z0-9]{12,}"
-    r"|xai-[A-Za-z0-9]{12,})|(?i:bearer)\s+[A-Za-z0-9._\-~+/]{8,}=*"
-)
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-amzn-requestid", "cf-ray")
 
 _decode = msgspec.json.Decoder().decode
@@ -71,8 +80,9 @@ def parse_error_body(body: bytes | str | Mapping[str, Any] | list[Any] | None) -
         try:
             data = _decode(body) if body else None
         except msgspec.DecodeError:
-            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-            return ParsedError(" ".join(text.split())[:200], "", "", "", None, None)
+            # Not cut here: redaction must see the whole text (a cut can split a key); redact() cuts.
+            text = body[:MAX_SCAN].decode("utf-8", "replace") if isinstance(body, bytes) else body
+            return ParsedError(" ".join(text.split()), "", "", "", None, None)
     if isinstance(data, list) and data and isinstance(data[0], dict):  # Vertex wraps errors in a list
         data = data[0]
     if not isinstance(data, Mapping):
@@ -133,6 +143,11 @@ def classify_response(
 def _decide(status: int, p: ParsedError, dialect: str) -> tuple[ErrorClass, str]:
     text = f"{p.message} {p.type} {p.code} {p.extra}"
     if status == 429:
+        if p.code in _QUOTA_CODES or p.type in _QUOTA_CODES:
+            return ErrorClass.FINAL, "insufficient_quota"
+        if _exceeds_tpm(p.message):
+            # Final for this candidate only: CONTEXT sends the job to the next one without a retry here.
+            return ErrorClass.CONTEXT, "request_exceeds_tpm"
         if dialect == "gemini":
             # Gemini's per-minute 429 also says "exceeded your current quota"; only a zero limit is final.
             if re.search(r"limit: 0\b", text):
@@ -180,26 +195,73 @@ def _decide(status: int, p: ParsedError, dialect: str) -> tuple[ErrorClass, str]
     return ErrorClass.FINAL, "bad_request"
 
 
+def _exceeds_tpm(message: str) -> bool:
+    if _OVER_TPM.search(message):
+        return True
+    if "tokens per min" not in message.lower() and "tpm" not in message.lower():
+        return False
+    m = _LIMIT_REQUESTED.search(message)  # "Limit 30000, Used 0, Requested 45000"
+    return m is not None and int(m.group(2)) > int(m.group(1))
+
+
 def classify_exception(provider: str, exc: BaseException, *, secret: str | None = None) -> ProviderError:
     """A transport failure (no HTTP answer): timeouts and connection errors are transient."""
-    # httpx-aiohttp re-raises aiohttp errors as httpx ones (a dropped connection as ConnectTimeout);
-    # the original says what really happened.
-    root = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
-    detail = f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
-    if isinstance(root, httpx.UnsupportedProtocol | httpx.InvalidURL | aiohttp.InvalidURL):
+    root = transport_cause(exc)
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL) or isinstance(
+        root, httpx.UnsupportedProtocol | httpx.InvalidURL | aiohttp.InvalidURL
+    ):
         error_class, code, what = ErrorClass.FINAL, "invalid_base_url", "invalid URL (check base_url)"
-    elif isinstance(root, httpx.TimeoutException | asyncio.TimeoutError | TimeoutError):
+    elif _is_timeout(root):
         error_class, code, what = ErrorClass.TRANSIENT, "timeout", "request timed out"
     else:
-        error_class, code, what = ErrorClass.TRANSIENT, "connection_error", "connection failed"
-    return ProviderError(error_class, redact(f"{provider}: {what} ({detail})", secret), code=code)
+        error_class, code, what = ErrorClass.TRANSIENT, "connection_error", describe_cause(root)
+    return ProviderError(error_class, redact(f"{provider}: {what} ({_detail(root)})", secret), code=code)
+
+
+def transport_cause(exc: BaseException) -> BaseException:
+    """The exception that says what really happened. httpx-aiohttp re-raises aiohttp's errors as httpx
+    ones (a refused connection as ConnectTimeout); the deepest OS-level cause names the real fault."""
+    best, cur, seen = exc, exc, set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError | aiohttp.ClientError | asyncio.TimeoutError):
+            best = cur
+        cur = cur.__cause__ or getattr(cur, "os_error", None)
+    return best
+
+
+def describe_cause(root: BaseException) -> str:
+    """A short name for a transport failure: what an operator should look at."""
+    if _is_timeout(root):
+        return "timed out"
+    if isinstance(root, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(root, ConnectionResetError):
+        return "connection reset by peer"
+    if isinstance(root, socket.gaierror | aiohttp.ClientConnectorDNSError):
+        return "host name lookup failed"
+    if isinstance(root, aiohttp.ServerDisconnectedError | httpx.RemoteProtocolError):
+        return "server closed the connection"
+    if isinstance(root, aiohttp.ClientSSLError | ssl.SSLError):
+        return "TLS error"
+    return "connection failed"
+
+
+def _is_timeout(e: BaseException) -> bool:
+    return isinstance(e, httpx.TimeoutException | asyncio.TimeoutError | TimeoutError) and not isinstance(
+        e, aiohttp.ClientConnectorError
+    )
+
+
+def _detail(root: BaseException) -> str:
+    return f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
 
 
 def malformed(provider: str, detail: str, *, request_id: str | None = None) -> ProviderError:
     """A 2xx answer Fusebox cannot read (not JSON, missing fields): the provider's fault, so transient."""
     return ProviderError(
         ErrorClass.TRANSIENT,
-        f"{provider}: malformed response: {detail}"[:MAX_MESSAGE],
+        redact(f"{provider}: malformed response: {detail}"),
         code="malformed_response",
         request_id=request_id,
     )
@@ -318,20 +380,19 @@ def _pick_reset(
 
 
 def request_id(headers: Mapping[str, str] | None) -> str | None:
+    """The provider's request id, for support tickets. Stored with results, so redacted like any
+    provider text (an echoing proxy can put anything in a header)."""
     h = _lower(headers)
     for name in _REQUEST_ID_HEADERS:
         v = h.get(name)
         if v:
-            return v
+            return _redact(v, limit=200)
     return None
 
 
 def redact(text: str, secret: str | None = None) -> str:
-    """Truncate and remove credentials: the configured key itself and anything shaped like one."""
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "[redacted]")
-    text = _KEYLIKE.sub("[redacted]", text)
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+    """Remove credentials (``secret``, every registered key, anything shaped like one), then truncate."""
+    return _redact(text, secret, limit=MAX_MESSAGE)
 
 
 def _lower(headers: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -22,6 +22,7 @@ from shared.config import ConfigError, ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.providers import classify
 from shared.providers.base import Health, Provider
+from shared.redact import SECRET_NAME, redact, register_secret
 
 encode_json = msgspec.json.Encoder().encode
 decode_json = msgspec.json.Decoder().decode
@@ -78,10 +79,14 @@ def load_secret(
             value = path.read_text().strip()
         except OSError:
             return None
-        return Secret(value, f"file {path}") if value else None
+        if not value:
+            return None
+        register_secret(value)  # from now on redacted from every message this process builds
+        return Secret(value, f"file {path}")
     for name in (cfg.api_key_env,) if cfg.api_key_env else default_envs:
         value = (env.get(name) or "").strip()
         if value:
+            register_secret(value)
             return Secret(value, name)
     return None
 
@@ -161,6 +166,9 @@ class HTTPProvider(Provider):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models = frozenset(cfg.models)
         self._secret = self.key.reveal() if self.key else None
+        for header, value in (cfg.options.get("headers") or {}).items():
+            if SECRET_NAME.search(str(header)):  # e.g. a gateway's own key in a custom header
+                register_secret(str(value))
         self.configure(cfg.options)
 
     def configure(self, options: Mapping[str, Any]) -> None:
@@ -253,9 +261,11 @@ class HTTPProvider(Provider):
         try:
             data = decode_json(resp.content)
         except msgspec.DecodeError:
+            # The whole body is redacted before any of it is cut for the message (a cut can split a key).
+            preview = redact(resp.content[: classify.MAX_SCAN].decode("utf-8", "replace"), self._secret)
             raise classify.malformed(
                 self.name,
-                f"HTTP {resp.status_code} body is not JSON: {resp.content[:80]!r}",
+                f"HTTP {resp.status_code} body is not JSON: {preview[:120]!r}",
                 request_id=classify.request_id(resp.headers),
             ) from None
         if not isinstance(data, dict):
@@ -302,7 +312,7 @@ class HTTPProvider(Provider):
         except ProviderError as e:
             return Health(ok=False, latency_ms=round((time.perf_counter() - t0) * 1000, 1), detail=e.message)
         except Exception as e:  # health reports, never raises
-            return Health(ok=False, detail=classify.redact(f"{type(e).__name__}: {e}", self._secret))
+            return Health(ok=False, detail=redact(f"{type(e).__name__}: {e}", self._secret))
 
     def health_detail(self, resp: httpx.Response) -> str:
         try:

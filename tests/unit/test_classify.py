@@ -149,6 +149,102 @@ CASES: list[tuple[str, str, int, Any, dict[str, str], ErrorClass, str, float | N
         "insufficient_quota",
         None,
     ),
+    # A spend cap or exhausted credit is final whatever ``type`` the 429 carries.
+    (
+        "openai-429-credit-balance-exhausted",
+        "openai",
+        429,
+        openai_err(
+            "Your credit balance is exhausted. Add credits to continue.", "tokens", "credit_balance_exhausted"
+        ),
+        {"retry-after": "20", "x-ratelimit-reset-requests": "1s"},
+        F,
+        "insufficient_quota",
+        None,
+    ),
+    (
+        "openai-429-organization-usage-limit",
+        "openai",
+        429,
+        openai_err(
+            "Your organization has reached its monthly usage limit.",
+            "requests",
+            "organization_usage_limit_exceeded",
+        ),
+        {"retry-after": "5"},
+        F,
+        "insufficient_quota",
+        None,
+    ),
+    (
+        "openai-429-insufficient-quota-any-type",
+        "openai",
+        429,
+        openai_err("Quota reached.", "requests", "insufficient_quota"),
+        {},
+        F,
+        "insufficient_quota",
+        None,
+    ),
+    (
+        "openai-429-credit-code-without-type",
+        "openai",
+        429,
+        openai_err("Rate limited.", None, "credit_balance_exhausted"),
+        {},
+        F,
+        "insufficient_quota",
+        None,
+    ),
+    # One request above the whole TPM limit never fits: the next candidate, not a retry.
+    (
+        "openai-429-request-too-large-tpm",
+        "openai",
+        429,
+        openai_err(
+            "Request too large for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, "
+            "Requested 45128. The input or output tokens must be reduced in order to run successfully. Visit "
+            "https://platform.openai.com/account/rate-limits to learn more.",
+            "tokens",
+            "rate_limit_exceeded",
+        ),
+        {"x-ratelimit-remaining-tokens": "30000", "x-ratelimit-reset-tokens": "0s"},
+        C,
+        "request_exceeds_tpm",
+        None,
+    ),
+    (
+        "groq-429-request-too-large-tpm",
+        "openai",
+        429,
+        {
+            "error": {
+                "message": "Request too large for model `llama-3.3-70b-versatile` in organization `org_01` "
+                "service tier `on_demand` on tokens per minute (TPM): Limit 12000, Requested 19877, please "
+                "reduce your message size and try again.",
+                "type": "tokens",
+                "code": "rate_limit_exceeded",
+            }
+        },
+        {"retry-after": "38"},
+        C,
+        "request_exceeds_tpm",
+        None,
+    ),
+    (
+        "openai-429-tpm-requested-above-limit",
+        "openai",
+        429,
+        openai_err(
+            "Rate limit reached for gpt-4o on tokens per min (TPM): Limit 10000, Used 0, Requested 12000.",
+            "tokens",
+            "rate_limit_exceeded",
+        ),
+        {},
+        C,
+        "request_exceeds_tpm",
+        None,
+    ),
     (
         "openai-context",
         "openai",
@@ -1168,3 +1264,44 @@ def test_long_messages_are_truncated() -> None:
         "p", 400, json.dumps(openai_err("x" * 5000, "invalid_request_error", None)).encode()
     )
     assert len(err.message) <= 500
+
+
+# ---- a refused connection is named as one, not as a timeout ----------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+async def test_refused_connection_over_the_real_transport_is_named_refused() -> None:
+    from httpx_aiohttp import AiohttpTransport
+
+    url = f"http://127.0.0.1:{_closed_port()}/v1/chat/completions"
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        with pytest.raises(httpx.HTTPError) as e:
+            await client.post(url, content=b"{}")
+    err = classify_exception("p", e.value)
+    assert (err.error_class, err.code) == (T, "connection_error")
+    assert "connection refused" in err.message and "ConnectionRefusedError" in err.message
+    assert "Timeout" not in err.message
+
+
+async def test_refused_webhook_delivery_is_named_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import WebhookConfig
+    from shared.keys import Keys
+    from shared.webhook_delivery import Delivery, WebhookDeliverer
+
+    monkeypatch.setenv("FUSEBOX_WEBHOOK_SECRET", "whsec_QUJDREVGR0hJSktMTU5PUA==")
+    d = WebhookDeliverer(None, Keys("t"), WebhookConfig(allow_hosts=["127.0.0.0/8"]))  # type: ignore[arg-type]
+    try:
+        status, error, _, _ = await d._send(
+            Delivery(id="m", url=f"http://127.0.0.1:{_closed_port()}/hook", payload=b"{}")
+        )
+    finally:
+        await d.aclose()
+    assert status is None and error is not None
+    assert error.startswith("ConnectionRefusedError") and "Timeout" not in error

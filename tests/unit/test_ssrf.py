@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 import pytest
@@ -186,3 +187,38 @@ def test_allow_list_config_is_validated_at_load(tmp_path):
     assert wh.schedule == [0, 0.2] and wh.timeout == 15 and wh.secret_env == "FUSEBOX_WEBHOOK_SECRET"
     with pytest.raises(ValueError, match="schedule"):
         WebhookConfig(schedule=[0, -1])
+
+
+@pytest.mark.parametrize(
+    ("host", "canonical"),
+    [
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("017700000001", "127.0.0.1"),
+        ("134744072", "8.8.8.8"),  # public, but no HTTP client delivers to it
+        ("8.8.2056", "8.8.8.8"),
+        ("0x8.0x8.0x8.0x8", "8.8.8.8"),
+    ],
+)
+async def test_shorthand_ipv4_hosts_are_refused_at_submission(host: str, canonical: str):
+    # Allow-listed or public, these once passed the check and then failed every delivery.
+    dns = fake_dns({host: [canonical]})  # what getaddrinfo answers for them
+    for allow in (["127.0.0.0/8"], []):
+        pattern = rf"IPv4 address {re.escape(canonical)}\b.*write it as {re.escape(canonical)}$"
+        with pytest.raises(UnsafeURLError, match=pattern):
+            await check_url(f"http://{host}:8080/hook", allow, resolve=dns)
+    # The system resolver reads them the same way: still refused, with the reason when it is blocked.
+    with pytest.raises(UnsafeURLError) as e:
+        await check_url(f"http://{host}/hook")
+    assert ("loopback" in str(e.value)) == canonical.startswith("127.")
+
+
+async def test_dotted_quads_and_names_are_not_shorthand():
+    assert await check_url("http://8.8.8.8/hook") == [ipaddress.ip_address("8.8.8.8")]
+    dns = fake_dns({"1e100.net": ["8.8.4.4"], "cafe": ["8.8.4.4"]})
+    assert await check_url("http://1e100.net/hook", resolve=dns)
+    assert await check_url("http://cafe/hook", resolve=dns)
