@@ -7,7 +7,6 @@ import json
 import subprocess
 
 import httpx
-import pytest
 
 from shared.config import ApiConfig, FileConfig
 from shared.tenants import create_key
@@ -21,16 +20,22 @@ def _h(key: str) -> dict[str, str]:
 
 def _line(i: int, model: str = "simulated/chat") -> bytes:
     body = {"model": model, "messages": [{"role": "user", "content": f"q{i}"}]}
-    return json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}).encode()
+    return json.dumps(
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    ).encode()
 
 
 async def _upload(c: httpx.AsyncClient, key: str, data: bytes) -> httpx.Response:
-    return await c.post("/v1/files", headers=_h(key), files={"file": ("f.jsonl", data)}, data={"purpose": "batch"})
+    return await c.post(
+        "/v1/files", headers=_h(key), files={"file": ("f.jsonl", data)}, data={"purpose": "batch"}
+    )
 
 
 async def _batch(c: httpx.AsyncClient, key: str, n: int) -> str:
     f = (await _upload(c, key, b"\n".join(_line(i) for i in range(n)))).json()
-    r = await c.post("/v1/batches", headers=_h(key), json={"input_file_id": f["id"], "endpoint": "/v1/chat/completions"})
+    r = await c.post(
+        "/v1/batches", headers=_h(key), json={"input_file_id": f["id"], "endpoint": "/v1/chat/completions"}
+    )
     assert r.status_code == 200, r.text
     return r.json()["id"]
 
@@ -40,7 +45,9 @@ async def test_health_and_openapi(api):  # noqa: F811
         assert (await c.get("/healthz")).json() == {"status": "ok"}
         assert (await c.get("/readyz")).json() == {"status": "ok"}
         doc = (await c.get("/openapi.json")).json()
-    assert {"/v1/files", "/v1/batches", "/v1/chat/completions", "/v1/jobs", "/v1/fusebox/usage"} <= set(doc["paths"])
+    assert {"/v1/files", "/v1/batches", "/v1/chat/completions", "/v1/jobs", "/v1/fusebox/usage"} <= set(
+        doc["paths"]
+    )
 
 
 async def test_jobs_results_usage_and_isolation(api, worker, key_a, key_b, admin_key):  # noqa: F811
@@ -108,7 +115,9 @@ async def test_upload_limits(settings, redis):
             assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_lines"
             r = await _upload(c, key, b"x" * 5000)
             assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
-            r = await c.post("/v1/files", headers=_h(key), files={"file": ("f", b"{}")}, data={"purpose": "vision"})
+            r = await c.post(
+                "/v1/files", headers=_h(key), files={"file": ("f", b"{}")}, data={"purpose": "vision"}
+            )
             assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
             ok = await _upload(c, key, b"\n".join(_line(i) for i in range(5)))
             assert ok.status_code == 200 and ok.json()["bytes"] > 0
@@ -123,7 +132,9 @@ def test_keys_cli(settings):
     env = subprocess_env(settings)
 
     def fb(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "producer.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [PYTHON, "-m", "producer.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        )
 
     created = fb("keys", "create", "acme")
     assert created.returncode == 0, created.stderr
