@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -24,6 +25,7 @@ from shared.tenants import Tenant
 DAY_MS = 24 * 3600 * 1000
 INTERACTIVE = 10  # the priority of synchronous requests: the most head start there is
 MAX_PRIORITY = 10
+WAIT_SLICE_S = 5.0
 
 
 def head_start_ms(priority: int) -> int:
@@ -73,12 +75,19 @@ async def enqueue(
     return spec
 
 
-async def wait(ctx: ApiContext, job_id: str, timeout: float) -> JobResult | None:
-    """The job's result once the worker wrote it, or None after ``timeout`` seconds."""
-    res = await ctx.store.get_result(job_id)
-    if res is None:
-        await ctx.redis.blpop([ctx.settings.keys.job_notify(job_id)], timeout=timeout)
-        res = await ctx.store.get_result(job_id)
+async def wait(
+    ctx: ApiContext, job_id: str, timeout: float, gone: Callable[[], Awaitable[bool]] | None = None
+) -> JobResult | None:
+    """The job's result once the worker wrote it, or None after ``timeout`` seconds or when ``gone()``
+    says the caller hung up (checked between slices of the wait, so a dropped client frees its
+    Redis connection soon; the job itself still runs and keeps its result)."""
+    key = ctx.settings.keys.job_notify(job_id)
+    deadline = time.monotonic() + timeout
+    while (res := await ctx.store.get_result(job_id)) is None:
+        left = deadline - time.monotonic()
+        if left <= 0 or (gone is not None and await gone()):
+            return None
+        await ctx.redis.blpop([key], timeout=min(left, WAIT_SLICE_S))
     return res
 
 

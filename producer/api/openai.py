@@ -13,7 +13,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Body, File, Form, Query, UploadFile
+from fastapi import APIRouter, Body, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -315,7 +315,7 @@ _JSON_OK: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _run(ctx: Ctx, tenant: TenantDep, kind: str, body: Any) -> Response:
+async def _run(request: Request, ctx: Ctx, tenant: TenantDep, kind: str, body: Any) -> Response:
     if kind == "chat" and isinstance(body, dict) and body.get("stream"):
         raise ApiError(
             400,
@@ -326,7 +326,7 @@ async def _run(ctx: Ctx, tenant: TenantDep, kind: str, body: Any) -> Response:
     req = jobs.parse(kind, body)
     jobs.check_model(ctx, req.model)
     spec = await jobs.enqueue(ctx, tenant, req)
-    res = await jobs.wait(ctx, spec.id, ctx.settings.file.api.sync_timeout_s)
+    res = await jobs.wait(ctx, spec.id, ctx.settings.file.api.sync_timeout_s, request.is_disconnected)
     if res is None:
         raise ApiError(
             504,
@@ -339,13 +339,17 @@ async def _run(ctx: Ctx, tenant: TenantDep, kind: str, body: Any) -> Response:
 
 
 @router.post("/chat/completions", response_class=Response, responses=_JSON_OK)
-async def chat_completions(ctx: Ctx, tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> Response:
-    return await _run(ctx, tenant, "chat", body)
+async def chat_completions(
+    request: Request, ctx: Ctx, tenant: TenantDep, body: Annotated[dict[str, Any], Body()]
+) -> Response:
+    return await _run(request, ctx, tenant, "chat", body)
 
 
 @router.post("/embeddings", response_class=Response, responses=_JSON_OK)
-async def embeddings(ctx: Ctx, tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> Response:
-    return await _run(ctx, tenant, "embed", body)
+async def embeddings(
+    request: Request, ctx: Ctx, tenant: TenantDep, body: Annotated[dict[str, Any], Body()]
+) -> Response:
+    return await _run(request, ctx, tenant, "embed", body)
 
 
 @router.get("/models", response_model=ModelList)

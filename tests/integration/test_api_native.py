@@ -147,3 +147,39 @@ def test_keys_cli(settings):
     assert "acme" not in fb("keys", "list").stdout
     assert fb("keys", "revoke", key_id).returncode == 1
     assert fb("keys", "create", "bad name!").returncode == 2
+
+
+async def test_cancel_while_queued_answers_every_line(api, key_a):  # noqa: F811
+    # no worker: every line is still queued when the cancel comes (maybe during validation)
+    from openai import AsyncOpenAI
+
+    c = AsyncOpenAI(base_url=api.v1, api_key=key_a, max_retries=0)
+    f = await c.files.create(file=("q.jsonl", b"\n".join(_line(i) for i in range(3000))), purpose="batch")
+    b = await c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    got = await c.batches.cancel(b.id)
+    assert got.status in ("cancelling", "cancelled")
+    for _ in range(300):
+        got = await c.batches.retrieve(b.id)
+        if got.status == "cancelled":
+            break
+        await asyncio.sleep(0.05)
+    assert (got.status, got.request_counts.total, got.request_counts.failed) == ("cancelled", 3000, 3000)
+    assert got.error_file_id and got.output_file_id is None
+    errs = (await c.files.content(got.error_file_id)).text.splitlines()
+    assert len(errs) == 3000 and all(json.loads(e)["error"]["code"] == "batch_cancelled" for e in errs)
+
+
+async def test_sync_request_times_out_without_a_worker_and_the_job_stays(settings, redis):
+    s = settings.with_file(FileConfig(api=ApiConfig(sync_timeout_s=0.5)))
+    key = await create_key(redis, s.keys, "t")
+    server, task, base = await serve(s)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            body = {"model": "simulated/chat", "messages": [{"role": "user", "content": "hi"}]}
+            r = await c.post("/v1/chat/completions", headers=_h(key), json=body)
+            assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+            job_id = r.json()["error"]["message"].split()[1]
+            assert (await c.get(f"/v1/jobs/{job_id}", headers=_h(key))).json()["status"] == "queued"
+    finally:
+        server.should_exit = True
+        await task

@@ -118,7 +118,7 @@ async def test_batch_with_no_valid_line_fails_with_errors(api, key_a):  # noqa: 
     assert [(e.code, e.line) for e in done.errors.data] == [("invalid_json", 1), ("invalid_line", 3)]
 
 
-async def test_cancel(api, key_a):  # noqa: F811
+async def test_cancelling_an_ended_batch_changes_nothing(api, key_a):  # noqa: F811
     c = _client(api, key_a)
     body = b"".join(
         json.dumps(
