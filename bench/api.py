@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
         if k in ("VmRSS", "VmHWM"):
             vals[k] = int(v.split()[0]) / 1024
     return vals["VmRSS"], vals["VmHWM"]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_batch(path: Path, n: int, pad: int) -> int:
@@ -119,11 +126,13 @@ def main() -> None:
             size = write_batch(path, args.lines, args.pad)
             print(f"rss before upload: {rss_mb(api.pid)[0]:.0f} MB")
             with httpx.Client(base_url=base, headers=h, timeout=600) as c:
+                cpu0 = cpu_s(api.pid)
                 t0 = time.perf_counter()
                 with path.open("rb") as f:
                     r = c.post("/files", files={"file": ("batch.jsonl", f)}, data={"purpose": "batch"})
                 r.raise_for_status()
                 t_up = time.perf_counter() - t0
+                cpu1 = cpu_s(api.pid)
                 t1 = time.perf_counter()
                 b = c.post(
                     "/batches",
@@ -137,6 +146,7 @@ def main() -> None:
                 while (b := c.get(f"/batches/{b['id']}").json())["status"] == "validating":
                     time.sleep(0.02)
                 t_val = time.perf_counter() - t1
+                cpu2 = cpu_s(api.pid)
                 cur, peak = rss_mb(api.pid)
                 c.post(f"/batches/{b['id']}/cancel")
             n = args.lines
@@ -149,6 +159,11 @@ def main() -> None:
                 f"enqueued in {t_val:.2f}s = {n / t_val:,.0f} lines/s; status {b['status']}"
             )
             print(f"upload+create: {n / (t_up + t_val):,.0f} lines/s end to end")
+            # CPU per line does not depend on what else the (shared) machine is doing
+            print(
+                f"api cpu: upload {(cpu1 - cpu0) / n * 1e6:.1f} us/line, validate+enqueue "
+                f"{(cpu2 - cpu1) / n * 1e6:.1f} us/line (one core: {n / max(cpu2 - cpu0, 1e-9):,.0f} lines/s)"
+            )
             print(f"api rss: {cur:.0f} MB now, {peak:.0f} MB peak")
 
             # 2. synchronous chat completions through the queue vs the provider itself
@@ -161,7 +176,9 @@ def main() -> None:
             stack.run(timed_calls(direct_url, direct_h, body, 200, args.concurrency))  # warm up
             stack.run(timed_calls(base + "/chat/completions", h, body, 200, args.concurrency))
             direct = stack.run(timed_calls(direct_url, direct_h, body, args.requests, args.concurrency))
+            cpu0 = cpu_s(api.pid)
             via = stack.run(timed_calls(base + "/chat/completions", h, body, args.requests, args.concurrency))
+            api_ms = (cpu_s(api.pid) - cpu0) / args.requests * 1000
             print(
                 f"\nsync chat, {args.requests} requests, {args.concurrency} concurrent clients, "
                 f"provider latency {args.latency_ms:.0f} ms, {args.workers} workers:"
@@ -171,6 +188,7 @@ def main() -> None:
                     f"  {name:<20} p50 {pct(xs, 50):7.1f} ms  p99 {pct(xs, 99):7.1f} ms  "
                     f"mean {statistics.mean(xs):7.1f} ms"
                 )
+            print(f"  api process CPU per request: {api_ms:.2f} ms")
             print(
                 f"  added latency        p50 {pct(via, 50) - pct(direct, 50):7.1f} ms  "
                 f"p99 {pct(via, 99) - pct(direct, 99):7.1f} ms"

@@ -23,7 +23,7 @@ from shared.schema import URL_KINDS, JobResult, JobSpec, OutputLine, RequestErro
 from shared.store import ENDED
 
 log = logging.getLogger("fusebox.api")
-CHUNK = 1000
+CHUNK = 500  # lines per enqueue round trip; also bounds how long one step holds the event loop
 MAX_ERRORS_LISTED = 100  # errors.data of a failed batch; the error file has every line
 OUTPUT_SUFFIX, ERROR_SUFFIX = "-output", "-errors"
 _enc = msgspec.json.Encoder()
@@ -50,7 +50,7 @@ async def submit_from_file(ctx: ApiContext, batch_id: str, file_id: str, endpoin
         lineno = index = 0
         async for raw in ctx.files.iter_lines(file_id):
             lineno += 1
-            if not raw.strip():
+            if not raw or raw.isspace():
                 continue
             item = v.parse_jsonl(raw.rstrip(b"\r"), lineno, index)
             if isinstance(item, JobSpec) and item.kind != kind:

@@ -292,6 +292,8 @@ async def list_batches(
         info = await ctx.store.batch_info(bid)
         if info:
             data.append(await batches.batch_object(ctx, bid, info))
+        else:  # its results' TTL ran out: drop it from the index too
+            await ctx.redis.zrem(key, bid)
     return {
         "object": "list",
         "data": data,
