@@ -61,3 +61,13 @@ async def get_tenant(
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+async def require_admin(tenant: TenantDep) -> Tenant:
+    """For ops routes: only admin keys (``fusebox keys create T --admin``)."""
+    if not tenant.admin:
+        raise ApiError(403, "this endpoint needs an admin key", code="admin_required")
+    return tenant
+
+
+AdminDep = Annotated[Tenant, Depends(require_admin)]

@@ -83,12 +83,13 @@ async def wait(
     Redis connection soon; the job itself still runs and keeps its result)."""
     key = ctx.settings.keys.job_notify(job_id)
     deadline = time.monotonic() + timeout
-    while (res := await ctx.store.get_result(job_id)) is None:
+    while True:
+        # A result written before the BLPOP left its notice in the list: no race, no GET first.
         left = deadline - time.monotonic()
-        if left <= 0 or (gone is not None and await gone()):
-            return None
-        await ctx.redis.blpop([key], timeout=min(left, WAIT_SLICE_S))
-    return res
+        await ctx.redis.blpop([key], timeout=max(0.01, min(left, WAIT_SLICE_S)))
+        res = await ctx.store.get_result(job_id)
+        if res is not None or left <= WAIT_SLICE_S or (gone is not None and await gone()):
+            return res
 
 
 def raise_for(result: JobResult) -> None:
