@@ -121,4 +121,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for m in mods:
         app.include_router(m.router)
+    app.add_middleware(UploadLimit, limit=settings.file.api.max_file_bytes)
     return app
+
+
+class UploadLimit:
+    """Refuses an upload whose Content-Length is over the limit without parsing it (the form parser
+    would otherwise spool it all to disk first); uploads without one are counted as they stream."""
+
+    SLACK = 64 * 1024  # multipart boundaries and headers around the file
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/files":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit + self.SLACK:
+                msg = f"file is larger than {self.limit} bytes"
+                body = openai_error_body(413, msg, "invalid_request_error", "file_too_large", "file")
+                # Read and drop the body (no disk, no memory) so the client gets the answer, not a reset.
+                while (await receive()).get("more_body"):
+                    pass
+                await JSONResponse(body, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -115,6 +115,8 @@ async def test_upload_limits(settings, redis):
             assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_lines"
             r = await _upload(c, key, b"x" * 5000)
             assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+            r = await _upload(c, key, b"x" * 100_000)  # refused on its Content-Length alone
+            assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
             r = await c.post(
                 "/v1/files", headers=_h(key), files={"file": ("f", b"{}")}, data={"purpose": "vision"}
             )
