@@ -104,6 +104,11 @@ class Keys:
         """Hash: input index (0-based, blank lines skipped) -> JobResult msgpack."""
         return f"{self.ns}:batch:{batch_id}:results"
 
+    def batch_submitter(self, batch_id: str) -> str:
+        """String with a short TTL, renewed while an API process validates and enqueues the batch's file;
+        a batch still 'validating' without it lost its submitter, and the next reader resumes it."""
+        return f"{self.ns}:batch:{batch_id}:submitter"
+
     def batch_ids(self, batch_id: str) -> str:
         """Hash: custom_id -> input index; makes (batch, custom_id) idempotent across re-submissions."""
         return f"{self.ns}:batch:{batch_id}:ids"

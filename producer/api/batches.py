@@ -16,17 +16,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from producer.api.auth import ApiContext
 from producer.batch_input import Validator
-from shared.schema import URL_KINDS, JobResult, JobSpec, OutputLine, RequestError
+from shared.schema import CHAT_URL, URL_KINDS, JobResult, JobSpec, OutputLine, RequestError
 from shared.store import ENDED
 
 log = logging.getLogger("fusebox.api")
+SUBMITTER_LEASE_S = 30  # a submitter that stops renewing this long is presumed dead
 CHUNK = 500  # lines per enqueue round trip; also bounds how long one step holds the event loop
 MAX_ERRORS_LISTED = 100  # errors.data of a failed batch; the error file has every line
 OUTPUT_SUFFIX, ERROR_SUFFIX = "-output", "-errors"
 _enc = msgspec.json.Encoder()
+_BACKGROUND: set[asyncio.Task[None]] = set()  # strong references to running submissions
 
 
 def virtual_file(file_id: str) -> tuple[str, str] | None:
@@ -37,15 +40,41 @@ def virtual_file(file_id: str) -> tuple[str, str] | None:
     return None
 
 
+def start_submission(ctx: ApiContext, batch_id: str, info: dict[str, str]) -> None:
+    """Submit in the background; the caller holds the batch's submitter lease."""
+    args = (ctx, batch_id, info["input_file_id"], info.get("endpoint", CHAT_URL), info["tenant"])
+    task = asyncio.create_task(submit_from_file(*args))
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def claim_submission(ctx: ApiContext, batch_id: str) -> bool:
+    """Take the batch's submitter lease: one process at a time submits a batch."""
+    key = ctx.settings.keys.batch_submitter(batch_id)
+    return bool(await ctx.redis.set(key, "1", nx=True, ex=SUBMITTER_LEASE_S))
+
+
+async def resume_if_orphaned(ctx: ApiContext, batch_id: str, info: dict[str, str]) -> None:
+    """A batch left 'validating' by a replica that died mid-submission is resumed by whoever reads it:
+    enqueueing is idempotent per (batch, custom_id), so lines queued before are skipped."""
+    if info.get("status") != "validating" or "input_file_id" not in info:
+        return
+    if await claim_submission(ctx, batch_id):
+        log.warning("resuming the submission of batch %s: its submitter is gone", batch_id)
+        start_submission(ctx, batch_id, info)
+
+
 async def submit_from_file(ctx: ApiContext, batch_id: str, file_id: str, endpoint: str, tenant: str) -> None:
     """Validate and enqueue every line of ``file_id``; seal the batch (or fail it if no line is valid)."""
     store = ctx.store
+    lease = ctx.settings.keys.batch_submitter(batch_id)
+    renewed = time.monotonic()
     try:
         kind = URL_KINDS[endpoint]
         v = Validator(batch_id, ctx.router, store.cfg.max_line_bytes, tenant=tenant)
         jobs: list[JobSpec] = []
         rejected: list[JobResult] = []
-        total = rejected_n = 0
+        total = accepted = 0
         pending: asyncio.Task[tuple[int, int, int]] | None = None
         lineno = index = 0
         async for raw in ctx.files.iter_lines(file_id):
@@ -58,21 +87,28 @@ async def submit_from_file(ctx: ApiContext, batch_id: str, file_id: str, endpoin
                 item = v.reject(index, lineno, e, item.custom_id)
             if isinstance(item, JobSpec):
                 jobs.append(item)
+                accepted += 1
             else:
                 rejected.append(item)
             index += 1
             total += 1
             if len(jobs) + len(rejected) >= CHUNK:
                 if pending is not None:
-                    rejected_n += (await pending)[2]
+                    await pending
                 pending = asyncio.create_task(store.enqueue_chunk(batch_id, jobs, rejected))
                 jobs, rejected = [], []
+                if time.monotonic() - renewed > SUBMITTER_LEASE_S / 3:
+                    renewed = time.monotonic()
+                    await ctx.redis.expire(lease, SUBMITTER_LEASE_S)
         if pending is not None:
-            rejected_n += (await pending)[2]
-        rejected_n += (await store.enqueue_chunk(batch_id, jobs, rejected))[2]
-        status = await store.seal(batch_id, total, validation_failed=total == 0 or rejected_n == total)
+            await pending
+        await store.enqueue_chunk(batch_id, jobs, rejected)
+        status = await store.seal(batch_id, total, validation_failed=accepted == 0)
         if status == "cancelling":  # cancelled while validating: answer the lines queued since
             await store.cancel(batch_id)
+    except (RedisError, OSError):
+        # Redis went away: the lease runs out and the next reader of the batch resumes it.
+        log.exception("submission of batch %s interrupted; it resumes when the batch is read again", batch_id)
     except Exception as e:
         log.exception("submission of batch %s failed", batch_id)
         now = repr(time.time())

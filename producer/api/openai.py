@@ -5,7 +5,6 @@ Base URL ``http://HOST:PORT/v1``; errors in OpenAI's shape (errors.py is the def
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -27,7 +26,6 @@ router = APIRouter(prefix="/v1", responses=OPENAI_ERRORS)
 _enc = msgspec.json.Encoder()
 READ_BLOCK = 1024 * 1024
 _WINDOW = re.compile(r"^(\d+)([hms])$")
-_BACKGROUND: set[asyncio.Task[None]] = set()  # strong references to running submissions
 
 
 class _Open(BaseModel):
@@ -261,12 +259,10 @@ async def create_batch(ctx: Ctx, tenant: TenantDep, req: CreateBatch) -> dict[st
     await ctx.store.create_batch(batch_id, fields)
     await ctx.redis.zadd(ctx.settings.keys.tenant_batches(tenant.name), {batch_id: time.time()})
     # Validation and enqueueing run on in the background; the batch answers 'validating' meanwhile.
-    task = asyncio.create_task(
-        batches.submit_from_file(ctx, batch_id, req.input_file_id, req.endpoint, tenant.name)
-    )
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-    return await batches.batch_object(ctx, batch_id, await ctx.store.batch_info(batch_id))
+    info = await ctx.store.batch_info(batch_id)
+    if await batches.claim_submission(ctx, batch_id):
+        batches.start_submission(ctx, batch_id, info)
+    return await batches.batch_object(ctx, batch_id, info)
 
 
 @router.get("/batches/{batch_id}", response_model=BatchObject)
@@ -274,6 +270,7 @@ async def get_batch(ctx: Ctx, tenant: TenantDep, batch_id: str) -> dict[str, Any
     info = await batches.owned_batch(ctx, tenant.name, batch_id)
     if info is None:
         raise not_found("batch", batch_id)
+    await batches.resume_if_orphaned(ctx, batch_id, info)
     return await batches.batch_object(ctx, batch_id, info)
 
 

@@ -167,3 +167,25 @@ async def test_tenants_are_isolated_and_keys_checked(api, key_a, key_b, admin_ke
         with pytest.raises(openai.AuthenticationError) as e:
             await _client(api, bad or "x").models.list()
         assert e.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+
+
+async def test_a_batch_whose_submitter_died_is_resumed_by_the_next_reader(api, key_a, settings, redis):  # noqa: F811
+    from producer.batch_input import Validator
+    from shared.store import Store
+
+    c = _client(api, key_a)
+    data = _jsonl(40)
+    f = await c.files.create(file=("in.jsonl", data), purpose="batch")
+    # What a replica leaves behind when it dies after enqueueing the first 15 lines: the record, no lease.
+    store = Store(redis, settings.keys)
+    batch_id = "batch_" + "d" * 24
+    fields = {"tenant": "tenant-a", "input_file_id": f.id, "endpoint": "/v1/chat/completions"}
+    await store.create_batch(batch_id, fields)
+    v = Validator(batch_id, None, tenant="tenant-a")
+    first = [v.parse_jsonl(line, i + 1, i) for i, line in enumerate(data.splitlines()[:15])]
+    assert await store.enqueue_chunk(batch_id, first, []) == (15, 0, 0)
+
+    done = await _wait(c, batch_id)
+    assert (done.status, done.request_counts.total, done.request_counts.completed) == ("completed", 40, 40)
+    out = (await c.files.content(done.output_file_id)).text.splitlines()
+    assert sorted(json.loads(x)["custom_id"] for x in out) == sorted(f"r{i}" for i in range(40))
