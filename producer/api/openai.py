@@ -288,6 +288,7 @@ async def list_batches(
     for bid in ids[:limit]:
         info = await ctx.store.batch_info(bid)
         if info:
+            await batches.resume_if_orphaned(ctx, bid, info)
             data.append(await batches.batch_object(ctx, bid, info))
         else:  # its results' TTL ran out: drop it from the index too
             await ctx.redis.zrem(key, bid)
