@@ -66,6 +66,7 @@ def pct(xs: list[float], p: float) -> float:
 
 async def timed_calls(url: str, headers: dict[str, str], body: dict, n: int, conc: int) -> list[float]:
     lat: list[float] = []
+    errors: list[str] = []
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     async with httpx.AsyncClient(timeout=60, limits=limits) as c:
         left = n
@@ -75,11 +76,17 @@ async def timed_calls(url: str, headers: dict[str, str], body: dict, n: int, con
             while left > 0:
                 left -= 1
                 t0 = time.perf_counter()
-                r = await c.post(url, headers=headers, json=body)
+                try:
+                    r = await c.post(url, headers=headers, json=body)
+                    r.raise_for_status()
+                except httpx.HTTPError as e:
+                    errors.append(f"{type(e).__name__}: {e}")
+                    continue
                 lat.append((time.perf_counter() - t0) * 1000)
-                r.raise_for_status()
 
         await asyncio.gather(*(client() for _ in range(conc)))
+    if errors:
+        print(f"  {len(errors)} of {n} requests to {url} failed, e.g. {errors[0]}")
     return lat
 
 
