@@ -30,7 +30,8 @@ class ApiContext:
     router: Router
 
 
-def get_ctx(request: Request) -> ApiContext:
+async def get_ctx(request: Request) -> ApiContext:
+    # async: FastAPI would run a plain function in its thread pool, a thread hop per request
     ctx: ApiContext = request.app.state.ctx
     return ctx
 
