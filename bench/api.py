@@ -103,6 +103,55 @@ def start_api(stack: Stack, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"fusebox api did not start; see {stack.tmp / 'api.log'}")
 
 
+def upload_and_create(
+    api: subprocess.Popen[bytes], base: str, h: dict[str, str], args: argparse.Namespace
+) -> None:
+    """1. upload + create: the file streams to Redis, then is validated and enqueued in the background."""
+    path = Path(tempfile.mkdtemp()) / "batch.jsonl"
+    size = write_batch(path, args.lines, args.pad)
+    print(f"rss before upload: {rss_mb(api.pid)[0]:.0f} MB")
+    with httpx.Client(base_url=base, headers=h, timeout=600) as c:
+        cpu0 = cpu_s(api.pid)
+        t0 = time.perf_counter()
+        with path.open("rb") as f:
+            r = c.post("/files", files={"file": ("batch.jsonl", f)}, data={"purpose": "batch"})
+        r.raise_for_status()
+        t_up = time.perf_counter() - t0
+        cpu1 = cpu_s(api.pid)
+        t1 = time.perf_counter()
+        b = c.post(
+            "/batches",
+            json={
+                "input_file_id": r.json()["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        ).json()
+        t_create_call = time.perf_counter() - t1
+        while (b := c.get(f"/batches/{b['id']}").json())["status"] == "validating":
+            time.sleep(0.02)
+        t_val = time.perf_counter() - t1
+        cpu2 = cpu_s(api.pid)
+        cur, peak = rss_mb(api.pid)
+        c.post(f"/batches/{b['id']}/cancel")
+    n = args.lines
+    print(
+        f"upload: {n} lines, {size / 1e6:.0f} MB in {t_up:.2f}s = {n / t_up:,.0f} lines/s "
+        f"({size / 1e6 / t_up:.0f} MB/s)"
+    )
+    print(
+        f"create: the call answered in {t_create_call * 1000:.0f} ms ('validating'); validated and "
+        f"enqueued in {t_val:.2f}s = {n / t_val:,.0f} lines/s; status {b['status']}"
+    )
+    print(f"upload+create: {n / (t_up + t_val):,.0f} lines/s end to end")
+    # CPU per line does not depend on what else the (shared) machine is doing
+    print(
+        f"api cpu: upload {(cpu1 - cpu0) / n * 1e6:.1f} us/line, validate+enqueue "
+        f"{(cpu2 - cpu1) / n * 1e6:.1f} us/line (one core: {n / max(cpu2 - cpu0, 1e-9):,.0f} lines/s)"
+    )
+    print(f"api rss: {cur:.0f} MB now, {peak:.0f} MB peak")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=100_000)
@@ -129,49 +178,8 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}/v1"
 
             # 1. upload + create: the file streams to Redis, then is validated and enqueued in the background
-            path = Path(tempfile.mkdtemp()) / "batch.jsonl"
-            size = write_batch(path, args.lines, args.pad)
-            print(f"rss before upload: {rss_mb(api.pid)[0]:.0f} MB")
-            with httpx.Client(base_url=base, headers=h, timeout=600) as c:
-                cpu0 = cpu_s(api.pid)
-                t0 = time.perf_counter()
-                with path.open("rb") as f:
-                    r = c.post("/files", files={"file": ("batch.jsonl", f)}, data={"purpose": "batch"})
-                r.raise_for_status()
-                t_up = time.perf_counter() - t0
-                cpu1 = cpu_s(api.pid)
-                t1 = time.perf_counter()
-                b = c.post(
-                    "/batches",
-                    json={
-                        "input_file_id": r.json()["id"],
-                        "endpoint": "/v1/chat/completions",
-                        "completion_window": "24h",
-                    },
-                ).json()
-                t_create_call = time.perf_counter() - t1
-                while (b := c.get(f"/batches/{b['id']}").json())["status"] == "validating":
-                    time.sleep(0.02)
-                t_val = time.perf_counter() - t1
-                cpu2 = cpu_s(api.pid)
-                cur, peak = rss_mb(api.pid)
-                c.post(f"/batches/{b['id']}/cancel")
-            n = args.lines
-            print(
-                f"upload: {n} lines, {size / 1e6:.0f} MB in {t_up:.2f}s = {n / t_up:,.0f} lines/s "
-                f"({size / 1e6 / t_up:.0f} MB/s)"
-            )
-            print(
-                f"create: the call answered in {t_create_call * 1000:.0f} ms ('validating'); validated and "
-                f"enqueued in {t_val:.2f}s = {n / t_val:,.0f} lines/s; status {b['status']}"
-            )
-            print(f"upload+create: {n / (t_up + t_val):,.0f} lines/s end to end")
-            # CPU per line does not depend on what else the (shared) machine is doing
-            print(
-                f"api cpu: upload {(cpu1 - cpu0) / n * 1e6:.1f} us/line, validate+enqueue "
-                f"{(cpu2 - cpu1) / n * 1e6:.1f} us/line (one core: {n / max(cpu2 - cpu0, 1e-9):,.0f} lines/s)"
-            )
-            print(f"api rss: {cur:.0f} MB now, {peak:.0f} MB peak")
+            if args.lines:
+                upload_and_create(api, base, h, args)
 
             # 2. synchronous chat completions through the queue vs the provider itself
             for _ in range(args.workers):
