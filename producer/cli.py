@@ -18,6 +18,8 @@ COMMAND_MODULES: list[str] = [
     "producer.webhooks_cmd",
     "producer.simulate_cmd",
     "producer.providers_cmd",
+    "producer.keys_cmd",
+    "producer.api.cmd",
 ]
 
 

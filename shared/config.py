@@ -55,6 +55,16 @@ class BatchConfig(_Section):
     max_line_bytes: int = Field(1_000_000, ge=1024)
 
 
+class ApiConfig(_Section):
+    """The HTTP API (``fusebox api``): upload limits like OpenAI's, how long files live, sync waits."""
+
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    max_file_lines: int = Field(100_000, ge=1)
+    file_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    chunk_bytes: int = Field(1024 * 1024, ge=4096)  # Redis list element size for uploaded files
+    sync_timeout_s: float = Field(600.0, gt=0)  # how long /v1/chat/completions waits for its job
+
+
 class BreakerConfig(_Section):
     """Circuit breaker of one provider (or provider+model), in the spirit of resilience4j, tuned for
     LLM APIs: calls are few and slow, so the window is time-based and the minimum is small."""
@@ -161,6 +171,7 @@ class FileConfig(_Section):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     batches: BatchConfig = Field(default_factory=BatchConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     default_model: str | None = None

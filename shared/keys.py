@@ -32,6 +32,36 @@ class Keys:
         """Stored JobResult (msgpack) of a job that is not part of a batch."""
         return f"{self.ns}:result:{job_id}"
 
+    def job_notify(self, job_id: str) -> str:
+        """List complete.lua pushes to when a single job's result is written; an API waiter BLPOPs it."""
+        return f"{self.ns}:result:{job_id}:notify"
+
+    def job_owner(self, job_id: str) -> str:
+        """String: the tenant that submitted a single job through the HTTP API (TTL: results TTL)."""
+        return f"{self.ns}:job:{job_id}:tenant"
+
+    # -- HTTP API: tenants, keys, files ------------------------------------
+    @property
+    def api_keys(self) -> str:
+        """Hash: sha256(api key) hex -> JSON {tenant, admin, created_at, prefix}; keys are never stored."""
+        return f"{self.ns}:apikeys"
+
+    def tenant_files(self, tenant: str) -> str:
+        """Sorted set of a tenant's uploaded file ids scored by creation time."""
+        return f"{self.ns}:tenant:{tenant}:files"
+
+    def tenant_batches(self, tenant: str) -> str:
+        """Sorted set of the batch ids a tenant created through the HTTP API, scored by creation time."""
+        return f"{self.ns}:tenant:{tenant}:batches"
+
+    def file(self, file_id: str) -> str:
+        """Hash: an uploaded file's tenant, filename, purpose, bytes, lines, created_at, expires_at."""
+        return f"{self.ns}:file:{file_id}"
+
+    def file_chunks(self, file_id: str) -> str:
+        """List of an uploaded file's content in order, in chunks of about 1 MB (split anywhere)."""
+        return f"{self.ns}:file:{file_id}:chunks"
+
     # -- webhooks --------------------------------------------------------
     def webhook(self, webhook_id: str) -> str:
         """Hash: one webhook's delivery (msgpack), url, type, state, attempts, redeliveries, timestamps."""

@@ -166,7 +166,7 @@ class Store:
         b = result.batch_id
         usage_key = self.keys.usage_minute(int(now // 60))
         if b is None:
-            keys = [self.keys.result(result.id), "", "", usage_key, "", ""]
+            keys = [self.keys.result(result.id), "", "", usage_key, "", "", self.keys.job_notify(result.id)]
             fin_id, fin_payload = "", b""
         else:
             fin_key, fin_id, fin_payload = self.finalize_job(b)

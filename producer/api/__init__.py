@@ -1,0 +1,1 @@
+"""The HTTP API (``fusebox api``): FastAPI routers, one module per API family."""

@@ -1,6 +1,7 @@
 -- Record one job's result exactly once; counters and usage move in the same atomic step.
 -- KEYS[1] results hash (batch) or result key (single job), KEYS[2] done list, KEYS[3] batch hash,
--- KEYS[4] usage minute hash, KEYS[5] arq queue, KEYS[6] finalize job key
+-- KEYS[4] usage minute hash, KEYS[5] arq queue, KEYS[6] finalize job key, KEYS[7] (single jobs)
+-- notify list: an API process waiting for this job BLPOPs it, so nobody polls
 -- ARGV[1] index, ARGV[2] result payload, ARGV[3] '1' ok / '0' failed, ARGV[4] now (unix s),
 -- ARGV[5] finalize job id, ARGV[6] finalize payload, ARGV[7] usage key TTL s, ARGV[8] result TTL s
 -- (single jobs), ARGV[9] cost usd, ARGV[10..12] prompt, completion and cached tokens,
@@ -24,7 +25,11 @@ for j = 1, 3 do
 end
 if tonumber(ARGV[9]) > 0 then redis.call('HINCRBYFLOAT', KEYS[4], d .. 'cost', ARGV[9]) end
 redis.call('EXPIRE', KEYS[4], ARGV[7])
-if single then return {1, false} end
+if single then
+  redis.call('RPUSH', KEYS[7], '1')
+  redis.call('EXPIRE', KEYS[7], 300)
+  return {1, false}
+end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[3], 'completed', 1)
