@@ -69,6 +69,7 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     for s, d in (
         (400, "Invalid request"),
         (401, "Missing or wrong API key"),
+        (403, "Not allowed for this key"),
         (404, "Not found"),
         (413, "Too large"),
     )

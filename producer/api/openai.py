@@ -153,7 +153,10 @@ async def _virtual(ctx: Ctx, tenant: TenantDep, file_id: str) -> tuple[str, str,
 
 @router.post("/files", response_model=FileObject)
 async def create_file(
-    ctx: Ctx, tenant: TenantDep, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+    ctx: Ctx,
+    tenant: TenantDep,
+    file: Annotated[UploadFile, File()],
+    purpose: Annotated[Literal["batch"], Form()],
 ) -> dict[str, Any]:
     if purpose != "batch":
         raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
