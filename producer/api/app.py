@@ -30,6 +30,7 @@ ROUTER_MODULES: list[str] = [
     "producer.api.openai",
     "producer.api.native",
     "producer.api.ops",
+    "producer.api.anthropic",
 ]
 
 
