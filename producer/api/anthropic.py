@@ -17,8 +17,8 @@ import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from producer.api import jobs
 from producer.api import anthropic_format as af
+from producer.api import jobs
 from producer.api.auth import ApiContext, Ctx, TenantDep
 from producer.api.errors import ApiError
 from producer.batch_input import Validator
