@@ -59,6 +59,10 @@ class Keys:
         """Sorted set of the batch ids a tenant created through the HTTP API, scored by creation time."""
         return f"{self.ns}:tenant:{tenant}:batches"
 
+    def tenant_message_batches(self, tenant: str) -> str:
+        """Sorted set of the Anthropic message batch ids a tenant created, scored by creation time."""
+        return f"{self.ns}:tenant:{tenant}:message_batches"
+
     def file(self, file_id: str) -> str:
         """Hash: an uploaded file's tenant, filename, purpose, bytes, lines, created_at, expires_at."""
         return f"{self.ns}:file:{file_id}"

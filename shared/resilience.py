@@ -284,25 +284,26 @@ class Gate:
                     await task
 
     # -- ops -------------------------------------------------------------------
-    async def force(self, provider: str, state: str) -> None:
+    async def force(self, provider: str, state: str, actor: str = "", why: str = "") -> None:
         """Pin the breaker of ``provider`` (or ``provider/model``): 'open', 'closed' or 'disabled'.
-        ``reset`` returns it to automatic operation."""
+        ``reset`` returns it to automatic operation. ``actor`` and ``why`` are kept in the
+        transition stream (the audit trail)."""
         target = FORCE_TARGETS.get(state)
         if target is None:
             raise ValueError(f"state must be one of {sorted(FORCE_TARGETS)}, not {state!r}")
-        await self._ops(provider, target)
+        await self._ops(provider, target, actor, why)
 
-    async def reset(self, provider: str) -> None:
+    async def reset(self, provider: str, actor: str = "", why: str = "") -> None:
         """Back to an automatic, closed breaker: empty window, no trip history, full concurrency limit."""
-        await self._ops(provider, "closed")
+        await self._ops(provider, "closed", actor, why)
 
-    async def _ops(self, name: str, target: str) -> None:
+    async def _ops(self, name: str, target: str, actor: str, why: str) -> None:
         scope = self._scope_policy(name).scope
         k = self.keys
         await self._call(
             self._force,
             [k.gate_state(scope), k.gate_window(scope), k.gate_probes(scope), k.breaker_events],
-            [scope, target, EVENTS_MAXLEN],
+            [scope, target, EVENTS_MAXLEN, actor, why[:500]],
         )
 
     async def snapshot(self, provider: str) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from shared.store import Store
 ROUTER_MODULES: list[str] = [
     "producer.api.openai",
     "producer.api.native",
+    "producer.api.ops",
+    "producer.api.anthropic",
 ]
 
 

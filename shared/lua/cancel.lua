@@ -30,6 +30,8 @@ for i = 8, #ARGV do
       if redis.call('HSETNX', KEYS[2], idx, res) == 1 then
         redis.call('RPUSH', KEYS[3], idx)
         redis.call('HINCRBY', KEYS[4], 'failed', 1)
+        -- counted apart too ('cancelled_lines' / 'expired_lines'): Anthropic's batches report them so
+        redis.call('HINCRBY', KEYS[4], ARGV[3] .. '_lines', 1)
         removed = removed + 1
       end
     end

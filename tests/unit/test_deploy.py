@@ -16,7 +16,10 @@ def test_compose_file_structure():
     services = doc["services"]
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     worker = services["worker"]
-    assert worker["command"] == ["fusebox", "worker"]
+    assert worker["command"][:2] == ["fusebox", "worker"]
+    assert worker["deploy"]["replicas"] == 2
+    assert services["api"]["command"][:2] == ["fusebox", "api"]
+    assert {"simulator", "prometheus", "grafana"} <= set(services)
     assert worker["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert (ROOT / worker["build"]["dockerfile"]).is_file()
     mounted = worker["volumes"][0].split(":")[0]
