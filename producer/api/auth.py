@@ -67,7 +67,12 @@ TenantDep = Annotated[Tenant, Depends(get_tenant)]
 async def require_admin(tenant: TenantDep) -> Tenant:
     """For ops routes: only admin keys (``fusebox keys create T --admin``)."""
     if not tenant.admin:
-        raise ApiError(403, "this endpoint needs an admin key", code="admin_required")
+        raise ApiError(
+            403,
+            "This endpoint needs an admin key (fusebox keys create NAME --admin).",
+            code="admin_required",
+            type="permission_error",
+        )
     return tenant
 
 

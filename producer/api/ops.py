@@ -8,39 +8,24 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from producer.api.auth import ApiContext, Ctx, TenantDep
+from producer.api.auth import AdminDep, ApiContext, Ctx
 from producer.api.errors import OPENAI_ERRORS, ApiError
 from producer.providers_cmd import describe
 from shared import metrics
 from shared.ops_view import batches_in_progress, fleet_state, provider_series
 from shared.providers.base import Provider
 from shared.resilience import Gate
-from shared.tenants import Tenant
 
 router = APIRouter(responses=OPENAI_ERRORS, tags=["ops"])
 _DIR = Path(__file__).parent
 EVENT_TICK_S = 1.0  # how often the event stream re-reads provider state and batch progress
-
-
-def require_admin(tenant: TenantDep) -> Tenant:
-    if not tenant.admin:
-        raise ApiError(
-            403,
-            "This endpoint needs an admin key (fusebox keys create NAME --admin).",
-            code="admin_required",
-            type="permission_error",
-        )
-    return tenant
-
-
-AdminDep = Annotated[Tenant, Depends(require_admin)]
 
 
 def gate_of(ctx: ApiContext, request: Request) -> Gate:
