@@ -386,6 +386,8 @@ def _snapshot(pol: Policy, res: list[Any]) -> dict[str, Any]:
         "failure_rate": fails / calls if calls else 0.0,
         "slow_rate": slow / calls if calls else 0.0,
         "minimum_calls": pol.breaker.minimum_calls,
+        "consecutive_failures": int(h.get("cf", 0)),
+        "consecutive_failures_to_trip": pol.breaker.consecutive_failures,
         "in_flight": in_flight,
         "max_concurrency": pol.max_concurrency,
         "effective_limit": effective,

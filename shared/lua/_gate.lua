@@ -84,7 +84,8 @@ end
 local function transition(state_key, events_key, maxlen, scope, to, reason, now, fields)
   local from = redis.call('HGET', state_key, 'st') or 'closed'
   local gen = redis.call('HINCRBY', state_key, 'gen', 1)
-  redis.call('HSET', state_key, 'st', to, 'at', fmt(now), 'from', from, 'why', reason, 'hp_ok', 0, 'hp_slow', 0)
+  redis.call('HSET', state_key, 'st', to, 'at', fmt(now), 'from', from, 'why', reason, 'hp_ok', 0, 'hp_slow', 0,
+    'cf', 0)
   local entry = {'scope', scope, 'from', from, 'to', to, 'reason', reason, 'gen', gen, 'at_ms', fmt(now)}
   for _, v in ipairs(fields or {}) do entry[#entry + 1] = v end
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(entry))
