@@ -91,7 +91,8 @@ def test_batch_completes_on_the_fallback_and_results_record_every_attempt(redis_
     # worker or be deferred through arq, and their attempts must survive that
     providers = {"a": {"max_concurrency": 256, "models": ["m"]}, "b": {"max_concurrency": 4, "models": ["m"]}}
     extra: dict[str, Any] = {
-        "breaker": {"minimum_calls": 1_000_000, "consecutive_failures": 1_000_000},  # never trips: every job tries A, retries, then falls back
+        # never trips: every job tries A, retries, then falls back
+        "breaker": {"minimum_calls": 1_000_000, "consecutive_failures": 1_000_000},
         "retry": {"max_attempts": 2, "backoff_base": 0.01},
         "routes": {"r": {"candidates": ["a/m", "b/m"]}},
     }
