@@ -59,6 +59,7 @@ class Outcome:
     error: ErrorInfo | None
     settle: ScriptCall | None = None  # the last attempt's settle, sent with the result write
     scope: str | None = None  # the gate scope that settle frees a slot of
+    admission: Admission | None = None  # the call that settle ends
 
 
 class Deferred(Exception):
@@ -123,22 +124,28 @@ class Executor:
                 )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
-        await self._write(spec, result, outcome.settle)
+        await self._write(spec, result, outcome.settle, outcome.admission)
         if outcome.scope is not None:
             self.local.release(outcome.scope)
         return result
 
-    async def _write(self, spec: JobSpec, result: JobResult, settle: ScriptCall | None) -> None:
+    async def _write(
+        self, spec: JobSpec, result: JobResult, settle: ScriptCall | None, adm: Admission | None = None
+    ) -> None:
         """Store the result exactly once, with the last attempt's settle in the same round trip. A settle
-        that fails (a script error) costs its lease until it expires, never the result."""
+        that fails (a script error) never costs the result; its lease is released before the next admit."""
         calls = [c for c in (settle, self.store.complete_call(result, spec.tenant)) if c is not None]
         try:
             replies = await run_pipelined(self.store.redis, calls, raise_on_error=False)
         except (OSError, RedisConnectionError, RedisTimeoutError) as e:
+            if adm is not None:
+                self.gate.unsettled(adm)
             # the worker re-queues the job once Redis answers again (FuseboxWorker._reap_tasks)
             raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
         if settle is not None and isinstance(replies[0], Exception):
-            log.error("job %s: settling its call failed (%s); its lease expires", spec.id, replies[0])
+            log.error("job %s: settling its call failed: %s", spec.id, replies[0])
+            if adm is not None:
+                self.gate.unsettled(adm)
         if isinstance(replies[-1], Exception):
             raise replies[-1]
         written, _ = self.store.completed(replies[-1])
@@ -267,7 +274,7 @@ class Executor:
                     attempts.append(
                         Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
                     )
-                    return Outcome(resp, cand, None, settle, adm.scope)
+                    return Outcome(resp, cand, None, settle, adm.scope, adm)
                 assert err is not None
                 last = err
                 errors.append(err)
@@ -281,7 +288,7 @@ class Executor:
                     )
                 )
                 if err.error_class is ErrorClass.FINAL:
-                    return Outcome(None, cand, _info(err), settle, adm.scope)
+                    return Outcome(None, cand, _info(err), settle, adm.scope, adm)
                 await self._settle(spec, adm, outcome_of(err), latency, tokens)
                 self.local.release(adm.scope)
                 if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
@@ -319,6 +326,7 @@ class Executor:
             raise
         except Exception as e:
             log.error("job %s: settling a %s call failed: %s: %s", spec.id, adm.scope, type(e).__name__, e)
+            self.gate.unsettled(adm)  # its lease is released before this worker's next admission
 
     async def _carry(self, spec: JobSpec, attempts: list[Attempt]) -> None:
         """Rewrite the queued payload so the next run starts with ``attempts``: arq re-runs a deferred
