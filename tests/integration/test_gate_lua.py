@@ -12,6 +12,8 @@ from typing import Any
 
 from shared.config import BreakerConfig, FileConfig, LimitsConfig, ProviderConfig
 from shared.resilience import Gate
+from shared.schema import JobResult, Usage
+from shared.store import Store
 
 
 def _gate(redis: Any, settings: Any, **breaker: Any) -> Gate:
@@ -72,3 +74,17 @@ async def test_window_totals_stay_consistent_over_many_rolls(redis, settings):
         await asyncio.sleep(rng.choice([0, 0.01, 0.04]))
     raw = await redis.hgetall(settings.keys.gate_window("p"))
     assert all(int(v) >= 0 for k, v in raw.items() if k != b"h"), raw
+
+
+async def test_complete_counts_odd_provider_token_figures_as_whole_numbers(redis, settings):
+    """Providers report usage; a fraction, "-0" or NaN there must not fail the result's write."""
+    store = Store(redis, settings.keys, settings.file.batches)
+    usage = Usage(prompt_tokens=12.7, completion_tokens=-0.0, cached_tokens=float("nan"))  # type: ignore[arg-type]
+    for i, u in enumerate([usage, Usage(prompt_tokens=5, completion_tokens=3)]):
+        r = JobResult(id=f"b:c{i}", status_code=200, custom_id=f"c{i}", batch_id="b", line=i, usage=u,
+                      cost_usd=float("inf") if i == 0 else 0.5)  # fmt: skip
+        written, _ = await store.complete(r)
+        assert written
+    h = await redis.hgetall(settings.keys.batch("b"))
+    assert (h[b"completed"], h[b"prompt_tokens"], h[b"completion_tokens"]) == (b"2", b"17", b"3")
+    assert b"cached_tokens" not in h and float(h[b"cost_usd"]) == 0.5
