@@ -319,14 +319,14 @@ class Executor:
 
     async def _settle(self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int) -> None:
         """Settle a failed attempt before the next one. A script error here must not end the job: the
-        lease then expires by itself and the breaker misses one outcome."""
+        breaker misses one outcome, and the lease is released before this worker's next admission."""
         try:
             await self.gate.settle(adm, outcome, latency, tokens)
         except _REDIS_DOWN:
             raise
         except Exception as e:
             log.error("job %s: settling a %s call failed: %s: %s", spec.id, adm.scope, type(e).__name__, e)
-            self.gate.unsettled(adm)  # its lease is released before this worker's next admission
+            self.gate.unsettled(adm)
 
     async def _carry(self, spec: JobSpec, attempts: list[Attempt]) -> None:
         """Rewrite the queued payload so the next run starts with ``attempts``: arq re-runs a deferred
@@ -387,7 +387,7 @@ def _spent(
             never.add(k)
         else:
             used[k] += 1
-        if len(never) < len(used) and all(k in never or n >= budget for k, n in used.items()):
+        if len(never) < len(used) and all(c in never or n >= budget for c, n in used.items()):
             rounds += 1
             used = dict.fromkeys(used, 0)
     return {k: budget if k in never else n for k, n in used.items()}, rounds
