@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import codec
+from shared import codec, metrics
 from shared.errors import ErrorClass, ProviderError
 from shared.keys import ARQ_JOB
 from shared.providers.base import ProviderResponse
@@ -70,6 +70,7 @@ class Deferred(Exception):
         super().__init__(f"all candidates unavailable ({', '.join(reasons)}); retry in {delay:.2f}s")
         self.delay = delay
         self.error = error
+        self.reasons = reasons
 
 
 class Executor:
@@ -116,6 +117,7 @@ class Executor:
                 outcome = await self._call(spec, candidates, attempts)
             except Deferred as d:
                 if job_try < self.max_tries:
+                    metrics.record_deferral(d.reasons)
                     if len(attempts) > len(spec.prior_attempts):
                         await self._carry(spec, attempts)
                     raise Retry(defer=d.delay) from None
@@ -125,6 +127,7 @@ class Executor:
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
         await self._write(spec, result, outcome.settle, outcome.admission)
+        metrics.record_result(result, spec.kind)
         if outcome.scope is not None:
             self.local.release(outcome.scope)
         return result
@@ -268,6 +271,10 @@ class Executor:
                     ErrorClass.RATE_LIMITED,
                 )
                 self.router.finished(cand, latency, not provider_fault)
+                metrics.record_call(
+                    cand.provider.name, cand.model, 200 if err is None else err.status,
+                    None if err is None else err.error_class.value, latency / 1000,
+                )  # fmt: skip
                 tokens = resp.usage.total_tokens if resp is not None else 0
                 settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens)
                 if resp is not None:
@@ -294,6 +301,7 @@ class Executor:
                 if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
                     break  # this candidate cannot serve it: the next one
                 if n + 1 < self.policy.max_attempts:
+                    metrics.RETRIES.labels(cand.provider.name).inc()
                     delay = self.policy.delay(n, err.retry_after)
                     if self.policy.should_defer(delay):
                         raise Deferred(delay, [f"{cand.label} asked to wait"])
