@@ -65,7 +65,7 @@ async def test_worker_counters_follow_the_jobs(settings: Settings, redis) -> Non
     worker = build_worker(settings, redis, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        sub = await client.submit_batch(lines)
+        await client.submit_batch(lines)
         # the failing lines keep being deferred (transient errors never fail a batch line early):
         # wait for the good ones and a few rounds of the bad ones
         for _ in range(600):
