@@ -47,6 +47,7 @@ MAX_LOCAL_ROUNDS = 20
 # the line is answered with an ``internal_error``: never deleted without a result.
 INTERNAL_TRIES = 5
 INTERNAL_BACKOFF_S = 0.5
+REDIS_RETRY_S = 1.0  # a job cut off by a Redis error runs again after this
 # The Attempt recorded for a run that ended in an unexpected error (carried like provider attempts).
 INTERNAL = "internal"
 _REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
@@ -96,9 +97,10 @@ class Executor:
     async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
         """Run the job; None when it was deferred (arq re-queues it) instead of finishing.
 
-        Whatever goes wrong short of a Redis outage (which the worker handles by re-queueing once Redis
-        is back), the job is never left to arq to drop: it runs again (arq Retry), and on its last try
-        the line is answered with an ``internal_error``.
+        Whatever goes wrong, the job is never left to arq to drop: a Redis error runs it again (arq Retry;
+        if Redis is down the worker re-queues it once it is back), and any other error (a bug, a script
+        error, a run past job_timeout) runs it again with backoff until, on its last chance, the line is
+        answered with an ``internal_error``.
         """
         spec = codec.decode_spec(raw)
         attempts: list[Attempt] = list(spec.prior_attempts)
@@ -112,12 +114,19 @@ class Executor:
         except Retry:
             raise
         except TimeoutError as e:
-            if not cm.expired():
-                raise  # a socket timeout: Redis (handled by the worker) or something it owns
+            if not cm.expired():  # a socket timeout, not the job's deadline
+                if job_try >= self.max_tries:
+                    raise
+                raise Retry(defer=REDIS_RETRY_S) from e
             limit = f"the job ran longer than its job_timeout ({self.job_timeout:g}s)"
             return await self._internal_error(spec, job_try, attempts, e, limit)
-        except _REDIS_DOWN:
-            raise
+        except _REDIS_DOWN as e:
+            # Ask arq to run it again. If Redis is still down arq cannot record that either, and the
+            # worker re-queues the job once Redis is back (FuseboxWorker._reap_tasks); if it was a blip,
+            # arq's own finish would otherwise delete the job without a result.
+            if job_try >= self.max_tries:
+                raise
+            raise Retry(defer=REDIS_RETRY_S) from e
         except Exception as e:
             return await self._internal_error(spec, job_try, attempts, e)
 
