@@ -47,6 +47,7 @@ MAX_LOCAL_ROUNDS = 20
 # the line is answered with an ``internal_error``: never deleted without a result.
 INTERNAL_TRIES = 5
 INTERNAL_BACKOFF_S = 0.5
+REDIS_RETRY_S = 1.0  # a job cut off by a Redis error runs again after this
 # The Attempt recorded for a run that ended in an unexpected error (carried like provider attempts).
 INTERNAL = "internal"
 _REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
@@ -82,31 +83,57 @@ class Executor:
         policy: RetryPolicy,
         max_tries: int = 1000,
         local_waiters: int = 50,
+        job_timeout: float | None = None,
     ) -> None:
+        """``job_timeout`` is arq's: past it arq cancels the job and drops it without a result, so the
+        executor ends a run a little before (the job runs again, or its line gets an error)."""
         self.store = store
         self.router = router
         self.gate = gate
         self.policy = policy
         self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
         self.local = LocalLines(local_waiters)
+        self.job_timeout = job_timeout
 
     async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
         """Run the job; None when it was deferred (arq re-queues it) instead of finishing.
 
-        Whatever goes wrong short of a Redis outage (which the worker handles by re-queueing once Redis
-        is back), the job is never left to arq to drop: it runs again (arq Retry), and on its last try
-        the line is answered with an ``internal_error``.
+        Whatever goes wrong, the job is never left to arq to drop: a Redis error runs it again (arq Retry;
+        if Redis is down the worker re-queues it once it is back), and any other error (a bug, a script
+        error, a run past job_timeout) runs it again with backoff until, on its last chance, the line is
+        answered with an ``internal_error``.
         """
         spec = codec.decode_spec(raw)
         attempts: list[Attempt] = list(spec.prior_attempts)
+        deadline = None
+        if self.job_timeout is not None:
+            margin = max(0.2, min(2.0, self.job_timeout * 0.1))
+            deadline = asyncio.get_running_loop().time() + max(0.1, self.job_timeout - margin)
         try:
-            return await self._run(spec, job_try, attempts)
-        except (Retry, *_REDIS_DOWN):
+            async with asyncio.timeout_at(deadline) as cm:
+                return await self._run(spec, job_try, attempts, deadline)
+        except Retry:
             raise
+        except TimeoutError as e:
+            if not cm.expired():  # a socket timeout, not the job's deadline
+                if job_try >= self.max_tries:
+                    raise
+                raise Retry(defer=REDIS_RETRY_S) from e
+            limit = f"the job ran longer than its job_timeout ({self.job_timeout:g}s)"
+            return await self._internal_error(spec, job_try, attempts, e, limit)
+        except _REDIS_DOWN as e:
+            # Ask arq to run it again. If Redis is still down arq cannot record that either, and the
+            # worker re-queues the job once Redis is back (FuseboxWorker._reap_tasks); if it was a blip,
+            # arq's own finish would otherwise delete the job without a result.
+            if job_try >= self.max_tries:
+                raise
+            raise Retry(defer=REDIS_RETRY_S) from e
         except Exception as e:
             return await self._internal_error(spec, job_try, attempts, e)
 
-    async def _run(self, spec: JobSpec, job_try: int, attempts: list[Attempt]) -> JobResult | None:
+    async def _run(
+        self, spec: JobSpec, job_try: int, attempts: list[Attempt], deadline: float | None
+    ) -> JobResult | None:
         started = time.perf_counter()
         try:
             candidates = self.router.candidates(spec.req().model)
@@ -114,7 +141,7 @@ class Executor:
             outcome = Outcome(None, None, ErrorInfo(code=e.code, message=e.message, status=400))
         else:
             try:
-                outcome = await self._call(spec, candidates, attempts)
+                outcome = await self._call(spec, candidates, attempts, deadline)
             except Deferred as d:
                 if job_try < self.max_tries:
                     metrics.record_deferral(d.reasons)
@@ -161,12 +188,12 @@ class Executor:
                 log.error("job %s: its webhook could not be queued: %s: %s", spec.id, type(e).__name__, e)
 
     async def _internal_error(
-        self, spec: JobSpec, job_try: int, attempts: list[Attempt], exc: Exception
+        self, spec: JobSpec, job_try: int, attempts: list[Attempt], exc: Exception, why: str = ""
     ) -> JobResult:
         """An unexpected error: run the job again later, or answer the line if this was its last chance."""
         attempts.append(Attempt(provider="", model="", latency_ms=0.0, status=500, error_class=INTERNAL))
         n = sum(1 for a in attempts if a.error_class == INTERNAL)
-        what = f"{type(exc).__name__}: {str(exc)[:300]}"
+        what = why or f"{type(exc).__name__}: {str(exc)[:300]}"
         if n < INTERNAL_TRIES and job_try < self.max_tries:
             delay = INTERNAL_BACKOFF_S * 2 ** (n - 1) * random.uniform(0.8, 1.2)
             log.warning("job %s: try %d failed (%s); it runs again in %.1fs", spec.id, job_try, what, delay)
@@ -174,8 +201,8 @@ class Executor:
             raise Retry(defer=delay) from None
         log.error("job %s failed %d times (%s): answered with internal_error", spec.id, n, what, exc_info=exc)
         info = ErrorInfo(
-            code="internal_error", message=f"internal error ({type(exc).__name__})", error_class=INTERNAL,
-            status=500,
+            code="internal_error", message=why or f"internal error ({type(exc).__name__})",
+            error_class=INTERNAL, status=500,
         )  # fmt: skip
         result = self._result(spec, Outcome(None, None, info), attempts, time.perf_counter())
         await self._write(spec, result, None)
@@ -189,7 +216,9 @@ class Executor:
         assert spec.embed is not None
         return sum(estimate_text(t) for t in spec.embed.texts())
 
-    async def _call(self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt]) -> Outcome:
+    async def _call(
+        self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt], deadline: float | None
+    ) -> Outcome:
         # The job may stand in every candidate's line; admitted anywhere, it leaves them all.
         lines = (
             [self.gate.policy(c.provider.name, c.model).scope for c in candidates]
@@ -198,6 +227,9 @@ class Executor:
         )
         est = self._estimate(spec)
         errors: list[ProviderError] = []
+        loop = asyncio.get_running_loop()
+        # Wait in the worker only through the first third of the run: the call itself needs the rest.
+        wait_until = None if deadline is None else loop.time() + (deadline - loop.time()) / 3
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self._try_candidates(spec, candidates, attempts, est, lines, denied, errors)
@@ -205,7 +237,8 @@ class Executor:
                 return outcome
             delay = _come_back_in(denied)
             full = [d.scope for d in denied if d.reason == "saturated"]
-            if len(full) == len(denied) and self.local.has_room(full):
+            in_time = wait_until is None or loop.time() < wait_until
+            if len(full) == len(denied) and in_time and self.local.has_room(full):
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
                 freed = await self.local.wait(full, min(delay, LOCAL_WAIT_S))

@@ -45,7 +45,9 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     wc = cfg.worker
     local = wc.local_waiters if wc.local_waiters is not None else max(1, wc.max_jobs // 4)
     store = Store(redis, settings.keys, cfg.batches)
-    return Executor(store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local)
+    return Executor(
+        store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local, job_timeout=wc.job_timeout
+    )
 
 
 class FuseboxWorker(Worker):

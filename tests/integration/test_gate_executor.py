@@ -225,3 +225,15 @@ async def test_a_single_job_still_fails_after_its_attempts(settings, redis):
         job = await client.submit({"model": "simulated/chat", "messages": [{"role": "user", "content": "x"}]})
         r = await client.wait(job, timeout=30)
     assert not r.ok and _provider_attempts(r) == 2
+
+
+async def test_a_job_past_its_job_timeout_is_answered_not_dropped(settings, redis, monkeypatch):
+    """arq drops a job that outlives job_timeout without a result; the executor ends the run first."""
+    monkeypatch.setattr(executor_mod, "INTERNAL_BACKOFF_S", 0.02)
+    cfg = FileConfig(simulated=SimulatedConfig(latency_ms=1500), worker=WorkerConfig(job_timeout=1.0))
+    async with _worker(settings, redis, cfg) as (_, client):
+        results = await _batch(client, 5, timeout=60)
+    for r in results:
+        assert r.error is not None and r.error.code == "internal_error", r
+        assert "job_timeout" in r.error.message
+        assert sum(1 for a in r.attempts if a.error_class == "internal") == executor_mod.INTERNAL_TRIES
