@@ -101,8 +101,14 @@ def run_action(args: argparse.Namespace, settings: Settings) -> int:
     async def body(gate: Gate) -> int:
         known = [p.scope for p in gate.scopes()]
         if args.name not in known:
-            print(f"error: no provider {args.name!r} (known: {', '.join(known)})", file=sys.stderr)
-            return 2
+            hint = ""
+            if "/" in args.name:
+                prov, _, model = args.name.partition("/")
+                hint = (
+                    f"; a provider/model breaker exists only for models listed under "
+                    f'[providers.{prov}.per_model."{model}"] in fusebox.toml'
+                )
+            raise CliError(f"no breaker {args.name!r} (known: {', '.join(known)}){hint}")
         if args.action == "reset":
             await gate.reset(args.name)
         else:
