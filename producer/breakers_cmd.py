@@ -108,7 +108,8 @@ def run_action(args: argparse.Namespace, settings: Settings) -> int:
                     f"; a provider/model breaker exists only for models listed under "
                     f'[providers.{prov}.per_model."{model}"] in fusebox.toml'
                 )
-            raise CliError(f"no breaker {args.name!r} (known: {', '.join(known)}){hint}")
+            print(f"error: no breaker {args.name!r} (known: {', '.join(known)}){hint}", file=sys.stderr)
+            return 2
         if args.action == "reset":
             await gate.reset(args.name)
         else:

@@ -102,7 +102,7 @@ def _cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusebox",
         description="Run LLM chat and embedding jobs at volume.",
@@ -133,12 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_redis)
 
     # Each command module adds its own subcommands: register(subparsers) sets fn(args, settings) -> int.
+    # The simulator's options are registered only when it is the command (they import its server).
+    simulate = "simulate" in (sys.argv[1:] if argv is None else argv)
     for mod in COMMAND_MODULES:
-        importlib.import_module(mod).register(sub)
+        m = importlib.import_module(mod)
+        if mod == "producer.simulate_cmd" and not simulate:
+            m.register_stub(sub)
+        else:
+            m.register(sub)
     # '-v' after the command too; SUPPRESS keeps a subcommand from resetting 'fusebox -v CMD'.
-    for name, cmd in sub.choices.items():
-        if name == "simulate":  # passes its arguments through to the simulator
-            continue
+    for cmd in sub.choices.values():
         try:
             cmd.add_argument(
                 "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show error details"
@@ -190,12 +194,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "simulate":  # its options are the simulator's, parsed when it runs
-        args.sim_args = [*extra, *args.sim_args]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = build_parser(argv).parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     url: str | None = None
     try:

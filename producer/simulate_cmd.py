@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shared.config import Settings
 
+HELP = "serve the OpenAI, Anthropic, Gemini, Ollama and Cohere APIs on loopback, with chaos"
 DESCRIPTION = (
     "Serve simulated provider APIs with deterministic replies and configurable latency, "
     "error mix, outages and hidden capacity. Admin: GET /_sim/stats, POST /_sim/reset, "
@@ -16,22 +17,19 @@ DESCRIPTION = (
 
 
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    # The simulator's options live with it (shared/simulator/cli.py) and are parsed only when it
-    # runs, so that 'fusebox --help' does not import the simulator's server.
-    from shared.simulator.cli import add_arguments, run
+    from shared.simulator.cli import run
 
-    p = argparse.ArgumentParser(prog="fusebox simulate", description=DESCRIPTION)
-    add_arguments(p)
-    return run(p.parse_args(args.sim_args))
+    return run(args)
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "simulate",
-        add_help=False,
-        usage="fusebox simulate [--help] [simulator options]",
-        help="serve the OpenAI, Anthropic, Gemini, Ollama and Cohere APIs on loopback, with chaos",
-        description=DESCRIPTION,
-    )
-    p.add_argument("sim_args", nargs=argparse.REMAINDER, help="see 'fusebox simulate --help'")
+    from shared.simulator.cli import add_arguments
+
+    p = subparsers.add_parser("simulate", help=HELP, description=DESCRIPTION)
+    add_arguments(p)
     p.set_defaults(fn=_cmd_simulate)
+
+
+def register_stub(subparsers: Any) -> None:
+    """Only the name and help line, for listings: the simulator's options import its server."""
+    subparsers.add_parser("simulate", help=HELP, description=DESCRIPTION)

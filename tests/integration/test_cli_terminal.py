@@ -23,7 +23,7 @@ HEAVY = ("arq", "redis", "httpx", "aiohttp", "pydantic", "pydantic_settings", "m
 _HELP_IMPORTS = """
 import sys
 from producer.cli import build_parser
-for argv in (["--help"], ["submit", "--help"], ["breakers", "--help"], ["simulate", "--help"]):
+for argv in (["--help"], ["submit", "--help"], ["breakers", "--help"], ["usage", "--help"]):
     try:
         build_parser().parse_args(argv)
     except SystemExit:
