@@ -270,6 +270,7 @@ def adaptive_scenario(
         "settled_mean_limit": statistics.fmean(settled),
         "settled_median_limit": statistics.median(settled),
         "settled_range": (min(settled), max(settled)),
+        "limit_min": min([lim for _, lim in samples] + [snap["effective_limit"]]),
         "max_in_flight": stats["max_in_flight"],
         "requests": stats["requests"],
         "n429": n429,
@@ -347,20 +348,23 @@ def hol_scenario(
 
 
 # -- e. kill -9 the worker holding leases and a half-open probe -------------------------------------------
+# Leases of a few seconds: reclaimed quickly, yet long enough that a starved live worker renews them
+# (every third of a lease) and that the dead worker's slots are still held when inspected after the kill.
 KILL_BREAKER = {
     "minimum_calls": 5,
     "window_seconds": 30,
     "wait_open_seconds": 1,
     "wait_open_jitter": 0,
     "half_open_probes": 1,
-    "probe_lease_seconds": 2,
+    "probe_lease_seconds": 5,
 }
 
 
 def kill9_scenario(n: int = 600, say: Say = print, redis_url: str | None = None) -> dict[str, Any]:
     sim = {
         "a": {"format": "openai", "latency": {"ms": 1500}, "down": True},
-        "b": {"format": "openai", "latency": {"ms": 20}},
+        # slow enough that B's 8 slots are all busy at once whatever the machine's load
+        "b": {"format": "openai", "latency": {"ms": 200}},
     }
     providers = {
         "a": {"max_concurrency": 4, "models": ["m"]},
@@ -368,9 +372,10 @@ def kill9_scenario(n: int = 600, say: Say = print, redis_url: str | None = None)
     }
     extra = {
         "breaker": KILL_BREAKER,
-        "limits": {"lease_seconds": 2},
-        # arq re-runs a killed worker's jobs once their in-progress key lapses: job_timeout + 10 s
-        "worker": {"job_timeout": 3},
+        "limits": {"lease_seconds": 5},
+        # arq re-runs a killed worker's jobs once their in-progress key lapses (job_timeout + 10 s); a
+        # shorter job_timeout makes arq cancel calls that a loaded machine slows past it
+        "worker": {"job_timeout": 30},
         "routes": {"r": {"candidates": ["a/m", "b/m"]}},
     }
     with Stack(sim_routes=sim, providers=providers, workers=1, extra_config=extra, redis_url=redis_url) as st:
