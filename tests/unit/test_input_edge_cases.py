@@ -3,7 +3,9 @@ files no line can come from are refused with a message; the routing table produc
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,29 @@ def test_usage_rows_group_by_the_chosen_columns() -> None:
     (one,) = group_rows(rows, "provider,model")
     assert (one.provider, one.model, one.tenant, one.requests) == ("a", "m", "*", 5)
     assert [r.tenant for r in group_rows(rows, "tenant")] == ["t1", "t2"]
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tables_fit_an_80_column_terminal_and_are_plain_when_piped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.tables import print_table
+
+    monkeypatch.setenv("COLUMNS", "80")
+    rows = [
+        [f"batch_{'x' * 24}{i}", "in_progress", 1234, 5, 99999, "a-long-input-file-name.jsonl"]
+        for i in range(3)
+    ]
+    headers = ["id", "status", "done", "failed", "total", "input"]
+    tty = _Tty()
+    print_table(headers, rows, numeric={2, 3, 4}, stream=tty)
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", tty.getvalue()).splitlines()
+    assert lines and max(len(ln) for ln in lines) <= 80, lines
+    assert "in_progress" in tty.getvalue()
+    plain = io.StringIO()
+    print_table(headers, rows, numeric={2, 3, 4}, stream=plain)
+    out = plain.getvalue().splitlines()
+    assert out[0].split() == headers and len(out) == 4
+    assert "\x1b" not in plain.getvalue()
