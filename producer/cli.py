@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         os._exit(1)
-    except Exception as e:
+    except (Exception, asyncio.CancelledError) as e:
         code, message = describe_error(e, url)
         from producer.progress import close_all
 

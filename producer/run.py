@@ -119,8 +119,12 @@ async def _run(opts: RunOptions, settings: Settings, url: str, prompts: dict[str
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        with contextlib.suppress(Exception):  # Redis may be what failed: the first error is the one to tell
-            await worker.close()  # also closes the shared pool
+        # Redis may be what failed (the first error is the one to tell), and a job the worker was still
+        # running (a periodic check) is cancelled with it: neither changes the batch's outcome.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await worker.close()  # also closes the shared pool (unless a cancelled job cut it short)
+        with contextlib.suppress(Exception):
+            await redis.aclose()
     secs = time.monotonic() - t0
     dest = f"{opts.output}" + (f" (errors: {opts.errors})" if opts.errors else "")
     _say(
