@@ -70,6 +70,17 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     setup_logging(getattr(args, "verbose", False))
     init_sentry(settings.sentry_dsn, "worker")
     print(f"fusebox worker: queue {settings.keys.queue} on {redact_url(settings.redis_url)}", file=sys.stderr)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from shared.metrics import REGISTRY
+
+        # a thread of its own: scrapes never wait on the job loop
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
+        print(
+            f"fusebox worker: metrics on http://{args.metrics_host}:{args.metrics_port}/metrics",
+            file=sys.stderr,
+        )
     overrides = {"burst": True} if args.burst else {}
     worker = build_worker(settings, **overrides)
     worker.run()
@@ -127,6 +138,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run a long-lived worker against REDIS_URL")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
+    w.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port (default all)")
     w.set_defaults(fn=_cmd_worker)
 
     s = sub.add_parser("redis", help="run the bundled Valkey server in the foreground")

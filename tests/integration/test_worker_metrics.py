@@ -91,3 +91,57 @@ async def test_worker_counters_follow_the_jobs(settings: Settings, redis) -> Non
     assert _delta(before, after, "fusebox_tokens_total", provider="good", model="m", type="prompt") > 0
     assert _delta(before, after, "fusebox_provider_retries_total", provider="bad") >= 3
     assert _delta(before, after, "fusebox_job_deferrals_total", reason="retry_wait") >= 1
+
+
+async def test_fusebox_worker_serves_its_metrics_on_a_port(settings: Settings, redis) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    import httpx
+
+    from shared.embedded import free_port
+    from tests.conftest import PYTHON, subprocess_env
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "producer.cli", "worker", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+        env=subprocess_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = FuseboxClient(redis, settings)
+        lines = [
+            json.dumps(
+                {
+                    "custom_id": f"c{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q{i}"}]},
+                }
+            )
+            for i in range(5)
+        ]
+        sub = await client.submit_batch(lines)
+        counts = await client.wait_batch(sub.batch_id, timeout=120)
+        assert counts.completed == 5
+        seen = 0.0
+        async with httpx.AsyncClient(timeout=5) as http:
+            for _ in range(100):
+                try:
+                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+                    continue
+                fams = {f.name: f for f in text_string_to_metric_families(text)}
+                seen = sum(
+                    s.value
+                    for s in fams["fusebox_jobs"].samples
+                    if s.name == "fusebox_jobs_total" and s.labels.get("outcome") == "succeeded"
+                )
+                if seen >= 5:
+                    break
+                await asyncio.sleep(0.1)
+        assert seen == 5
+    finally:
+        proc.terminate()
+        proc.wait(30)
