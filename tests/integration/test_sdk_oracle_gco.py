@@ -27,6 +27,7 @@ from shared.providers.ollama import OllamaProvider
 from shared.schema import ChatRequest, EmbeddingRequest
 from shared.simulator import SimulatorProcess, SimulatorServer
 from shared.simulator.config import validate_config
+from tests.unit.wire import embed_answer, embed_texts
 
 genai_types = pytest.importorskip("google.genai.types")
 cohere = pytest.importorskip("cohere")
@@ -159,14 +160,9 @@ class Echo:
         body = json.loads(request.content)
         path = request.url.path
         self.bodies.append((path, body))
-        if path.endswith(":batchEmbedContents"):
-            return httpx.Response(200, json={"embeddings": [{"values": [0.1]} for _ in body["requests"]]})
-        if path.endswith(":embedContent"):
-            return httpx.Response(200, json={"embedding": {"values": [0.1]}})
-        if path.endswith("/v2/embed"):
-            return httpx.Response(200, json={"embeddings": {"float": [[0.1] for _ in body["texts"]]}})
-        if path.endswith("/api/embed"):
-            return httpx.Response(200, json={"embeddings": [[0.1] for _ in body["input"]]})
+        texts = embed_texts(path, body)
+        if texts is not None:
+            return httpx.Response(200, json=embed_answer(path, body, [[0.1] for _ in texts]))
         return httpx.Response(200, json=self.chat_answer)
 
 

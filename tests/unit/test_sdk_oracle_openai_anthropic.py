@@ -13,7 +13,6 @@ import json
 import struct
 from typing import Any
 
-import httpx
 import pytest
 from anthropic.types import Message
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
@@ -29,6 +28,7 @@ from shared.simulator.formats.anthropic import AnthropicFormat
 from shared.simulator.formats.openai import OpenAIFormat
 from shared.simulator.wire import chat_reply, vector
 from tests.typed_oracle import Mismatch, check, parse_strict
+from tests.unit.wire import Wire
 
 
 class MessageCreateParams20230601(MessageCreateParamsNonStreaming, total=False):
@@ -199,18 +199,6 @@ EMBED_CORPUS: dict[str, dict[str, Any]] = {
 }
 
 
-class _Capture:
-    def __init__(self, answer: dict[str, Any]) -> None:
-        self.answer = answer
-        self.bodies: list[dict[str, Any]] = []
-        self.urls: list[str] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.bodies.append(json.loads(request.content))
-        self.urls.append(str(request.url))
-        return httpx.Response(200, json=self.answer)
-
-
 OPENAI_OK = {
     "id": "chatcmpl-1",
     "object": "chat.completion",
@@ -231,17 +219,17 @@ ANTHROPIC_OK = {
 
 
 async def _openai_body(job: dict[str, Any], type_: str = "openai", **options: Any) -> dict[str, Any]:
-    cap = _Capture(OPENAI_OK)
+    wire = Wire((200, OPENAI_OK, {}))
     cls = AzureOpenAIProvider if type_ == "azure" else OpenAIProvider
     cfg = ProviderConfig(type=type_, base_url="https://r.openai.azure.com", options=options)
     p = cls(
         type_,
         cfg,
         env={"OPENAI_API_KEY": "sk-x", "AZURE_OPENAI_API_KEY": "k"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     await p.chat(ChatRequest.from_body(job), job["model"])
-    return cap.bodies[0]
+    return wire.body(0)
 
 
 @pytest.mark.parametrize("name", sorted(CHAT_CORPUS))
@@ -256,19 +244,18 @@ async def test_azure_v1_chat_bodies_validate_against_the_sdk(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(EMBED_CORPUS))
 async def test_openai_embedding_bodies_validate_against_the_sdk(name: str) -> None:
-    cap = _Capture(
-        {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
-    )
+    empty = {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    wire = Wire((200, empty, {}))
     p = OpenAIProvider(
         "openai",
         ProviderConfig(type="openai"),
         env={"OPENAI_API_KEY": "sk-x"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     job = EMBED_CORPUS[name]
     await p.embed(EmbeddingRequest.from_body(job), job["model"])
-    check(cap.bodies[0], EmbeddingCreateParams)
-    assert cap.bodies[0]["input"] == job["input"]
+    check(wire.body(0), EmbeddingCreateParams)
+    assert wire.body(0)["input"] == job["input"]
 
 
 ANTHROPIC_CORPUS = {k: v for k, v in CHAT_CORPUS.items() if k != "json_mode"}  # json_object: refused
@@ -277,16 +264,16 @@ ANTHROPIC_CORPUS = {k: v for k, v in CHAT_CORPUS.items() if k != "json_mode"}  #
 @pytest.mark.parametrize("name", sorted(ANTHROPIC_CORPUS))
 @pytest.mark.parametrize("version", ["2023-06-01", "2026-10-21"])
 async def test_anthropic_bodies_validate_against_the_sdk(name: str, version: str) -> None:
-    cap = _Capture(ANTHROPIC_OK)
+    wire = Wire((200, ANTHROPIC_OK, {}))
     p = AnthropicProvider(
         "claude",
         ProviderConfig(type="anthropic", options={"anthropic_version": version}),
         env={"ANTHROPIC_API_KEY": "sk-ant-x"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     job = {**ANTHROPIC_CORPUS[name], "model": "claude-sonnet-4-5"}
     resp = await p.chat(ChatRequest.from_body(job), "claude-sonnet-4-5")
-    body = cap.bodies[0]
+    body = wire.body(0)
     if version == "2026-10-21":
         check(body, MessageCreateParamsNonStreaming)  # the 2.x SDK describes exactly this version
     else:
@@ -337,16 +324,16 @@ def test_simulator_openai_embeddings_parse(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(ANTHROPIC_CORPUS))
 async def test_simulator_anthropic_answers_parse_as_messages(name: str) -> None:
-    cap = _Capture(ANTHROPIC_OK)
+    wire = Wire((200, ANTHROPIC_OK, {}))
     p = AnthropicProvider(
         "c",
         ProviderConfig(type="anthropic"),
         env={"ANTHROPIC_API_KEY": "k"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     await p.chat(
         ChatRequest.from_body({**ANTHROPIC_CORPUS[name], "model": "claude-sonnet-4-5"}), "claude-sonnet-4-5"
     )
-    answer = _sim_chat(AnthropicFormat(), cap.bodies[0], {"anthropic-version": "2023-06-01"})
+    answer = _sim_chat(AnthropicFormat(), wire.body(0), {"anthropic-version": "2023-06-01"})
     msg = parse_strict(Message, answer)
     assert msg.content  # type: ignore[attr-defined]
