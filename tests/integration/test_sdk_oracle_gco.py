@@ -13,7 +13,7 @@ JSON (api.md: the ``/api/chat`` message fields and ``/api/embed`` input).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,7 +26,6 @@ from shared.providers.gemini import GeminiProvider
 from shared.providers.ollama import OllamaProvider
 from shared.schema import ChatRequest, EmbeddingRequest
 from shared.simulator import SimulatorProcess, SimulatorServer
-from shared.simulator.config import validate_config
 from tests.unit.wire import embed_answer, embed_texts
 
 genai_types = pytest.importorskip("google.genai.types")
@@ -396,14 +395,6 @@ async def test_ollama_embed_requests_follow_the_documented_json(case: str) -> No
 
 
 # -- simulator responses parse with the SDK response models ---------------------------------------------
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimulatorServer]:
-    server = SimulatorServer(validate_config({}))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_simulator_gemini_responses_parse_with_google_genai(sim: SimulatorServer) -> None:
