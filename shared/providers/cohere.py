@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from shared.errors import ErrorClass, ProviderError
-from shared.providers import classify, embedding
+from shared.providers import classify
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, text_of
 from shared.providers.openai import usage_dict
@@ -118,16 +118,6 @@ class CohereProvider(HTTPProvider):
         }
         return ProviderResponse(
             body=body, usage=usage, request_id=classify.request_id(resp.headers) or data.get("id")
-        )
-
-    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
-        return await embedding.run(
-            self.name,
-            req,
-            lambda part: self._embed(part, model),
-            max_inputs=self.max_embed_inputs,
-            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
-            token_ids=False,
         )
 
     async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:

@@ -26,7 +26,6 @@ import uuid
 from typing import Any
 
 from shared.errors import ErrorClass, ProviderError
-from shared.providers import embedding
 from shared.providers.base import ProviderResponse
 from shared.providers.gemini_request import (
     convert_messages,
@@ -217,19 +216,9 @@ class GeminiProvider(HTTPProvider):
         )
 
     # -- embeddings
-    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
-        model = model.removeprefix("models/")
-        return await embedding.run(
-            self.name,
-            req,
-            lambda part: self._embed(part, model),
-            max_inputs=self.max_embed_inputs,
-            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
-            token_ids=False,
-        )
-
     async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
         """One call: ``embedContent`` for one input, ``batchEmbedContents`` for up to 100."""
+        model = model.removeprefix("models/")
         texts = req.texts()
         task = req.extra.get("task_type") or req.extra.get("taskType") or self.config.options.get("task_type")
 

@@ -20,9 +20,10 @@ import msgspec
 
 from shared.config import ConfigError, ProviderConfig
 from shared.errors import ErrorClass, ProviderError
-from shared.providers import classify
-from shared.providers.base import Health, Provider
+from shared.providers import classify, embedding
+from shared.providers.base import Health, Provider, ProviderResponse
 from shared.redact import SECRET_NAME, redact, register_secret
+from shared.schema import EmbeddingRequest
 
 encode_json = msgspec.json.Encoder().encode
 decode_json = msgspec.json.Decoder().decode
@@ -127,6 +128,9 @@ class HTTPProvider(Provider):
     KEY_ENVS: ClassVar[tuple[str, ...]] = ()  # where the key usually is, when no api_key_env is set
     KEY_REQUIRED: ClassVar[bool] = True
     STRIP_SUFFIXES: ClassVar[tuple[str, ...]] = ()
+
+    # Whether the embedding API takes token-id inputs (lists of integers); if not, they fail up front.
+    embed_token_ids: ClassVar[bool] = False
 
     dialect = "openai"  # which error conventions classify.py applies
     health_path = "models"
@@ -290,6 +294,21 @@ class HTTPProvider(Provider):
     def malformed(self, detail: str, resp: httpx.Response | None = None) -> ProviderError:
         rid = classify.request_id(resp.headers) if resp is not None else None
         return classify.malformed(self.name, detail, request_id=rid)
+
+    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        """Checked, then sent in chunks of at most ``max_embed_inputs`` (see providers.embedding)."""
+        return await embedding.run(
+            self.name,
+            req,
+            lambda part: self._embed(part, model),
+            max_inputs=self.max_embed_inputs,
+            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
+            token_ids=self.embed_token_ids,
+        )
+
+    async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
+        """One embedding API call, for at most ``max_embed_inputs`` inputs."""
+        raise unsupported(self.name, f"{self.type} has no embeddings API")
 
     async def health(self) -> Health:
         """A cheap authenticated GET (the model list); reports, never raises."""

@@ -16,7 +16,6 @@ import time
 import uuid
 from typing import Any
 
-from shared.providers import embedding
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of
 from shared.providers.openai import usage_dict
@@ -112,16 +111,6 @@ class OllamaProvider(HTTPProvider):
             "usage": usage_dict(usage),
         }
         return ProviderResponse(body=body, usage=usage)
-
-    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
-        return await embedding.run(
-            self.name,
-            req,
-            lambda part: self._embed(part, model),
-            max_inputs=self.max_embed_inputs,
-            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
-            token_ids=False,
-        )
 
     async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
         texts = req.texts()

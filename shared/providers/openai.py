@@ -17,7 +17,7 @@ import httpx
 
 from shared.config import ConfigError, ProviderConfig
 from shared.errors import ProviderError
-from shared.providers import classify, embedding, openai_rules
+from shared.providers import classify, openai_rules
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
@@ -156,16 +156,7 @@ class OpenAIProvider(HTTPProvider):
         )
 
     max_embed_inputs = 2048  # /embeddings: at most 2,048 inputs per call; larger inputs are chunked
-
-    async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
-        return await embedding.run(
-            self.name,
-            req,
-            lambda part: self._embed(part, model),
-            max_inputs=self.max_embed_inputs,
-            parallel=embedding.parallelism(self.config.options, self.config.max_concurrency),
-            token_ids=True,
-        )
+    embed_token_ids = True
 
     async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
         url, params = self.embed_url(model)

@@ -111,6 +111,19 @@ async def test_openai_sdk_embeddings_every_input_shape(oai: openai.AsyncOpenAI, 
         assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
 
 
+@pytest.mark.parametrize("shape", ["text", "tokens"])
+async def test_openai_sdk_embeddings_at_most_2048_inputs(oai: openai.AsyncOpenAI, shape: str) -> None:
+    def inputs(n: int) -> Any:
+        return [f"t{i}" for i in range(n)] if shape == "text" else [[i, 7] for i in range(n)]
+
+    r = await oai.embeddings.create(model="text-embedding-3-small", input=inputs(2048), dimensions=4)
+    assert len(r.data) == 2048
+    with pytest.raises(openai.BadRequestError) as ei:  # one over OpenAI's per-call limit
+        await oai.embeddings.create(model="text-embedding-3-small", input=inputs(2049), dimensions=4)
+    assert ei.value.status_code == 400 and ei.value.type == "invalid_request_error"
+    assert "'$.input' is invalid" in ei.value.message and ei.value.param is None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "param", "code"),
     [

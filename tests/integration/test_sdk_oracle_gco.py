@@ -13,7 +13,7 @@ JSON (api.md: the ``/api/chat`` message fields and ``/api/embed`` input).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,7 +26,7 @@ from shared.providers.gemini import GeminiProvider
 from shared.providers.ollama import OllamaProvider
 from shared.schema import ChatRequest, EmbeddingRequest
 from shared.simulator import SimulatorProcess, SimulatorServer
-from shared.simulator.config import validate_config
+from tests.unit.wire import embed_answer, embed_texts
 
 genai_types = pytest.importorskip("google.genai.types")
 cohere = pytest.importorskip("cohere")
@@ -159,14 +159,9 @@ class Echo:
         body = json.loads(request.content)
         path = request.url.path
         self.bodies.append((path, body))
-        if path.endswith(":batchEmbedContents"):
-            return httpx.Response(200, json={"embeddings": [{"values": [0.1]} for _ in body["requests"]]})
-        if path.endswith(":embedContent"):
-            return httpx.Response(200, json={"embedding": {"values": [0.1]}})
-        if path.endswith("/v2/embed"):
-            return httpx.Response(200, json={"embeddings": {"float": [[0.1] for _ in body["texts"]]}})
-        if path.endswith("/api/embed"):
-            return httpx.Response(200, json={"embeddings": [[0.1] for _ in body["input"]]})
+        texts = embed_texts(path, body)
+        if texts is not None:
+            return httpx.Response(200, json=embed_answer(path, body, [[0.1] for _ in texts]))
         return httpx.Response(200, json=self.chat_answer)
 
 
@@ -400,14 +395,6 @@ async def test_ollama_embed_requests_follow_the_documented_json(case: str) -> No
 
 
 # -- simulator responses parse with the SDK response models ---------------------------------------------
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimulatorServer]:
-    server = SimulatorServer(validate_config({}))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_simulator_gemini_responses_parse_with_google_genai(sim: SimulatorServer) -> None:

@@ -20,7 +20,6 @@ from shared.providers.gemini import GeminiProvider
 from shared.providers.ollama import OllamaProvider
 from shared.schema import ChatRequest, EmbeddingRequest
 from shared.simulator import SimulatorServer
-from shared.simulator.config import validate_config
 from shared.simulator.formats.gemini import SKIP_SIGNATURE, signature_for
 
 Start = Callable[..., Awaitable[SimulatorServer]]
@@ -33,14 +32,6 @@ TOOL = {
     },
 }
 ENV = {"GEMINI_API_KEY": "AIza-test-key-0000000000", "COHERE_API_KEY": "co-test-key-000000000"}
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimulatorServer]:
-    server = SimulatorServer(validate_config({}))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from openai.types.chat import completion_create_params
 
 from producer.api import anthropic_format as af
 from shared.schema import ChatRequest, ErrorInfo, JobResult, RequestError, Usage
-from tests.typed_oracle import problems
+from tests.typed_oracle import check
 
 IMG = "iVBORw0KGgo="
 CORPUS: list[dict[str, Any]] = [
@@ -102,9 +102,9 @@ CORPUS: list[dict[str, Any]] = [
 @pytest.mark.parametrize("params", CORPUS, ids=range(len(CORPUS)))
 def test_translated_request_is_a_valid_openai_request(params: dict[str, Any]) -> None:
     # the corpus itself is what the Anthropic SDK lets a client send
-    assert problems(params, message_create_params.MessageCreateParamsNonStreaming) == []
+    check(params, message_create_params.MessageCreateParamsNonStreaming)
     body = af.to_openai_request(params)
-    assert problems(body, completion_create_params.CompletionCreateParamsNonStreaming) == []
+    check(body, completion_create_params.CompletionCreateParamsNonStreaming)
     req = ChatRequest.from_body(body)  # and Fusebox's own request type takes it
     assert req.model == params["model"] and req.max_tokens == params["max_tokens"]
     assert set(req.extra) <= {"parallel_tool_calls"}  # an OpenAI field Fusebox passes through
@@ -225,7 +225,7 @@ def test_completion_becomes_an_anthropic_message_the_sdk_parses() -> None:
     )
     # the reply can be sent straight back as the next turn's assistant message
     back = {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]}
-    assert problems(back, MessageParam) == []
+    check(back, MessageParam)
 
     long = _completion(content="cut")
     long["choices"][0]["finish_reason"] = "length"

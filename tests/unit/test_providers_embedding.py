@@ -21,7 +21,7 @@ from shared.providers.gemini_request import SKIP_SIGNATURE
 from shared.providers.ollama import OllamaProvider
 from shared.providers.openai import OpenAIProvider
 from shared.schema import ChatRequest, EmbeddingRequest
-from tests.unit.wire import Wire
+from tests.unit.wire import Wire, embed_answer, embed_texts
 
 ENV = {"GEMINI_API_KEY": "g" * 39, "COHERE_API_KEY": "c" * 40, "OPENAI_API_KEY": "sk-" + "o" * 40}
 
@@ -47,14 +47,8 @@ class EmbedServer:
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         path = request.url.path
-        if path.endswith(":batchEmbedContents"):
-            texts = [r["content"]["parts"][0]["text"] for r in body["requests"]]
-        elif path.endswith(":embedContent"):
-            texts = [body["content"]["parts"][0]["text"]]
-        elif path.endswith("/v2/embed"):
-            texts = body["texts"]
-        else:  # OpenAI /embeddings, Ollama /api/embed
-            texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        texts = embed_texts(path, body)
+        assert texts is not None, path
         self.sizes.append(len(texts))
         number = len(self.sizes)
         self.in_flight += 1
@@ -67,22 +61,7 @@ class EmbedServer:
             return httpx.Response(
                 400, json={"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}
             )
-        vectors = [vec(t) for t in texts]
-        if path.endswith(":batchEmbedContents"):
-            out: dict[str, Any] = {"embeddings": [{"values": v} for v in vectors]}
-        elif path.endswith(":embedContent"):
-            out = {"embedding": {"values": vectors[0]}}
-        elif path.endswith("/v2/embed"):
-            out = {"embeddings": {"float": vectors}, "meta": {"billed_units": {"input_tokens": len(texts)}}}
-        elif path.endswith("/api/embed"):
-            out = {"model": body["model"], "embeddings": vectors, "prompt_eval_count": len(texts)}
-        else:
-            out = {
-                "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)},
-            }
-        return httpx.Response(200, json=out)
+        return httpx.Response(200, json=embed_answer(path, body, [vec(t) for t in texts]))
 
 
 MAKERS: dict[str, Callable[..., Provider]] = {

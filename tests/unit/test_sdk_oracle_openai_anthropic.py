@@ -1,31 +1,24 @@
 """The vendors' own type definitions as the oracle for what the adapters send and the simulator answers.
 
-Request bodies are checked against the official SDKs' ``*CreateParams`` TypedDicts by a strict
-walker: every key must be declared (a misspelled or OpenAI-only field fails), required keys must
-be present, and values must match the declared types (Literals, unions, nested TypedDicts).
-pydantic's TypeAdapter ignores unknown TypedDict keys, hence the walker. Responses are parsed
-with the SDKs' pydantic models, and any field the model does not declare fails too.
+Request bodies are checked against the official SDKs' ``*CreateParams`` TypedDicts by the strict
+walker in tests/typed_oracle.py (unknown keys, missing required keys and wrong value types fail);
+responses are parsed with the SDKs' pydantic models, and any field the model does not declare
+fails too.
 """
 
 from __future__ import annotations
 
 import base64
-import collections.abc
 import json
 import struct
-import types
-import typing
-from typing import Any, NotRequired, Required
+from typing import Any
 
-import httpx
 import pytest
 from anthropic.types import Message
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from openai.types import CreateEmbeddingResponse, EmbeddingCreateParams
 from openai.types.chat import ChatCompletion
 from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
-from pydantic import BaseModel
-from typing_extensions import is_typeddict
 
 from shared.config import ProviderConfig
 from shared.providers.anthropic import AnthropicProvider
@@ -34,115 +27,8 @@ from shared.schema import ChatRequest, EmbeddingRequest
 from shared.simulator.formats.anthropic import AnthropicFormat
 from shared.simulator.formats.openai import OpenAIFormat
 from shared.simulator.wire import chat_reply, vector
-
-# ---- the strict TypedDict walker ----------------------------------------------------------
-
-
-class Mismatch(AssertionError):
-    pass
-
-
-_SEQUENCES = {list, tuple, collections.abc.Iterable, collections.abc.Sequence}
-
-
-def check(value: Any, tp: Any, path: str = "$") -> None:
-    """Raise Mismatch unless ``value`` is an instance of the typing annotation ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (Required, NotRequired, typing.Annotated):
-        return check(value, typing.get_args(tp)[0], path)
-    if tp is Any or tp is object:
-        return None
-    if tp is None or tp is type(None):
-        if value is not None:
-            raise Mismatch(f"{path}: expected null, got {value!r}")
-        return None
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arm in typing.get_args(tp):
-            try:
-                return check(value, arm, path)
-            except Mismatch as e:
-                errors.append(str(e))
-        raise Mismatch(f"{path}: matches no arm of the union:\n  " + "\n  ".join(errors))
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp) or isinstance(value, bool) != any(
-            isinstance(a, bool) for a in typing.get_args(tp)
-        ):
-            raise Mismatch(f"{path}: {value!r} not in {typing.get_args(tp)}")
-        return None
-    if is_typeddict(tp):
-        return _check_typeddict(value, tp, path)
-    if origin in (dict, collections.abc.Mapping) or tp in (dict, typing.Dict):  # noqa: UP006
-        if not isinstance(value, dict):
-            raise Mismatch(f"{path}: expected an object, got {type(value).__name__}")
-        args = typing.get_args(tp)
-        for k, v in value.items():
-            if args:
-                check(k, args[0], f"{path}.<key>")
-                check(v, args[1], f"{path}.{k}")
-        return None
-    if origin in _SEQUENCES or (origin is not None and getattr(origin, "__name__", "") == "SequenceNotStr"):
-        if not isinstance(value, list):
-            raise Mismatch(f"{path}: expected an array, got {type(value).__name__}")
-        (item,) = typing.get_args(tp) or (Any,)
-        for i, v in enumerate(value):
-            check(v, item, f"{path}[{i}]")
-        return None
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Mismatch(f"{path}: expected a number, got {value!r}")
-        return None
-    if tp in (int, str, bool):
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise Mismatch(f"{path}: expected {tp.__name__}, got {value!r}")
-        return None
-    if isinstance(tp, type) and tp.__name__ in ("FileTypes", "Base64FileInput"):
-        return None
-    raise Mismatch(f"{path}: the walker does not know the type {tp!r}")
-
-
-def _check_typeddict(value: Any, td: Any, path: str) -> None:
-    if not isinstance(value, dict):
-        raise Mismatch(f"{path}: expected an object ({td.__name__}), got {type(value).__name__}")
-    hints = typing.get_type_hints(td, include_extras=True)
-    unknown = set(value) - set(hints)
-    if unknown:
-        raise Mismatch(f"{path}: {td.__name__} declares no {sorted(unknown)}")
-    missing = _required(td, hints) - set(value)
-    if missing:
-        raise Mismatch(f"{path}: {td.__name__} requires {sorted(missing)}")
-    for key, v in value.items():
-        check(v, hints[key], f"{path}.{key}")
-
-
-def _required(td: Any, hints: dict[str, Any]) -> set[str]:
-    # The SDKs' string annotations leave __required_keys__ empty: read Required[...] / totality here.
-    keys: set[str] = set()
-    for cls in reversed(td.__mro__):
-        for key in getattr(cls, "__dict__", {}).get("__annotations__", {}):
-            origin = typing.get_origin(hints.get(key))
-            if origin is Required or (origin is not NotRequired and getattr(cls, "__total__", False)):
-                keys.add(key)
-            else:
-                keys.discard(key)
-    return keys
-
-
-def parse_strict(model: type[BaseModel], data: Any) -> BaseModel:
-    """The SDK's response model; fields it does not declare (kept as extras) fail."""
-    parsed = model.model_validate(data)
-    _no_extras(parsed, model.__name__)
-    return parsed
-
-
-def _no_extras(m: Any, path: str) -> None:
-    if isinstance(m, BaseModel):
-        assert not m.model_extra, f"{path}: undeclared fields {sorted(m.model_extra or {})}"
-        for name in type(m).model_fields:
-            _no_extras(getattr(m, name), f"{path}.{name}")
-    elif isinstance(m, list):
-        for i, x in enumerate(m):
-            _no_extras(x, f"{path}[{i}]")
+from tests.typed_oracle import Mismatch, check, parse_strict
+from tests.unit.wire import Wire
 
 
 class MessageCreateParams20230601(MessageCreateParamsNonStreaming, total=False):
@@ -313,18 +199,6 @@ EMBED_CORPUS: dict[str, dict[str, Any]] = {
 }
 
 
-class _Capture:
-    def __init__(self, answer: dict[str, Any]) -> None:
-        self.answer = answer
-        self.bodies: list[dict[str, Any]] = []
-        self.urls: list[str] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.bodies.append(json.loads(request.content))
-        self.urls.append(str(request.url))
-        return httpx.Response(200, json=self.answer)
-
-
 OPENAI_OK = {
     "id": "chatcmpl-1",
     "object": "chat.completion",
@@ -345,17 +219,17 @@ ANTHROPIC_OK = {
 
 
 async def _openai_body(job: dict[str, Any], type_: str = "openai", **options: Any) -> dict[str, Any]:
-    cap = _Capture(OPENAI_OK)
+    wire = Wire((200, OPENAI_OK, {}))
     cls = AzureOpenAIProvider if type_ == "azure" else OpenAIProvider
     cfg = ProviderConfig(type=type_, base_url="https://r.openai.azure.com", options=options)
     p = cls(
         type_,
         cfg,
         env={"OPENAI_API_KEY": "sk-x", "AZURE_OPENAI_API_KEY": "k"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     await p.chat(ChatRequest.from_body(job), job["model"])
-    return cap.bodies[0]
+    return wire.body(0)
 
 
 @pytest.mark.parametrize("name", sorted(CHAT_CORPUS))
@@ -370,19 +244,18 @@ async def test_azure_v1_chat_bodies_validate_against_the_sdk(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(EMBED_CORPUS))
 async def test_openai_embedding_bodies_validate_against_the_sdk(name: str) -> None:
-    cap = _Capture(
-        {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
-    )
+    empty = {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    wire = Wire((200, empty, {}))
     p = OpenAIProvider(
         "openai",
         ProviderConfig(type="openai"),
         env={"OPENAI_API_KEY": "sk-x"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     job = EMBED_CORPUS[name]
     await p.embed(EmbeddingRequest.from_body(job), job["model"])
-    check(cap.bodies[0], EmbeddingCreateParams)
-    assert cap.bodies[0]["input"] == job["input"]
+    check(wire.body(0), EmbeddingCreateParams)
+    assert wire.body(0)["input"] == job["input"]
 
 
 ANTHROPIC_CORPUS = {k: v for k, v in CHAT_CORPUS.items() if k != "json_mode"}  # json_object: refused
@@ -391,16 +264,16 @@ ANTHROPIC_CORPUS = {k: v for k, v in CHAT_CORPUS.items() if k != "json_mode"}  #
 @pytest.mark.parametrize("name", sorted(ANTHROPIC_CORPUS))
 @pytest.mark.parametrize("version", ["2023-06-01", "2026-10-21"])
 async def test_anthropic_bodies_validate_against_the_sdk(name: str, version: str) -> None:
-    cap = _Capture(ANTHROPIC_OK)
+    wire = Wire((200, ANTHROPIC_OK, {}))
     p = AnthropicProvider(
         "claude",
         ProviderConfig(type="anthropic", options={"anthropic_version": version}),
         env={"ANTHROPIC_API_KEY": "sk-ant-x"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     job = {**ANTHROPIC_CORPUS[name], "model": "claude-sonnet-4-5"}
     resp = await p.chat(ChatRequest.from_body(job), "claude-sonnet-4-5")
-    body = cap.bodies[0]
+    body = wire.body(0)
     if version == "2026-10-21":
         check(body, MessageCreateParamsNonStreaming)  # the 2.x SDK describes exactly this version
     else:
@@ -451,16 +324,16 @@ def test_simulator_openai_embeddings_parse(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(ANTHROPIC_CORPUS))
 async def test_simulator_anthropic_answers_parse_as_messages(name: str) -> None:
-    cap = _Capture(ANTHROPIC_OK)
+    wire = Wire((200, ANTHROPIC_OK, {}))
     p = AnthropicProvider(
         "c",
         ProviderConfig(type="anthropic"),
         env={"ANTHROPIC_API_KEY": "k"},
-        transport=httpx.MockTransport(cap),
+        transport=wire.transport,
     )
     await p.chat(
         ChatRequest.from_body({**ANTHROPIC_CORPUS[name], "model": "claude-sonnet-4-5"}), "claude-sonnet-4-5"
     )
-    answer = _sim_chat(AnthropicFormat(), cap.bodies[0], {"anthropic-version": "2023-06-01"})
+    answer = _sim_chat(AnthropicFormat(), wire.body(0), {"anthropic-version": "2023-06-01"})
     msg = parse_strict(Message, answer)
     assert msg.content  # type: ignore[attr-defined]

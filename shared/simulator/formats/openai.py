@@ -41,6 +41,8 @@ _REASONING = re.compile(r"^(?:o[134](?:-|$)|gpt-5(?!(?:\.\d+)?-chat))")
 # Parameters reasoning models reject unless at their default value.
 _SAMPLER_DEFAULTS = {"temperature": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
 _UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias")
+# /embeddings takes at most 2,048 inputs (strings or token arrays) per call.
+MAX_EMBED_INPUTS = 2048
 
 
 def _reasoning_rules(b: dict[str, Any], model: str) -> None:
@@ -299,6 +301,9 @@ class OpenAIFormat(WireFormat):
             texts, tokens = [" ".join(map(str, x)) for x in inp], sum(len(x) for x in inp)
         else:
             raise invalid
+        if len(texts) > MAX_EMBED_INPUTS:
+            # The real API answers this generic message, with neither param nor code.
+            raise WireError(invalid.error.message)
         fmt = b.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise WireError(
