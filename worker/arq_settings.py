@@ -14,7 +14,7 @@ from arq.connections import RedisSettings
 
 from shared import codec, routing_table
 from shared.config import Settings
-from worker.batch_jobs import BATCH_CRON, BATCH_FUNCTIONS, STORE_KEY
+from worker.batch_jobs import BATCH_FUNCTIONS, STORE_KEY, batch_cron
 from worker.jobs import CTX_KEY, chat, embed
 from worker.settings import build_executor
 from worker.webhook_jobs import SETTINGS_KEY, WEBHOOK_FUNCTIONS, close_webhooks
@@ -24,7 +24,7 @@ _settings = Settings()
 
 class WorkerSettings:
     functions = [chat, embed, *BATCH_FUNCTIONS, *WEBHOOK_FUNCTIONS]
-    cron_jobs = BATCH_CRON
+    cron_jobs = batch_cron(_settings.namespace)
     job_serializer = staticmethod(codec.arq_serializer)
     job_deserializer = staticmethod(codec.arq_deserializer)
     keep_result = 0

@@ -59,6 +59,22 @@ async def expire_batches(ctx: dict[str, Any]) -> None:
 
 
 BATCH_FUNCTIONS = [finalize_batch]
+
+
 # Checked every 5 s, so a window ends within ~5 s of its deadline (arq runs a cron once per tick
 # fleet-wide; the check is one ZRANGEBYSCORE when nothing is due, and cancel() is idempotent).
-BATCH_CRON = [cron(expire_batches, second=set(range(0, 60, 5)), run_at_startup=True)]
+def batch_cron(namespace: str) -> list:  # type: ignore[type-arg]
+    """The periodic jobs of one deployment. arq's cron job ids are ``cron:<name>:<time>`` with no
+    queue in them, so the name carries the namespace: deployments sharing a Redis never skip each
+    other's ticks."""
+    return [
+        cron(
+            expire_batches,
+            name=f"expire_batches:{namespace}",
+            second=set(range(0, 60, 5)),
+            run_at_startup=True,
+        )
+    ]
+
+
+BATCH_CRON = batch_cron("fusebox")

@@ -26,7 +26,7 @@ from shared.resilience import Gate, RedisUnavailable
 from shared.retry import RetryPolicy
 from shared.router import Router
 from shared.store import Store
-from worker.batch_jobs import BATCH_CRON, BATCH_FUNCTIONS, STORE_KEY
+from worker.batch_jobs import BATCH_FUNCTIONS, STORE_KEY, batch_cron
 from worker.executor import Executor
 from worker.jobs import CTX_KEY, chat, embed
 from worker.lease import Leases
@@ -262,7 +262,7 @@ def build_worker(
 
     params: dict[str, Any] = dict(
         functions=[chat, embed, *BATCH_FUNCTIONS, *WEBHOOK_FUNCTIONS],
-        cron_jobs=BATCH_CRON,
+        cron_jobs=batch_cron(settings.namespace),
         queue_name=settings.keys.queue,
         redis_pool=redis,
         burst=burst,
