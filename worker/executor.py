@@ -35,6 +35,7 @@ from shared.store import JOB_FUNCTION, Store
 from shared.tokens import estimate_messages, estimate_text
 from shared.webhook_delivery import enqueue_webhook
 from shared.webhooks import job_event
+from worker.attempts import INTERNAL, failed_attempts, spent, spent_error
 from worker.local_lines import LocalLines
 
 log = logging.getLogger("fusebox.executor")
@@ -48,8 +49,6 @@ MAX_LOCAL_ROUNDS = 20
 INTERNAL_TRIES = 5
 INTERNAL_BACKOFF_S = 0.5
 REDIS_RETRY_S = 1.0  # a job cut off by a Redis error runs again after this
-# The Attempt recorded for a run that ended in an unexpected error (carried like provider attempts).
-INTERNAL = "internal"
 _REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
 
 
@@ -270,7 +269,8 @@ class Executor:
         req = spec.req()
         last: ProviderError | None = None
         for cand in candidates:
-            used = _spent(attempts, candidates, self.policy.max_attempts)[0].get(_key(cand), 0)
+            budget = spent(attempts, candidates, self.policy.max_attempts)[0]
+            used = budget.get((cand.provider.name, cand.model), 0)
             for n in range(used, self.policy.max_attempts):
                 adm = await self.gate.admit(
                     cand.provider.name, cand.model, est, waiter=spec.id, other_lines=lines
@@ -347,13 +347,12 @@ class Executor:
             delay = max(last.retry_after or 0.0, self.policy.delay(self.policy.max_attempts - 1))
             raise Deferred(delay, [f"{attempts[-1].provider}/{attempts[-1].model}: rate limited"])
         if last is None:  # every candidate's attempts were spent in earlier rounds or runs
-            last = errors[-1] if errors else _spent_error(attempts)
+            last = errors[-1] if errors else spent_error(attempts)
         if last.error_class is ErrorClass.TRANSIENT and spec.batch_id is not None:
             # Transient failures never fail a batch line early: it waits for another round.
-            spent = (None, ErrorClass.RATE_LIMITED)
-            failed = sum(1 for a in attempts if a.provider and a.error_class not in spent)
-            if self.policy.may_wait(failed, time.time() - (spec.submitted_at or time.time())):
-                rounds = _spent(attempts, candidates, self.policy.max_attempts)[1]
+            age = time.time() - (spec.submitted_at or time.time())
+            if self.policy.may_wait(failed_attempts(attempts), age):
+                rounds = spent(attempts, candidates, self.policy.max_attempts)[1]
                 delay = self.policy.round_delay(rounds)
                 raise Deferred(delay, [f"every candidate failed (round {rounds})"], _info(last))
         return Outcome(None, None, _info(last))
@@ -408,41 +407,6 @@ class Executor:
             cost_usd=round(cost, 10),
             completed_at=time.time(),
         )
-
-
-def _spent(
-    attempts: list[Attempt], candidates: list[Candidate], budget: int
-) -> tuple[dict[tuple[str, str], int], int]:
-    """How much of its attempt budget on each candidate the job has spent in the current round (the whole
-    budget once a candidate said it cannot serve the job), and how many rounds it has completed: a round
-    ends when every candidate's budget is spent. 429s spend none: they are back-pressure, which adaptive
-    concurrency and Retry-After handle, not a sign the job should give up on the provider."""
-    used = {_key(c): 0 for c in candidates}
-    never: set[tuple[str, str]] = set()
-    rounds = 0
-    for a in attempts:
-        k = (a.provider, a.model)
-        if k not in used or a.error_class in (None, ErrorClass.RATE_LIMITED, INTERNAL):
-            continue
-        if a.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
-            never.add(k)
-        else:
-            used[k] += 1
-        if len(never) < len(used) and all(c in never or n >= budget for c, n in used.items()):
-            rounds += 1
-            used = dict.fromkeys(used, 0)
-    return {k: budget if k in never else n for k, n in used.items()}, rounds
-
-
-def _key(c: Candidate) -> tuple[str, str]:
-    return (c.provider.name, c.model)
-
-
-def _spent_error(attempts: list[Attempt]) -> ProviderError:
-    """The failure to report for a job whose attempts were all spent in earlier runs (only Attempts left)."""
-    a = next(a for a in reversed(attempts) if a.error_class not in (None, INTERNAL))
-    msg = f"every candidate failed; last: {a.provider}/{a.model} ({a.error_class}, status {a.status})"
-    return ProviderError(ErrorClass(a.error_class), msg, status=a.status or None)
 
 
 def _come_back_in(denied: list[Admission]) -> float:
