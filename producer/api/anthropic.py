@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from producer.api import anthropic_format as af
 from producer.api import jobs
 from producer.api.auth import ApiContext, Ctx, TenantDep
-from producer.api.errors import ApiError
+from producer.api.errors import ApiError, documented_errors
 from producer.batch_input import Validator
 from shared.schema import ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
 from shared.store import ENDED
@@ -46,17 +46,7 @@ class AnthropicError(BaseModel):
     error: AnthropicErrorDetail
 
 
-ANTHROPIC_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": AnthropicError, "description": d}
-    for s, d in (
-        (400, "Invalid request"),
-        (401, "Missing or wrong API key"),
-        (403, "Not allowed for this key"),
-        (404, "Not found"),
-        (413, "Too large"),
-        (504, "No answer in time"),
-    )
-}
+ANTHROPIC_ERRORS = documented_errors(AnthropicError, (504, "No answer in time"))
 router = APIRouter(prefix="/v1", tags=["anthropic"], responses=ANTHROPIC_ERRORS)
 _JSON_OK: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {"schema": {"type": "object"}}}}

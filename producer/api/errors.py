@@ -64,13 +64,18 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
-OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": OpenAIError, "description": d}
-    for s, d in (
-        (400, "Invalid request"),
-        (401, "Missing or wrong API key"),
-        (403, "Not allowed for this key"),
-        (404, "Not found"),
-        (413, "Too large"),
-    )
-}
+ERROR_STATUSES = (
+    (400, "Invalid request"),
+    (401, "Missing or wrong API key"),
+    (403, "Not allowed for this key"),
+    (404, "Not found"),
+    (413, "Too large"),
+)
+
+
+def documented_errors(model: type[BaseModel], *extra: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route family's error statuses, in that family's error shape."""
+    return {s: {"model": model, "description": d} for s, d in (*ERROR_STATUSES, *extra)}
+
+
+OPENAI_ERRORS = documented_errors(OpenAIError)
