@@ -6,13 +6,15 @@ import argparse
 import asyncio
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from shared import tenants
-from shared.config import Settings
-from shared.redis_conn import connect
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 
 def _redis(settings: Settings):  # type: ignore[no-untyped-def]
+    from shared.redis_conn import connect
+
     if not settings.redis_url:
         print("error: REDIS_URL is not set", file=sys.stderr)
         return None
@@ -20,6 +22,8 @@ def _redis(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import tenants
+
     try:
         tenants.check_tenant(args.tenant)
     except ValueError as e:
@@ -43,6 +47,8 @@ def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import tenants
+
     r = _redis(settings)
     if r is None:
         return 2
@@ -62,6 +68,8 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import tenants
+
     r = _redis(settings)
     if r is None:
         return 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from shared.config import Settings
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 
 def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
