@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from shared import audit
 from shared.config import Settings
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
@@ -44,6 +45,7 @@ def register(subparsers: Any) -> None:
     )
     b.add_argument("action", choices=sorted(ACTIONS))
     b.add_argument("name", help="provider name, or provider/model for a per-model scope")
+    b.add_argument("--reason", default="", help="why (kept in the audit trail)")
     b.set_defaults(fn=run_action)
 
 
@@ -96,10 +98,15 @@ def run_action(args: argparse.Namespace, settings: Settings) -> int:
         if args.name not in known:
             print(f"error: no provider {args.name!r} (known: {', '.join(known)})", file=sys.stderr)
             return 2
+        actor = audit.cli_actor()
         if args.action == "reset":
-            await gate.reset(args.name)
+            await gate.reset(args.name, actor=actor, why=args.reason)
         else:
-            await gate.force(args.name, FORCE[args.action])
+            await gate.force(args.name, FORCE[args.action], actor=actor, why=args.reason)
+        details = {"action": args.action, "reason": args.reason}
+        await audit.record(
+            gate.redis, gate.keys, actor=actor, action="breaker.force", target=args.name, details=details
+        )
         snap = await gate.snapshot(args.name)
         print(f"{args.name}: {ACTIONS[args.action]} (state {snap['state']})")
         return 0

@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 
-from shared import tenants
+from shared import audit, tenants
 from shared.config import Settings
 from shared.redis_conn import connect
 
@@ -31,7 +31,9 @@ def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
 
     async def go() -> str:
         try:
-            return await tenants.create_key(r, settings.keys, args.tenant, admin=args.admin)
+            return await tenants.create_key(
+                r, settings.keys, args.tenant, admin=args.admin, actor=audit.cli_actor()
+            )
         finally:
             await r.aclose()
 
@@ -68,7 +70,7 @@ def _cmd_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
     async def go() -> list[tenants.KeyInfo]:
         try:
-            return await tenants.revoke(r, settings.keys, args.key)
+            return await tenants.revoke(r, settings.keys, args.key, actor=audit.cli_actor())
         finally:
             await r.aclose()
 
@@ -92,3 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rv = ks.add_parser("revoke", help="revoke a key, given the key or its ID")
     rv.add_argument("key")
     rv.set_defaults(fn=_cmd_revoke)
+    from producer import provider_keys_cmd
+
+    provider_keys_cmd.register(ks)
+    provider_keys_cmd.register_audit(sub)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from producer.api.auth import AdminDep, ApiContext, Ctx
 from producer.api.errors import OPENAI_ERRORS, ApiError
 from producer.providers_cmd import describe
-from shared import metrics
+from shared import audit, metrics
 from shared.ops_view import batches_in_progress, fleet_state, provider_series
 from shared.providers.base import Provider
 from shared.resilience import Gate
@@ -119,6 +119,10 @@ async def force_breaker(
             await gate.force(name, state, actor=admin.name, why=body.reason)
     except KeyError:
         raise ApiError(404, f"No breaker scope named '{name}'.", code="not_found", param="name") from None
+    details = {"action": body.action, "reason": body.reason}
+    await audit.record(
+        ctx.redis, ctx.settings.keys, actor=admin.name, action="breaker.force", target=name, details=details
+    )
     return await gate.snapshot(name)
 
 
