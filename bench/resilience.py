@@ -107,6 +107,7 @@ def limit_scenario(
 # -- b. hard down provider, fallback, recovery through exactly N probes ---------------------------------
 DOWN_BREAKER = {
     "minimum_calls": 10,
+    "consecutive_failures": 5,
     "window_seconds": 30,
     "wait_open_seconds": 1.5,
     "wait_open_max_seconds": 3,
@@ -149,6 +150,7 @@ def _down_phase(st: Stack, n: int, mode: str, limit: int, say: Say) -> dict[str,
         "bound": DOWN_BREAKER["minimum_calls"] + limit,
         "trip_calls": trip_calls,
         "trip_reason": trip["reason"],
+        "trip_consecutive": int(trip.get("consecutive", 0)),
         "completed": counts.completed,
         "n": n,
         "on_b": on_b,

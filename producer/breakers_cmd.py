@@ -144,6 +144,8 @@ def _next(snap: dict[str, Any]) -> str:
         return f"half-open in {_dur(max(0.0, snap['next_change_at'] - snap['now']))}"
     if state == "half_open":
         return f"probes {snap['probes_in_flight']}/{snap['half_open_probes']}, ok {snap['probe_successes']}"
+    if state == "closed" and snap.get("consecutive_failures"):
+        return f"{snap['consecutive_failures']}/{snap['consecutive_failures_to_trip']} failures in a row"
     if state == "closed" and snap["calls"] < snap["minimum_calls"]:
         return f"needs {snap['minimum_calls']} calls to trip"
     if state in ("forced_open", "forced_closed", "disabled"):

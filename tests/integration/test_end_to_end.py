@@ -58,7 +58,7 @@ async def test_resubmitting_a_batch_creates_no_second_job(settings, redis):
 
 async def test_transient_failures_are_retried_and_counted_once(settings, redis):
     # the breaker would (rightly) trip on an early unlucky streak; this test is about retries
-    no_trip = BreakerConfig(minimum_calls=1_000_000)
+    no_trip = BreakerConfig(minimum_calls=1_000_000, consecutive_failures=1_000_000)
     s = settings.with_file(FileConfig(simulated=SimulatedConfig(failure_rate=0.3), breaker=no_trip))
     client = FuseboxClient(redis, s)
     worker = build_worker(s, redis, handle_signals=False)

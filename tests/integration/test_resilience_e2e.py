@@ -39,8 +39,9 @@ def test_down_provider_is_bounded_jobs_fall_back_and_exactly_n_probes_close_it(r
     fig = down_scenario(n=600, workers=4, probe_latency_ms=500, say=_quiet, redis_url=redis_url)
     assert [p["mode"] for p in fig["phases"]] == ["status", "disconnect"]
     for p in fig["phases"]:
-        assert p["trip_reason"] == "failure_rate"
-        assert p["trip_calls"] == DOWN_BREAKER["minimum_calls"]
+        # a provider that went hard down trips on failures in a row, before the window's minimum
+        assert p["trip_reason"] == "consecutive_failures"
+        assert p["trip_calls"] == p["trip_consecutive"] == DOWN_BREAKER["consecutive_failures"]
         assert 0 < p["requests_before_open"] <= p["bound"], p  # minimum_calls + max_concurrency, fleet-wide
         assert p["completed"] == p["on_b"] == p["n"], p  # every job completed on the fallback
         # every request the dead provider received is a failed attempt recorded in some job's result
@@ -90,7 +91,8 @@ def test_batch_completes_on_the_fallback_and_results_record_every_attempt(redis_
     # worker or be deferred through arq, and their attempts must survive that
     providers = {"a": {"max_concurrency": 256, "models": ["m"]}, "b": {"max_concurrency": 4, "models": ["m"]}}
     extra: dict[str, Any] = {
-        "breaker": {"minimum_calls": 1_000_000},  # never trips: every job tries A, retries, then falls back
+        # never trips: every job tries A, retries, then falls back
+        "breaker": {"minimum_calls": 1_000_000, "consecutive_failures": 1_000_000},
         "retry": {"max_attempts": 2, "backoff_base": 0.01},
         "routes": {"r": {"candidates": ["a/m", "b/m"]}},
     }
