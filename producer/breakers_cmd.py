@@ -94,7 +94,7 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_action(args: argparse.Namespace, settings: Settings) -> int:
     async def body(gate: Gate) -> int:
-        known = [p.scope for p in gate.scopes()]
+        known = [p.scope for p in [*gate.scopes(), *await gate.key_scopes()]]
         if args.name not in known:
             print(f"error: no provider {args.name!r} (known: {', '.join(known)})", file=sys.stderr)
             return 2

@@ -23,6 +23,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec, metrics
+from shared.byok.crypto import MasterKeyError
+from shared.byok.resolver import TenantKeys
 from shared.errors import ErrorClass, ProviderError
 from shared.keys import ARQ_JOB
 from shared.providers.base import ProviderResponse
@@ -82,7 +84,9 @@ class Executor:
         policy: RetryPolicy,
         max_tries: int = 1000,
         local_waiters: int = 50,
+        tenant_keys: TenantKeys | None = None,
     ) -> None:
+        self.tenant_keys = tenant_keys  # tenants' own provider keys (None: not configured)
         self.store = store
         self.router = router
         self.gate = gate
@@ -108,13 +112,18 @@ class Executor:
 
     async def _run(self, spec: JobSpec, job_try: int, attempts: list[Attempt]) -> JobResult | None:
         started = time.perf_counter()
+        refused: ErrorInfo | None = None
         try:
             candidates = self.router.candidates(spec.req().model)
         except RequestError as e:
-            outcome = Outcome(None, None, ErrorInfo(code=e.code, message=e.message, status=400))
+            refused = ErrorInfo(code=e.code, message=e.message, status=400)
+        else:
+            candidates, owners, refused = await self._own_keys(spec, candidates)
+        if refused is not None:
+            outcome = Outcome(None, None, refused)
         else:
             try:
-                outcome = await self._call(spec, candidates, attempts)
+                outcome = await self._call(spec, candidates, attempts, owners)
             except Deferred as d:
                 if job_try < self.max_tries:
                     metrics.record_deferral(d.reasons)
@@ -189,10 +198,55 @@ class Executor:
         assert spec.embed is not None
         return sum(estimate_text(t) for t in spec.embed.texts())
 
-    async def _call(self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt]) -> Outcome:
+    async def _own_keys(
+        self, spec: JobSpec, candidates: list[Candidate]
+    ) -> tuple[list[Candidate], dict[str, str], ErrorInfo | None]:
+        """The candidates with the tenant's own keys swapped in, the providers called with them
+        (-> the tenant, whose per-key gate scope they use), or the error if no key may be used.
+        Jobs without a tenant, or of tenants with no keys that may use the fleet's, are untouched;
+        the tenant's records are cached in the worker (TenantKeys.ttl), so no round trip per job."""
+        if spec.tenant is None or self.tenant_keys is None:
+            return candidates, {}, None
+        try:
+            view = await self.tenant_keys.view(spec.tenant)
+        except MasterKeyError as e:
+            return (
+                [],
+                {},
+                ErrorInfo(code="master_key_unavailable", message=str(e), error_class="final", status=500),
+            )
+        if not view.keys and view.allow_fleet_keys:
+            return candidates, {}, None
+        out: list[Candidate] = []
+        owners: dict[str, str] = {}
+        missing: list[str] = []
+        for c in candidates:
+            key = view.keys.get(c.provider.name)
+            if key is not None:
+                out.append(Candidate(self.tenant_keys.adapter(spec.tenant, key), c.model))
+                owners[c.provider.name] = spec.tenant
+            elif view.allow_fleet_keys:
+                out.append(c)
+            else:
+                missing.append(c.provider.name)
+        if out:
+            return out, owners, None
+        names = ", ".join(missing)
+        msg = (
+            f"tenant {spec.tenant!r} has no key of its own for {names} and may not use the fleet's keys: "
+            f"store one (PUT /v1/fusebox/provider-keys/{missing[0]}) or allow fleet keys"
+        )
+        return [], {}, ErrorInfo(code="tenant_key_missing", message=msg, error_class="final", status=403)
+
+    async def _call(
+        self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt], owners: dict[str, str]
+    ) -> Outcome:
         # The job may stand in every candidate's line; admitted anywhere, it leaves them all.
         lines = (
-            [self.gate.policy(c.provider.name, c.model).scope for c in candidates]
+            [
+                self.gate.policy(c.provider.name, c.model, owners.get(c.provider.name)).scope
+                for c in candidates
+            ]
             if len(candidates) > 1
             else []
         )
@@ -200,7 +254,9 @@ class Executor:
         errors: list[ProviderError] = []
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
-            outcome = await self._try_candidates(spec, candidates, attempts, est, lines, denied, errors)
+            outcome = await self._try_candidates(
+                spec, candidates, attempts, est, lines, denied, errors, owners
+            )
             if outcome is not None:
                 return outcome
             delay = _come_back_in(denied)
@@ -226,6 +282,7 @@ class Executor:
         lines: list[str],
         denied: list[Admission],
         errors: list[ProviderError],
+        owners: dict[str, str],
     ) -> Outcome | None:
         """An outcome, or None when some candidates refused admission (``denied``) and none served it.
 
@@ -240,7 +297,12 @@ class Executor:
             used = _spent(attempts, candidates, self.policy.max_attempts)[0].get(_key(cand), 0)
             for n in range(used, self.policy.max_attempts):
                 adm = await self.gate.admit(
-                    cand.provider.name, cand.model, est, waiter=spec.id, other_lines=lines
+                    cand.provider.name,
+                    cand.model,
+                    est,
+                    waiter=spec.id,
+                    other_lines=lines,
+                    owner=owners.get(cand.provider.name),
                 )
                 if not adm.ok:
                     denied.append(adm)

@@ -18,6 +18,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec, scripts
+from shared.byok.crypto import KeyRing
+from shared.byok.resolver import TenantKeys
+from shared.byok.store import check_startup
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS
 from shared.providers.registry import build_providers
@@ -45,7 +48,9 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     wc = cfg.worker
     local = wc.local_waiters if wc.local_waiters is not None else max(1, wc.max_jobs // 4)
     store = Store(redis, settings.keys, cfg.batches)
-    return Executor(store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local)
+    # Tenants' own provider keys; a malformed master key fails here, at startup (MasterKeyError).
+    own = TenantKeys(redis, settings.keys, KeyRing.from_env(), {n: p.config for n, p in providers.items()})
+    return Executor(store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local, own)
 
 
 class FuseboxWorker(Worker):
@@ -249,10 +254,17 @@ def build_worker(
     wc = settings.file.worker
     executor = build_executor(settings, redis)
 
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        # Stored tenant keys without (or with the wrong) master key: stop now, saying what to set.
+        if executor.tenant_keys is not None:
+            await check_startup(redis, settings.keys, executor.tenant_keys.ring)
+
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await close_webhooks(ctx)
         for p in executor.router.providers.values():
             await p.aclose()
+        if executor.tenant_keys is not None:
+            await executor.tenant_keys.aclose()
 
     params: dict[str, Any] = dict(
         functions=[chat, embed, *BATCH_FUNCTIONS, *WEBHOOK_FUNCTIONS],
@@ -270,6 +282,7 @@ def build_worker(
         job_serializer=codec.arq_serializer,
         job_deserializer=codec.arq_deserializer,
         ctx={CTX_KEY: executor, STORE_KEY: executor.store, SETTINGS_KEY: settings},
+        on_startup=on_startup,
         on_shutdown=on_shutdown,
         log_results=False,
     )
