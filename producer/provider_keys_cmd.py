@@ -202,7 +202,37 @@ def register(ks: Any) -> None:
     st.set_defaults(fn=_cmd_settings)
 
 
+def _cmd_budget(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import budget
+
+    usd = None if args.usd == "none" else float(args.usd)
+    target = {"tenant": args.id} if args.kind == "tenant" else {"batch_id": args.id}
+
+    async def body(r: Redis) -> int:
+        try:
+            await budget.set_cap(r, settings.keys, usd=usd, actor=audit.cli_actor(), **target)  # type: ignore[arg-type]
+        except (LookupError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        spent = await budget.spent(r, settings.keys, **target)  # type: ignore[arg-type]
+        what = "per UTC day" if args.kind == "tenant" else "for the batch"
+        cap = "no cap" if usd is None else f"${usd:.4f} {what}"
+        print(
+            f"{args.kind} {args.id}: {cap}; spent ${spent:.4f}" + (" today" if args.kind == "tenant" else "")
+        )
+        return 0
+
+    return _run(settings, body)
+
+
 def register_audit(sub: Any) -> None:
+    b = sub.add_parser(
+        "budget", help="set a tenant's daily spend cap or a batch's cap (USD; 'none' removes it)"
+    )
+    b.add_argument("kind", choices=("tenant", "batch"))
+    b.add_argument("id", help="tenant name or batch id")
+    b.add_argument("usd", help="cap in USD, or 'none'")
+    b.set_defaults(fn=_cmd_budget)
     a = sub.add_parser("audit", help="the audit trail of admin actions, newest first")
     a.add_argument("--limit", type=int, default=50)
     a.add_argument("--json", action="store_true")

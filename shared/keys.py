@@ -90,6 +90,19 @@ class Keys:
         """Append-only stream (capped ~100k) of admin actions: actor, at, action, target, details."""
         return f"{self.ns}:audit"
 
+    # -- spend caps ----------------------------------------------------------
+    def spend_tenant(self, tenant: str, day: str) -> str:
+        """String (float USD): a tenant's spend on ``day`` (UTC, YYYYMMDD), reservations included."""
+        return f"{self.ns}:spend:tenant:{tenant}:{day}"
+
+    def spend_batch(self, batch_id: str) -> str:
+        """String (float USD): what a batch's calls cost so far, reservations included."""
+        return f"{self.ns}:spend:batch:{batch_id}"
+
+    def batch_paused(self, batch_id: str) -> str:
+        """String with a short TTL: why a batch's lines are waiting (its budget), renewed while they are."""
+        return f"{self.ns}:batch:{batch_id}:paused"
+
     # -- webhooks --------------------------------------------------------
     def webhook(self, webhook_id: str) -> str:
         """Hash: one webhook's delivery (msgpack), url, type, state, attempts, redeliveries, timestamps."""

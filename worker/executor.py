@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec, metrics
+from shared.budget import Budgets, Caps, Reservation
 from shared.byok.crypto import MasterKeyError
 from shared.byok.resolver import TenantKeys
 from shared.errors import ErrorClass, ProviderError
@@ -31,7 +32,7 @@ from shared.providers.base import ProviderResponse
 from shared.resilience import Admission, Gate, RedisUnavailable, outcome_of
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
-from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
+from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError, Usage
 from shared.scripts import ScriptCall, run_pipelined
 from shared.store import JOB_FUNCTION, Store
 from shared.tokens import estimate_messages, estimate_text
@@ -52,6 +53,7 @@ INTERNAL_BACKOFF_S = 0.5
 # The Attempt recorded for a run that ended in an unexpected error (carried like provider attempts).
 INTERNAL = "internal"
 _REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
+BUDGET_RECHECK_S = 5.0  # a batch line waiting for its budget checks again this often
 
 
 @dataclass(slots=True)
@@ -85,8 +87,11 @@ class Executor:
         max_tries: int = 1000,
         local_waiters: int = 50,
         tenant_keys: TenantKeys | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.tenant_keys = tenant_keys  # tenants' own provider keys (None: not configured)
+        self.budgets = budgets  # spend caps per tenant / batch (None: not enforced)
+        self.budget_recheck_s = BUDGET_RECHECK_S
         self.store = store
         self.router = router
         self.gate = gate
@@ -252,10 +257,13 @@ class Executor:
         )
         est = self._estimate(spec)
         errors: list[ProviderError] = []
+        caps = Caps()
+        if self.budgets is not None and (spec.tenant is not None or spec.batch_id is not None):
+            caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self._try_candidates(
-                spec, candidates, attempts, est, lines, denied, errors, owners
+                spec, candidates, attempts, est, lines, denied, errors, owners, caps
             )
             if outcome is not None:
                 return outcome
@@ -283,6 +291,7 @@ class Executor:
         denied: list[Admission],
         errors: list[ProviderError],
         owners: dict[str, str],
+        caps: Caps,
     ) -> Outcome | None:
         """An outcome, or None when some candidates refused admission (``denied``) and none served it.
 
@@ -296,6 +305,11 @@ class Executor:
         for cand in candidates:
             used = _spent(attempts, candidates, self.policy.max_attempts)[0].get(_key(cand), 0)
             for n in range(used, self.policy.max_attempts):
+                resv: Reservation | None = None
+                if caps.any:
+                    resv, refused = await self._reserve(spec, cand, caps)
+                    if refused is not None:
+                        return refused
                 adm = await self.gate.admit(
                     cand.provider.name,
                     cand.model,
@@ -305,6 +319,8 @@ class Executor:
                     owner=owners.get(cand.provider.name),
                 )
                 if not adm.ok:
+                    if resv is not None:
+                        await self.budgets.settle(resv, 0.0)  # type: ignore[union-attr]
                     denied.append(adm)
                     break  # saturated / open: the next candidate, or wait / defer the job
                 self.router.started(cand)
@@ -328,6 +344,9 @@ class Executor:
                     self.local.release(adm.scope)
                     raise
                 latency = _ms(t0)
+                if resv is not None:  # the real cost replaces the estimate (a failed call costs nothing)
+                    real = self.router.cost(cand, resp.usage, spec.kind) if resp is not None else 0.0
+                    await self.budgets.settle(resv, real or 0.0)  # type: ignore[union-attr]
                 provider_fault = err is not None and err.error_class in (
                     ErrorClass.TRANSIENT,
                     ErrorClass.RATE_LIMITED,
@@ -386,6 +405,28 @@ class Executor:
                 delay = self.policy.round_delay(rounds)
                 raise Deferred(delay, [f"every candidate failed (round {rounds})"], _info(last))
         return Outcome(None, None, _info(last))
+
+    async def _reserve(
+        self, spec: JobSpec, cand: Candidate, caps: Caps
+    ) -> tuple[Reservation | None, Outcome | None]:
+        """Reserve the call's estimated cost against the job's caps. Refused: a batch line waits (its
+        batch shows it is paused, and it runs once the cap is raised); a single job fails."""
+        assert self.budgets is not None
+        req = spec.req()
+        if isinstance(req, ChatRequest):
+            prompt, out = estimate_messages(req.messages), req.output_limit() or DEFAULT_OUTPUT_ESTIMATE
+        else:
+            prompt, out = self._estimate(spec), 0
+        usage = Usage(prompt_tokens=prompt, completion_tokens=out, total_tokens=prompt + out)
+        est = self.router.cost(cand, usage, spec.kind) or 0.0
+        resv = await self.budgets.reserve(spec.tenant, spec.batch_id, caps, est)
+        if resv.ok:
+            return resv, None
+        info = ErrorInfo(code="budget_exceeded", message=resv.reason, error_class="final", status=402)
+        if spec.batch_id is not None:
+            await self.budgets.pause(spec.batch_id, resv.reason)
+            raise Deferred(self.budget_recheck_s, ["budget"], info)
+        return None, Outcome(None, cand, info)
 
     async def _settle(self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int) -> None:
         """Settle a failed attempt before the next one. A script error here must not end the job: the

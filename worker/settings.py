@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec, scripts
+from shared.budget import Budgets
 from shared.byok.crypto import KeyRing
 from shared.byok.resolver import TenantKeys
 from shared.byok.store import check_startup
@@ -50,7 +51,8 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     store = Store(redis, settings.keys, cfg.batches)
     # Tenants' own provider keys; a malformed master key fails here, at startup (MasterKeyError).
     own = TenantKeys(redis, settings.keys, KeyRing.from_env(), {n: p.config for n, p in providers.items()})
-    return Executor(store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local, own)
+    budgets = Budgets(redis, settings.keys)
+    return Executor(store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local, own, budgets)
 
 
 class FuseboxWorker(Worker):

@@ -34,6 +34,7 @@ ROUTER_MODULES: list[str] = [
     "producer.api.ops",
     "producer.api.anthropic",
     "producer.api.provider_keys",
+    "producer.api.budgets",
 ]
 
 
