@@ -182,7 +182,12 @@ async def _status(client: FuseboxClient, args: argparse.Namespace) -> int:
     print(f"{obj['id']}  {obj['status']}")
     print(f"  requests: {rc['completed']} completed, {rc['failed']} failed, {rc['total']} total")
     print(f"  tokens:   {u['prompt_tokens']} in, {u['completion_tokens']} out, {u['cached_tokens']} cached")
-    print(f"  cost:     ${u['cost_usd']:.6f}")
+    print(
+        f"  cost:     ${u['cost_usd']:.6f}"
+        + (f" (budget ${obj['budget_usd']:.6f})" if obj.get("budget_usd") is not None else "")
+    )
+    if obj.get("paused"):
+        print(f"  paused:   {obj['paused']}")
     if obj.get("failure_reason"):
         print(f"  reason:   {obj['failure_reason']}")
     if hook is not None:

@@ -45,6 +45,7 @@ def register(subparsers: Any) -> None:
     )
     b.add_argument("action", choices=sorted(ACTIONS))
     b.add_argument("name", help="provider name, or provider/model for a per-model scope")
+    b.add_argument("--reason", default="", help="why (kept in the audit trail)")
     b.set_defaults(fn=run_action)
 
 
@@ -98,8 +99,10 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_action(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import audit
+
     async def body(gate: Gate) -> int:
-        known = [p.scope for p in gate.scopes()]
+        known = [p.scope for p in [*gate.scopes(), *await gate.key_scopes()]]
         if args.name not in known:
             hint = ""
             if "/" in args.name:
@@ -110,10 +113,15 @@ def run_action(args: argparse.Namespace, settings: Settings) -> int:
                 )
             print(f"error: no breaker {args.name!r} (known: {', '.join(known)}){hint}", file=sys.stderr)
             return 2
+        actor = audit.cli_actor()
         if args.action == "reset":
-            await gate.reset(args.name)
+            await gate.reset(args.name, actor=actor, why=args.reason)
         else:
-            await gate.force(args.name, FORCE[args.action])
+            await gate.force(args.name, FORCE[args.action], actor=actor, why=args.reason)
+        details = {"action": args.action, "reason": args.reason}
+        await audit.record(
+            gate.redis, gate.keys, actor=actor, action="breaker.force", target=args.name, details=details
+        )
         snap = await gate.snapshot(args.name)
         print(f"{args.name}: {ACTIONS[args.action]} (state {snap['state']})")
         return 0

@@ -369,6 +369,8 @@ def batch_object(batch_id: str, info: dict[str, str]) -> dict[str, Any]:
         "webhook": info.get("webhook"),
         "failure_reason": info.get("failure_reason"),
         "tenant": info.get("tenant"),
+        "budget_usd": float(info["budget_usd"]) if "budget_usd" in info else None,
+        "paused": info.get("paused"),  # why its lines wait (its budget), while they do
         "usage": {
             "prompt_tokens": int(info.get("prompt_tokens", 0)),
             "completion_tokens": int(info.get("completion_tokens", 0)),

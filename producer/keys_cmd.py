@@ -22,7 +22,7 @@ def _redis(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
-    from shared import tenants
+    from shared import audit, tenants
 
     try:
         tenants.check_tenant(args.tenant)
@@ -35,7 +35,9 @@ def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
 
     async def go() -> str:
         try:
-            return await tenants.create_key(r, settings.keys, args.tenant, admin=args.admin)
+            return await tenants.create_key(
+                r, settings.keys, args.tenant, admin=args.admin, actor=audit.cli_actor()
+            )
         finally:
             await r.aclose()
 
@@ -68,7 +70,7 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from shared import tenants
+    from shared import audit, tenants
 
     r = _redis(settings)
     if r is None:
@@ -76,7 +78,7 @@ def _cmd_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
     async def go() -> list[tenants.KeyInfo]:
         try:
-            return await tenants.revoke(r, settings.keys, args.key)
+            return await tenants.revoke(r, settings.keys, args.key, actor=audit.cli_actor())
         finally:
             await r.aclose()
 
@@ -100,3 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rv = ks.add_parser("revoke", help="revoke a key, given the key or its ID")
     rv.add_argument("key")
     rv.set_defaults(fn=_cmd_revoke)
+    from producer import provider_keys_cmd
+
+    provider_keys_cmd.register(ks)
+    provider_keys_cmd.register_audit(sub)

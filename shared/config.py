@@ -71,6 +71,9 @@ class ApiConfig(_Section):
     file_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     chunk_bytes: int = Field(1024 * 1024, ge=4096)  # Redis list element size for uploaded files
     sync_timeout_s: float = Field(600.0, gt=0)  # how long /v1/chat/completions waits for its job
+    # Hosts/CIDRs a tenant's own provider entry (base_url) may point at despite the SSRF guard,
+    # e.g. "10.0.0.0/8" for in-cluster vLLM servers.
+    provider_allow_hosts: list[str] = Field(default_factory=list)
 
 
 class BreakerConfig(_Section):

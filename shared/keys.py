@@ -71,6 +71,38 @@ class Keys:
         """List of an uploaded file's content in order, in chunks of about 1 MB (split anywhere)."""
         return f"{self.ns}:file:{file_id}:chunks"
 
+    def tenant_settings(self, tenant: str) -> str:
+        """Hash: a tenant's settings (e.g. allow_fleet_keys -> "1"/"0"); unset fields take defaults."""
+        return f"{self.ns}:tenant:{tenant}:settings"
+
+    # -- tenants' own provider keys (BYOK) and the audit trail ------------
+    def provider_keys(self, tenant: str) -> str:
+        """Hash: provider -> JSON record of the tenant's AES-GCM encrypted key (never plaintext)."""
+        return f"{self.ns}:tenant:{tenant}:provider_keys"
+
+    @property
+    def provider_key_tenants(self) -> str:
+        """Set of tenants that have stored provider keys (master-key rotation and startup checks)."""
+        return f"{self.ns}:provider_keys:tenants"
+
+    @property
+    def audit(self) -> str:
+        """Append-only stream (capped ~100k) of admin actions: actor, at, action, target, details."""
+        return f"{self.ns}:audit"
+
+    # -- spend caps ----------------------------------------------------------
+    def spend_tenant(self, tenant: str, day: str) -> str:
+        """String (float USD): a tenant's spend on ``day`` (UTC, YYYYMMDD), reservations included."""
+        return f"{self.ns}:spend:tenant:{tenant}:{day}"
+
+    def spend_batch(self, batch_id: str) -> str:
+        """String (float USD): what a batch's calls cost so far, reservations included."""
+        return f"{self.ns}:spend:batch:{batch_id}"
+
+    def batch_paused(self, batch_id: str) -> str:
+        """String with a short TTL: why a batch's lines are waiting (its budget), renewed while they are."""
+        return f"{self.ns}:batch:{batch_id}:paused"
+
     # -- webhooks --------------------------------------------------------
     def webhook(self, webhook_id: str) -> str:
         """Hash: one webhook's delivery (msgpack), url, type, state, attempts, redeliveries, timestamps."""

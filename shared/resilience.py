@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -115,13 +116,33 @@ class Gate:
         self._snapshot = scripts.load(redis, "gate_snapshot")
 
     # -- configuration -----------------------------------------------------
-    def policy(self, provider: str, model: str | None = None) -> Policy:
-        key = (provider, model)
+    def policy(self, provider: str, model: str | None = None, owner: str | None = None) -> Policy:
+        """``owner``: a tenant calling with its own key. Its calls get a scope of their own,
+        ``provider@owner`` (same settings as the provider's), so its 429s and outages never shrink
+        another tenant's limits or trip the fleet's breaker."""
+        key = (provider, model, owner)
         pol = self._policies.get(key)
         if pol is None:
             pcfg = self.provider_configs.get(provider) or ProviderConfig(type="unknown")
-            pol = self._policies[key] = resolve(self.cfg, provider, pcfg, model)
+            pol = resolve(self.cfg, provider, pcfg, model)
+            if owner is not None:
+                suffix = f"/{pol.model}" if pol.model is not None else ""
+                pol = dataclasses.replace(pol, scope=f"{provider}@{owner}{suffix}")
+            self._policies[key] = pol
         return pol
+
+    async def key_scopes(self) -> list[Policy]:
+        """The per-key scopes of tenants' own provider keys (``provider@tenant``), from the stored keys."""
+        tenants = sorted(
+            _str(t) for t in await self._call_cmd(self.redis.smembers(self.keys.provider_key_tenants))
+        )
+        out: list[Policy] = []
+        for t in tenants:
+            for p in sorted(
+                _str(x) for x in await self._call_cmd(self.redis.hkeys(self.keys.provider_keys(t)))
+            ):
+                out.append(self.policy(p, None, t))
+        return out
 
     def scopes(self) -> list[Policy]:
         """Every configured scope: each provider, then each of its per-model scopes."""
@@ -132,8 +153,14 @@ class Gate:
         return out
 
     def _scope_policy(self, name: str) -> Policy:
-        """The policy for ``provider`` or ``provider/model`` (a per-model scope); LookupError if unknown."""
+        """The policy for ``provider`` or ``provider/model`` (a per-model scope), either with
+        ``@tenant`` after the provider for a tenant's own key; LookupError if unknown."""
         provider, sep, model = name.partition("/")
+        provider, at, owner = provider.partition("@")
+        if at and owner:
+            if sep and model not in self.provider_configs.get(provider, ProviderConfig(type="x")).per_model:
+                raise LookupError(f"no per-model scope {name!r}")
+            return self.policy(provider, model if sep else None, owner)
         pcfg = self.provider_configs.get(provider)
         if pcfg is None or (sep and model not in pcfg.per_model):
             known = ", ".join(p.scope for p in self.scopes())
@@ -148,13 +175,14 @@ class Gate:
         est_tokens: int,
         waiter: str = "",
         other_lines: Sequence[str] = (),
+        owner: str | None = None,
     ) -> Admission:
         """``waiter`` (a job id) joins the scope's virtual line when saturated: ``retry_in`` then says
         when its turn should come, so deferred jobs come back spread out instead of all at once.
         ``other_lines`` are the scopes of the job's other candidates: admitted, it leaves them too."""
         if self._unsettled:
             await self.release_unsettled()
-        pol = self.policy(provider, model)
+        pol = self.policy(provider, model, owner)
         scope = pol.scope
         k = self.keys
         lease = f"{self._prefix}:{next(self._ids)}"
@@ -353,7 +381,8 @@ class Gate:
         return _snapshot(pol, res)
 
     async def snapshots(self) -> list[dict[str, Any]]:
-        return [await self.snapshot(p.scope) for p in self.scopes()]
+        """Every configured scope, then every tenant key's scope (``provider@tenant``)."""
+        return [await self.snapshot(p.scope) for p in [*self.scopes(), *await self.key_scopes()]]
 
     async def transitions(self, count: int = 50, scope: str | None = None) -> list[dict[str, Any]]:
         """The latest breaker transitions (of one scope, if given), newest first. Figures stay strings."""

@@ -275,3 +275,28 @@ class OutputLine(Struct, kw_only=True):
                 response = OutputResponse(status_code=r.error.status, request_id=r.request_id, body=body)
         rid = "batch_req_" + hashlib.sha256(r.id.encode()).hexdigest()[:24]
         return cls(id=rid, custom_id=r.custom_id, response=response, error=error, fusebox=meta)
+
+
+class ProviderEntry(Struct, kw_only=True, omit_defaults=True):
+    """A tenant's provider entry of its own (its Azure deployment, its vLLM): not secret."""
+
+    type: str
+    base_url: str | None = None
+    models: list[str] = field(default_factory=list)
+
+
+class ProviderKeyRecord(Struct, kw_only=True, omit_defaults=True):
+    """A tenant's provider key as stored in Redis: AES-GCM ciphertext, never the key.
+
+    ``mk`` names the master key that wrapped it (so rotation can tell old records from new);
+    the associated data binds tenant, provider and ``entry``, so neither the ciphertext nor a
+    changed base URL can be moved onto another tenant or server."""
+
+    mk: str
+    nonce: str  # base64, 12 random bytes per record
+    ct: str  # base64 ciphertext + tag
+    masked: str  # e.g. "sk-…abcd": enough to tell keys apart, too little to use
+    updated_at: float
+    actor: str = ""
+    entry: ProviderEntry | None = None
+    v: int = 1

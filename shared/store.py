@@ -252,8 +252,15 @@ class Store:
         return BatchCounts((total, completed, failed, vals[3].decode()))
 
     async def batch_info(self, batch_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.keys.batch(batch_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        """The batch hash, plus ``paused`` (why its lines wait, e.g. its budget) while they do."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.batch(batch_id))
+            pipe.get(self.keys.batch_paused(batch_id))
+            raw, paused = await pipe.execute()
+        out = {k.decode(): v.decode() for k, v in raw.items()}
+        if raw and paused is not None:
+            out["paused"] = paused.decode()
+        return out
 
     async def list_batches(self, limit: int = 20) -> list[dict[str, str]]:
         ids = await self.redis.zrevrange(self.keys.batches, 0, limit - 1)

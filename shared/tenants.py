@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from shared import audit
 from shared.keys import Keys
 
 KEY_PREFIX = "fbx_"
@@ -46,12 +47,17 @@ def check_tenant(name: str) -> str:
     return name
 
 
-async def create_key(redis: Redis, keys: Keys, tenant: str, admin: bool = False) -> str:
+async def create_key(
+    redis: Redis, keys: Keys, tenant: str, admin: bool = False, *, actor: str = "system"
+) -> str:
     """A new key for ``tenant``; the key itself is returned once and never stored."""
     check_tenant(tenant)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     record = {"tenant": tenant, "admin": admin, "created_at": time.time(), "prefix": key[:10]}
-    await redis.hset(keys.api_keys, hash_key(key), json.dumps(record))
+    h = hash_key(key)
+    await redis.hset(keys.api_keys, h, json.dumps(record))
+    details = {"key_id": h[:12], "admin": admin}
+    await audit.record(redis, keys, actor=actor, action="api_key.create", target=tenant, details=details)
     return key
 
 
@@ -76,7 +82,7 @@ async def list_keys(redis: Redis, keys: Keys) -> list[KeyInfo]:
     return sorted(out, key=lambda k: (k.tenant, k.created_at))
 
 
-async def revoke(redis: Redis, keys: Keys, key_or_id: str) -> list[KeyInfo]:
+async def revoke(redis: Redis, keys: Keys, key_or_id: str, *, actor: str = "system") -> list[KeyInfo]:
     """Revoke a key given the key itself or its id (a unique prefix of its hash); -> what was revoked."""
     all_keys = await redis.hkeys(keys.api_keys)
     hashes = [h.decode() if isinstance(h, bytes) else h for h in all_keys]
@@ -91,4 +97,44 @@ async def revoke(redis: Redis, keys: Keys, key_or_id: str) -> list[KeyInfo]:
         return []
     info = [k for k in await list_keys(redis, keys) if match[0].startswith(k.key_id)]
     await redis.hdel(keys.api_keys, match[0])
+    for k in info:
+        details = {"key_id": k.key_id, "admin": k.admin}
+        await audit.record(
+            redis, keys, actor=actor, action="api_key.revoke", target=k.tenant, details=details
+        )
     return info
+
+
+# -- per-tenant settings --------------------------------------------------------
+
+# allow_fleet_keys: whether the tenant's jobs may use the deployment's own provider keys for a
+# provider the tenant has no key of its own for.
+DEFAULT_SETTINGS: dict[str, bool] = {"allow_fleet_keys": True}
+
+
+async def get_settings(redis: Redis, keys: Keys, tenant: str) -> dict[str, bool]:
+    raw = await redis.hgetall(keys.tenant_settings(tenant))
+    got = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    out = dict(DEFAULT_SETTINGS)
+    for name in DEFAULT_SETTINGS:
+        if name in got:
+            out[name] = got[name] in (b"1", "1")
+    return out
+
+
+async def update_settings(
+    redis: Redis, keys: Keys, tenant: str, changes: dict[str, bool], *, actor: str
+) -> dict[str, bool]:
+    """Set some settings (unknown names raise ValueError); audited; -> all settings after."""
+    check_tenant(tenant)
+    unknown = sorted(set(changes) - set(DEFAULT_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown tenant setting(s): {', '.join(unknown)} (known: allow_fleet_keys)")
+    if changes:
+        before = await get_settings(redis, keys, tenant)
+        await redis.hset(
+            keys.tenant_settings(tenant), mapping={k: "1" if v else "0" for k, v in changes.items()}
+        )
+        details = {k: {"from": before[k], "to": v} for k, v in changes.items()}
+        await audit.record(redis, keys, actor=actor, action="tenant.settings", target=tenant, details=details)
+    return await get_settings(redis, keys, tenant)

@@ -13,6 +13,7 @@ from typing import Any
 from arq.connections import RedisSettings
 
 from shared import codec, routing_table
+from shared.byok.store import check_startup
 from shared.config import Settings
 from worker.batch_jobs import BATCH_FUNCTIONS, STORE_KEY, batch_cron
 from worker.jobs import CTX_KEY, chat, embed
@@ -38,6 +39,8 @@ class WorkerSettings:
     @staticmethod
     async def on_startup(ctx: dict[str, Any]) -> None:
         executor = build_executor(_settings, ctx["redis"])
+        if executor.tenant_keys is not None:  # stored tenant keys need the master key: say so now
+            await check_startup(ctx["redis"], _settings.keys, executor.tenant_keys.ring)
         ctx.update({CTX_KEY: executor, STORE_KEY: executor.store, SETTINGS_KEY: _settings})
         await routing_table.publish(ctx["redis"], _settings.keys, executor.router.providers, _settings.file)
 

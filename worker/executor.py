@@ -23,13 +23,16 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec, metrics
+from shared.budget import Budgets, Caps, Reservation
+from shared.byok.crypto import MasterKeyError
+from shared.byok.resolver import TenantKeys
 from shared.errors import ErrorClass, ProviderError
 from shared.keys import ARQ_JOB
 from shared.providers.base import ProviderResponse
 from shared.resilience import Admission, Gate, RedisUnavailable, outcome_of
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
-from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
+from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError, Usage
 from shared.scripts import ScriptCall, run_pipelined
 from shared.store import JOB_FUNCTION, Store
 from shared.tokens import estimate_messages, estimate_text
@@ -50,6 +53,7 @@ INTERNAL_TRIES = 5
 INTERNAL_BACKOFF_S = 0.5
 REDIS_RETRY_S = 1.0  # a job cut off by a Redis error runs again after this
 _REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
+BUDGET_RECHECK_S = 5.0  # a batch line waiting for its budget checks again this often
 
 
 @dataclass(slots=True)
@@ -82,10 +86,15 @@ class Executor:
         policy: RetryPolicy,
         max_tries: int = 1000,
         local_waiters: int = 50,
+        tenant_keys: TenantKeys | None = None,
+        budgets: Budgets | None = None,
         job_timeout: float | None = None,
     ) -> None:
         """``job_timeout`` is arq's: past it arq cancels the job and drops it without a result, so the
         executor ends a run a little before (the job runs again, or its line gets an error)."""
+        self.tenant_keys = tenant_keys  # tenants' own provider keys (None: not configured)
+        self.budgets = budgets  # spend caps per tenant / batch (None: not enforced)
+        self.budget_recheck_s = BUDGET_RECHECK_S
         self.store = store
         self.router = router
         self.gate = gate
@@ -134,13 +143,18 @@ class Executor:
         self, spec: JobSpec, job_try: int, attempts: list[Attempt], deadline: float | None
     ) -> JobResult | None:
         started = time.perf_counter()
+        refused: ErrorInfo | None = None
         try:
             candidates = self.router.candidates(spec.req().model)
         except RequestError as e:
-            outcome = Outcome(None, None, ErrorInfo(code=e.code, message=e.message, status=400))
+            refused = ErrorInfo(code=e.code, message=e.message, status=400)
+        else:
+            candidates, owners, refused = await self._own_keys(spec, candidates)
+        if refused is not None:
+            outcome = Outcome(None, None, refused)
         else:
             try:
-                outcome = await self._call(spec, candidates, attempts, deadline)
+                outcome = await self._call(spec, candidates, attempts, owners, deadline)
             except Deferred as d:
                 if job_try < self.max_tries:
                     metrics.record_deferral(d.reasons)
@@ -215,12 +229,60 @@ class Executor:
         assert spec.embed is not None
         return sum(estimate_text(t) for t in spec.embed.texts())
 
+    async def _own_keys(
+        self, spec: JobSpec, candidates: list[Candidate]
+    ) -> tuple[list[Candidate], dict[str, str], ErrorInfo | None]:
+        """The candidates with the tenant's own keys swapped in, the providers called with them
+        (-> the tenant, whose per-key gate scope they use), or the error if no key may be used.
+        Jobs without a tenant, or of tenants with no keys that may use the fleet's, are untouched;
+        the tenant's records are cached in the worker (TenantKeys.ttl), so no round trip per job."""
+        if spec.tenant is None or self.tenant_keys is None:
+            return candidates, {}, None
+        try:
+            view = await self.tenant_keys.view(spec.tenant)
+        except MasterKeyError as e:
+            return (
+                [],
+                {},
+                ErrorInfo(code="master_key_unavailable", message=str(e), error_class="final", status=500),
+            )
+        if not view.keys and view.allow_fleet_keys:
+            return candidates, {}, None
+        out: list[Candidate] = []
+        owners: dict[str, str] = {}
+        missing: list[str] = []
+        for c in candidates:
+            key = view.keys.get(c.provider.name)
+            if key is not None:
+                out.append(Candidate(self.tenant_keys.adapter(spec.tenant, key), c.model))
+                owners[c.provider.name] = spec.tenant
+            elif view.allow_fleet_keys:
+                out.append(c)
+            else:
+                missing.append(c.provider.name)
+        if out:
+            return out, owners, None
+        names = ", ".join(missing)
+        msg = (
+            f"tenant {spec.tenant!r} has no key of its own for {names} and may not use the fleet's keys: "
+            f"store one (PUT /v1/fusebox/provider-keys/{missing[0]}) or allow fleet keys"
+        )
+        return [], {}, ErrorInfo(code="tenant_key_missing", message=msg, error_class="final", status=403)
+
     async def _call(
-        self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt], deadline: float | None
+        self,
+        spec: JobSpec,
+        candidates: list[Candidate],
+        attempts: list[Attempt],
+        owners: dict[str, str],
+        deadline: float | None,
     ) -> Outcome:
         # The job may stand in every candidate's line; admitted anywhere, it leaves them all.
         lines = (
-            [self.gate.policy(c.provider.name, c.model).scope for c in candidates]
+            [
+                self.gate.policy(c.provider.name, c.model, owners.get(c.provider.name)).scope
+                for c in candidates
+            ]
             if len(candidates) > 1
             else []
         )
@@ -229,9 +291,14 @@ class Executor:
         loop = asyncio.get_running_loop()
         # Wait in the worker only through the first third of the run: the call itself needs the rest.
         wait_until = None if deadline is None else loop.time() + (deadline - loop.time()) / 3
+        caps = Caps()
+        if self.budgets is not None and (spec.tenant is not None or spec.batch_id is not None):
+            caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
-            outcome = await self._try_candidates(spec, candidates, attempts, est, lines, denied, errors)
+            outcome = await self._try_candidates(
+                spec, candidates, attempts, est, lines, denied, errors, owners, caps
+            )
             if outcome is not None:
                 return outcome
             delay = _come_back_in(denied)
@@ -258,6 +325,8 @@ class Executor:
         lines: list[str],
         denied: list[Admission],
         errors: list[ProviderError],
+        owners: dict[str, str],
+        caps: Caps,
     ) -> Outcome | None:
         """An outcome, or None when some candidates refused admission (``denied``) and none served it.
 
@@ -272,10 +341,22 @@ class Executor:
             budget = spent(attempts, candidates, self.policy.max_attempts)[0]
             used = budget.get((cand.provider.name, cand.model), 0)
             for n in range(used, self.policy.max_attempts):
+                resv: Reservation | None = None
+                if caps.any:
+                    resv, refused = await self._reserve(spec, cand, caps)
+                    if refused is not None:
+                        return refused
                 adm = await self.gate.admit(
-                    cand.provider.name, cand.model, est, waiter=spec.id, other_lines=lines
+                    cand.provider.name,
+                    cand.model,
+                    est,
+                    waiter=spec.id,
+                    other_lines=lines,
+                    owner=owners.get(cand.provider.name),
                 )
                 if not adm.ok:
+                    if resv is not None:
+                        await self.budgets.settle(resv, 0.0)  # type: ignore[union-attr]
                     denied.append(adm)
                     break  # saturated / open: the next candidate, or wait / defer the job
                 self.router.started(cand)
@@ -299,6 +380,9 @@ class Executor:
                     self.local.release(adm.scope)
                     raise
                 latency = _ms(t0)
+                if resv is not None:  # the real cost replaces the estimate (a failed call costs nothing)
+                    real = self.router.cost(cand, resp.usage, spec.kind) if resp is not None else 0.0
+                    await self.budgets.settle(resv, real or 0.0)  # type: ignore[union-attr]
                 provider_fault = err is not None and err.error_class in (
                     ErrorClass.TRANSIENT,
                     ErrorClass.RATE_LIMITED,
@@ -356,6 +440,28 @@ class Executor:
                 delay = self.policy.round_delay(rounds)
                 raise Deferred(delay, [f"every candidate failed (round {rounds})"], _info(last))
         return Outcome(None, None, _info(last))
+
+    async def _reserve(
+        self, spec: JobSpec, cand: Candidate, caps: Caps
+    ) -> tuple[Reservation | None, Outcome | None]:
+        """Reserve the call's estimated cost against the job's caps. Refused: a batch line waits (its
+        batch shows it is paused, and it runs once the cap is raised); a single job fails."""
+        assert self.budgets is not None
+        req = spec.req()
+        if isinstance(req, ChatRequest):
+            prompt, out = estimate_messages(req.messages), req.output_limit() or DEFAULT_OUTPUT_ESTIMATE
+        else:
+            prompt, out = self._estimate(spec), 0
+        usage = Usage(prompt_tokens=prompt, completion_tokens=out, total_tokens=prompt + out)
+        est = self.router.cost(cand, usage, spec.kind) or 0.0
+        resv = await self.budgets.reserve(spec.tenant, spec.batch_id, caps, est)
+        if resv.ok:
+            return resv, None
+        info = ErrorInfo(code="budget_exceeded", message=resv.reason, error_class="final", status=402)
+        if spec.batch_id is not None:
+            await self.budgets.pause(spec.batch_id, resv.reason)
+            raise Deferred(self.budget_recheck_s, ["budget"], info)
+        return None, Outcome(None, cand, info)
 
     async def _settle(self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int) -> None:
         """Settle a failed attempt before the next one. A script error here must not end the job: the

@@ -18,6 +18,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec, routing_table, scripts
+from shared.budget import Budgets
+from shared.byok.crypto import KeyRing
+from shared.byok.resolver import TenantKeys
+from shared.byok.store import check_startup
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS
 from shared.providers.registry import build_providers
@@ -45,8 +49,19 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     wc = cfg.worker
     local = wc.local_waiters if wc.local_waiters is not None else max(1, wc.max_jobs // 4)
     store = Store(redis, settings.keys, cfg.batches)
+    # Tenants' own provider keys; a malformed master key fails here, at startup (MasterKeyError).
+    own = TenantKeys(redis, settings.keys, KeyRing.from_env(), {n: p.config for n, p in providers.items()})
+    budgets = Budgets(redis, settings.keys)
     return Executor(
-        store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local, job_timeout=wc.job_timeout
+        store,
+        router,
+        gate,
+        RetryPolicy(cfg.retry),
+        wc.max_tries,
+        local,
+        own,
+        budgets,
+        job_timeout=wc.job_timeout,
     )
 
 
@@ -254,11 +269,16 @@ def build_worker(
     async def on_startup(ctx: dict[str, Any]) -> None:
         # Producers check models against the table this worker routes by (shared/routing_table.py).
         await routing_table.publish(redis, settings.keys, executor.router.providers, settings.file)
+        # Stored tenant keys without (or with the wrong) master key: stop now, saying what to set.
+        if executor.tenant_keys is not None:
+            await check_startup(redis, settings.keys, executor.tenant_keys.ring)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await close_webhooks(ctx)
         for p in executor.router.providers.values():
             await p.aclose()
+        if executor.tenant_keys is not None:
+            await executor.tenant_keys.aclose()
 
     params: dict[str, Any] = dict(
         functions=[chat, embed, *BATCH_FUNCTIONS, *WEBHOOK_FUNCTIONS],

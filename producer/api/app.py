@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from producer.api.auth import ApiContext, Ctx
 from producer.api.errors import ApiError, ErrorBody, openai_error_body
+from shared.byok.crypto import KeyRing
+from shared.byok.store import check_startup
 from shared.config import Settings
 from shared.files import FileStore
 from shared.providers.registry import build_providers
@@ -31,6 +33,8 @@ ROUTER_MODULES: list[str] = [
     "producer.api.native",
     "producer.api.ops",
     "producer.api.anthropic",
+    "producer.api.provider_keys",
+    "producer.api.budgets",
 ]
 
 
@@ -50,13 +54,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set")
         cfg = settings.file
+        keyring = KeyRing.from_env()
         redis = connect(settings.redis_url, settings.keys)
+        try:
+            # Stored tenant keys with no (or the wrong) master key: refuse to start, saying what to set.
+            await check_startup(redis, settings.keys, keyring)
+        except BaseException:
+            await redis.aclose()
+            raise
         app.state.ctx = ApiContext(
             settings=settings,
             redis=redis,
             store=Store(redis, settings.keys, cfg.batches),
             files=FileStore(redis, settings.keys, cfg.api),
             router=Router(build_providers(cfg), cfg),
+            keyring=keyring,
         )
         try:
             yield

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from producer.api.errors import ApiError
+from shared.byok.crypto import KeyRing
 from shared.config import Settings
 from shared.files import FileStore
 from shared.router import Router
@@ -28,6 +29,7 @@ class ApiContext:
     store: Store
     files: FileStore
     router: Router
+    keyring: KeyRing | None = None  # master key(s) for tenants' provider keys (None: not configured)
 
 
 async def get_ctx(request: Request) -> ApiContext:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from producer.api.auth import AdminDep, ApiContext, Ctx
 from producer.api.errors import OPENAI_ERRORS, ApiError
 from producer.providers_cmd import describe
-from shared import metrics
+from shared import audit, metrics
 from shared.ops_view import batches_in_progress, fleet_state, provider_series
 from shared.providers.base import Provider
 from shared.resilience import Gate
@@ -38,7 +38,7 @@ def gate_of(ctx: ApiContext, request: Request) -> Gate:
 
 
 def _provider(ctx: ApiContext, name: str) -> Provider:
-    p = ctx.router.providers.get(name.split("/")[0])
+    p = ctx.router.providers.get(name.split("/")[0].split("@")[0])  # provider[@tenant][/model]
     if p is None:
         raise ApiError(404, f"No provider named '{name}'.", code="not_found", param="name")
     return p
@@ -117,8 +117,12 @@ async def force_breaker(
         else:
             state = {"open": "open", "close": "closed", "disable": "disabled"}[body.action]
             await gate.force(name, state, actor=admin.name, why=body.reason)
-    except KeyError:
+    except LookupError:
         raise ApiError(404, f"No breaker scope named '{name}'.", code="not_found", param="name") from None
+    details = {"action": body.action, "reason": body.reason}
+    await audit.record(
+        ctx.redis, ctx.settings.keys, actor=admin.name, action="breaker.force", target=name, details=details
+    )
     return await gate.snapshot(name)
 
 

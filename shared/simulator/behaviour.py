@@ -6,6 +6,7 @@ the in-flight count survive ``POST /_sim/config``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import zlib
@@ -51,6 +52,11 @@ def latency_sampler(lat: LatencyConfig, rng: random.Random) -> Callable[[], floa
     return lambda: rng.lognormvariate(mu, sigma)
 
 
+def key_fingerprint(key: str | None) -> str:
+    """How the stats name a credential: the first 12 hex digits of its sha256 ("none" when absent)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12] if key else "none"
+
+
 @dataclass(slots=True)
 class RouteStats:
     requests: int = 0
@@ -61,6 +67,12 @@ class RouteStats:
     outage_rejections: int = 0
     injected: dict[str, int] = field(default_factory=dict)
     model_list_requests: int = 0
+    # sha256(key)[:12] -> requests that carried it: which credential each call used, never the key.
+    keys: dict[str, int] = field(default_factory=dict)
+
+    def record_key(self, key: str | None) -> None:
+        fp = key_fingerprint(key)
+        self.keys[fp] = self.keys.get(fp, 0) + 1
 
     def record(self, status: int) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -70,6 +82,7 @@ class RouteStats:
         self.requests = self.capacity_rejections = self.outage_rejections = self.model_list_requests = 0
         self.by_status.clear()
         self.injected.clear()
+        self.keys.clear()
         self.max_in_flight = self.in_flight
 
     def snapshot(self) -> dict[str, Any]:
@@ -82,6 +95,7 @@ class RouteStats:
             "outage_rejections": self.outage_rejections,
             "injected": dict(sorted(self.injected.items())),
             "model_list_requests": self.model_list_requests,
+            "keys": dict(sorted(self.keys.items())),
         }
 
 

@@ -309,6 +309,7 @@ class SimulatorServer:
         r = route.per_model.get(call.model, route) if (call is not None and route.per_model) else route
         st = r.stats
         st.requests += 1
+        st.record_key(fmt.api_key(request.headers, request.query))
         if r.windows or r.down:
             if r.in_outage(self.elapsed()):
                 st.outage_rejections += 1
