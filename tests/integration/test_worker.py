@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from shared.config import Settings
 from shared.embedded import EmbeddedValkey, free_port
 from shared.redis_conn import connect
 from tests.conftest import PYTHON, subprocess_env
+from tests.integration.helpers import batch_lines
 from worker.settings import FuseboxWorker
 
 
@@ -58,14 +58,6 @@ async def test_batched_claim_never_runs_a_job_twice(settings: Settings):
     await producer.aclose()
 
 
-def _lines(n: int) -> list[str]:
-    return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]}})
-        for i in range(n)
-    ]  # fmt: skip
-
-
 async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, tmp_path: Path):
     # Its own server: this test stops it, which it must never do to a shared one.
     port = free_port()
@@ -82,7 +74,7 @@ async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, t
     )
     try:
         client = FuseboxClient(connect(url, s.keys), s)
-        sub = await client.submit_batch(_lines(400))
+        sub = await client.submit_batch(batch_lines(400))
         for _ in range(600):  # until the worker is running and part-way through
             c = await client.counts(sub.batch_id)
             if c is not None and c.done >= 20:

@@ -1,0 +1,76 @@
+"""Helpers several integration test modules use: batch input lines, workers, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from worker.settings import build_worker
+
+if TYPE_CHECKING:
+    from bench.harness import Stack
+    from shared.schema import JobResult
+
+
+def batch_lines(n: int, model: str = "simulated/chat", prompt: str = "q") -> list[str]:
+    """``n`` OpenAI Batch JSONL chat lines, custom_id ``c0``..``c{n-1}``, content ``"{prompt} {i}"``."""
+    return [
+        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": model, "messages": [{"role": "user", "content": f"{prompt} {i}"}]}})
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@asynccontextmanager
+async def running_worker(settings: Any, redis: Any) -> AsyncIterator[Any]:
+    """An in-process worker on this test's event loop, cancelled on exit."""
+    worker = build_worker(settings, redis, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20) -> None:
+    """SIGTERM every process still running, wait for each, SIGKILL the ones that do not exit."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def poll(check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
+    """``check()``'s first truthy value, tried every ``every`` s; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def stack_exactly_once(st: Stack, batch_id: str, n: int, prefix: str = "c") -> list[JobResult]:
+    """The batch completed with every line answered once, in input order; its results."""
+    assert st.client is not None
+    counts = st.wait(batch_id, timeout=5)
+    assert (counts.status, counts.total, counts.completed, counts.failed) == ("completed", n, n, 0)
+    results = st.results(batch_id)
+    assert [r.custom_id if r else None for r in results] == [f"{prefix}{i}" for i in range(n)]
+    k = st.settings.keys
+    assert st.run(st.client.redis.hlen(k.batch_results(batch_id))) == n
+    assert st.run(st.client.redis.llen(k.batch_done(batch_id))) == n  # no line counted twice
+    return [r for r in results if r is not None]
