@@ -18,11 +18,14 @@ if TYPE_CHECKING:
     from shared.schema import JobResult
 
 
-def batch_lines(n: int, model: str = "simulated/chat", prompt: str = "q") -> list[str]:
-    """``n`` OpenAI Batch JSONL chat lines, custom_id ``c0``..``c{n-1}``, content ``"{prompt} {i}"``."""
+def batch_lines(
+    n: int, model: str = "simulated/chat", content: str = "q {i}", prefix: str = "c"
+) -> list[str]:
+    """``n`` OpenAI Batch JSONL chat lines: custom_id ``{prefix}{i}``, one user message ``content``
+    with ``{i}`` replaced by the line's index."""
     return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": model, "messages": [{"role": "user", "content": f"{prompt} {i}"}]}})
+        json.dumps({"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": model, "messages": [{"role": "user", "content": content.format(i=i)}]}})
         for i in range(n)
     ]  # fmt: skip
 

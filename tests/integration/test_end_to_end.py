@@ -23,7 +23,7 @@ async def test_batch_in_process_worker(settings, redis):
     worker = build_worker(settings, redis, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        sub = await client.submit_batch(batch_lines(300, prompt="hello"))
+        sub = await client.submit_batch(batch_lines(300, content="hello {i}"))
         counts = await client.wait_batch(sub.batch_id, timeout=60)
         results = [r async for r in client.results(sub.batch_id)]
     finally:
@@ -36,8 +36,8 @@ async def test_batch_in_process_worker(settings, redis):
 
 async def test_resubmitting_a_batch_creates_no_second_job(settings, redis):
     client = FuseboxClient(redis, settings)
-    first = await client.submit_batch(batch_lines(50, prompt="hello"), batch_id="b-same")
-    again = await client.submit_batch(batch_lines(50, prompt="hello"), batch_id="b-same")
+    first = await client.submit_batch(batch_lines(50, content="hello {i}"), batch_id="b-same")
+    again = await client.submit_batch(batch_lines(50, content="hello {i}"), batch_id="b-same")
     assert (first.queued, first.skipped) == (50, 0)
     assert (again.queued, again.skipped, again.resumed) == (0, 50, True)
     assert await redis.zcard(settings.keys.queue) == 50
@@ -51,7 +51,7 @@ async def test_transient_failures_are_retried_and_counted_once(settings, redis):
     worker = build_worker(s, redis, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        sub = await client.submit_batch(batch_lines(200, prompt="hello"))
+        sub = await client.submit_batch(batch_lines(200, content="hello {i}"))
         counts = await client.wait_batch(sub.batch_id, timeout=60)
         results = [r async for r in client.results(sub.batch_id)]
     finally:
@@ -132,7 +132,7 @@ def test_fusebox_run_cli_on_the_example(settings, tmp_path: Path):
 
 
 def test_fusebox_run_bad_lines_get_errors_rest_proceeds(settings, tmp_path: Path):
-    good = batch_lines(3, prompt="hello")
+    good = batch_lines(3, content="hello {i}")
     bad = [
         '{"custom_id": "broken", ',  # malformed JSON
         json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {}}),  # no custom_id
