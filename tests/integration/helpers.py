@@ -11,7 +11,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from worker.settings import build_worker
+from arq.worker import Function, Worker
+
+from shared import codec
+from worker.settings import FuseboxWorker, build_worker
 
 if TYPE_CHECKING:
     from bench.harness import Stack
@@ -40,6 +43,18 @@ async def running_worker(settings: Any, redis: Any) -> AsyncIterator[Any]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def arq_worker(
+    settings: Any, pool: Any, functions: list[Function], cls: type[Worker] = FuseboxWorker, **options: Any
+) -> Worker:
+    """An arq worker on the namespace's queue with Fusebox's job codec, no signal handlers, no kept
+    results; ``options`` are the test's own Worker arguments."""
+    return cls(
+        functions=functions, queue_name=settings.keys.queue, redis_pool=pool, handle_signals=False,
+        keep_result=0, job_serializer=codec.arq_serializer, job_deserializer=codec.arq_deserializer,
+        **options,
+    )  # fmt: skip
 
 
 def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20) -> None:

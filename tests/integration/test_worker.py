@@ -10,13 +10,11 @@ from typing import Any
 from arq.worker import func
 
 from producer.client import FuseboxClient
-from shared import codec
 from shared.config import Settings
 from shared.embedded import EmbeddedValkey, free_port
 from shared.redis_conn import connect
 from tests.conftest import PYTHON, subprocess_env
-from tests.integration.helpers import batch_lines
-from worker.settings import FuseboxWorker
+from tests.integration.helpers import arq_worker, batch_lines
 
 
 async def test_batched_claim_never_runs_a_job_twice(settings: Settings):
@@ -34,18 +32,7 @@ async def test_batched_claim_never_runs_a_job_twice(settings: Settings):
     for _ in range(3):  # three workers race for the same queue
         pool = connect(settings.redis_url or "", settings.keys)
         workers.append(
-            FuseboxWorker(
-                functions=[func(count, name="count")],
-                queue_name=settings.keys.queue,
-                redis_pool=pool,
-                burst=True,
-                handle_signals=False,
-                max_jobs=50,
-                poll_delay=0.005,
-                keep_result=0,
-                job_serializer=codec.arq_serializer,
-                job_deserializer=codec.arq_deserializer,
-            )
+            arq_worker(settings, pool, [func(count, name="count")], burst=True, max_jobs=50, poll_delay=0.005)
         )
     await asyncio.gather(*(w.async_run() for w in workers))
     runs = await producer.hgetall(runs_key)

@@ -16,11 +16,10 @@ import pytest
 from arq.worker import func
 
 from bench.harness import Stack, chat_lines
-from shared import codec
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS
 from shared.redis_conn import connect
-from tests.integration.helpers import poll, stack_exactly_once
+from tests.integration.helpers import arq_worker, poll, stack_exactly_once
 from worker.settings import FuseboxWorker
 
 
@@ -117,16 +116,7 @@ async def test_a_job_whose_lease_redis_lost_is_not_started_again_in_the_same_wor
     pool = connect(settings.redis_url or "", settings.keys)
     job_id = f"{settings.namespace}-j"
     await pool.enqueue_job("slow", b"j", _job_id=job_id)
-    worker = FuseboxWorker(
-        functions=[func(slow, name="slow")],
-        queue_name=settings.keys.queue,
-        redis_pool=pool,
-        handle_signals=False,
-        poll_delay=0.01,
-        keep_result=0,
-        job_serializer=codec.arq_serializer,
-        job_deserializer=codec.arq_deserializer,
-    )
+    worker = arq_worker(settings, pool, [func(slow, name="slow")], poll_delay=0.01)
     task = asyncio.create_task(worker.async_run())
     try:
         await asyncio.wait_for(started.wait(), 10)
@@ -206,17 +196,10 @@ async def test_a_job_whose_end_could_not_be_recorded_runs_again_at_once(settings
     pool = connect(settings.redis_url or "", settings.keys)
     job_id = f"{settings.namespace}-j"
     await pool.enqueue_job("job", b"j", _job_id=job_id)
-    worker = Flaky(
-        functions=[func(job, name="job")],
-        queue_name=settings.keys.queue,
-        redis_pool=pool,
-        handle_signals=False,
-        poll_delay=0.01,
-        keep_result=0,
+    worker = arq_worker(
+        settings, pool, [func(job, name="job")], cls=Flaky, poll_delay=0.01,
         lease_seconds=60,  # only a release, never an expiry, can give the job back within the test
-        job_serializer=codec.arq_serializer,
-        job_deserializer=codec.arq_deserializer,
-    )
+    )  # fmt: skip
     task = asyncio.create_task(worker.async_run())
     try:
         for _ in range(500):
