@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from arq.worker import Function, Worker
 
 from shared import codec
@@ -55,6 +56,19 @@ def arq_worker(
         keep_result=0, job_serializer=codec.arq_serializer, job_deserializer=codec.arq_deserializer,
         **options,
     )  # fmt: skip
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yields its base URL ``http://127.0.0.1:PORT``."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20) -> None:

@@ -43,7 +43,7 @@ from shared.webhooks import (
     generate_secret,
     secret_bytes,
 )
-from tests.integration.helpers import arq_worker
+from tests.integration.helpers import arq_worker, serve_app
 from worker.webhook_jobs import SETTINGS_KEY, WEBHOOK_FUNCTIONS, close_webhooks
 
 FAST = [0.0, 0.2, 0.2]
@@ -73,14 +73,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}/hook"
-    yield rec
-    await runner.cleanup()
+    async with serve_app(app, access_log=None) as url:
+        rec.url = f"{url}/hook"
+        yield rec
 
 
 @pytest.fixture
