@@ -20,6 +20,7 @@ from producer.cli_errors import EXIT_LINES_FAILED, EXIT_UNAVAILABLE, CliError, c
 if TYPE_CHECKING:
     from producer.client import FuseboxClient
     from shared.config import Settings
+    from shared.store import BatchCounts
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -96,10 +97,24 @@ def local_config_present(settings: Settings) -> bool:
     return settings.config is not None or Path("fusebox.toml").exists()
 
 
+async def _wait_with_progress(client: FuseboxClient, batch_id: str) -> BatchCounts:
+    """Wait for the batch to end, drawing its progress on stderr."""
+    from producer.progress import Progress
+
+    progress = Progress()
+    try:
+        counts = await client.wait_batch(
+            batch_id, on_progress=lambda c: progress.update(c.done, c.failed, c.total), poll=0.2
+        )
+        progress.update(counts.done, counts.failed, counts.total, force=True)
+    finally:
+        progress.close()
+    return counts
+
+
 async def _submit(client: FuseboxClient, args: argparse.Namespace) -> int:
     from producer.batch_input import prompt_options
     from producer.output import write_results
-    from producer.progress import Progress
     from shared.routing_table import NO_TABLE
 
     check_input(args.input)
@@ -135,14 +150,7 @@ async def _submit(client: FuseboxClient, args: argparse.Namespace) -> int:
         if sub.rejected:
             print(f"{sub.rejected} lines were rejected: 'fusebox results {sub.batch_id}'", file=sys.stderr)
         return EXIT_LINES_FAILED if sub.rejected else 0
-    progress = Progress()
-    try:
-        counts = await client.wait_batch(
-            sub.batch_id, on_progress=lambda c: progress.update(c.done, c.failed, c.total), poll=0.2
-        )
-        progress.update(counts.done, counts.failed, counts.total, force=True)
-    finally:
-        progress.close()
+    await _wait_with_progress(client, sub.batch_id)
     if args.output:
         await write_results(
             client, sub.batch_id, Path(args.output), Path(args.errors) if args.errors else None
@@ -241,7 +249,6 @@ async def _retry(client: FuseboxClient, args: argparse.Namespace) -> int:
     from producer.batch_input import prompt_options
     from producer.client import BatchBusy
     from producer.output import write_results
-    from producer.progress import Progress
 
     info = await client.batch(args.id)  # KeyError for an unknown id
     path = args.input or info.get("input")
@@ -269,14 +276,7 @@ async def _retry(client: FuseboxClient, args: argparse.Namespace) -> int:
         print(f"{args.id}: {out.requeued} of {out.failed} failed lines queued again{extra} ({out.status})")
     if not args.wait or out.requeued == 0:
         return EXIT_LINES_FAILED if out.not_retried else 0
-    progress = Progress()
-    try:
-        counts = await client.wait_batch(
-            args.id, on_progress=lambda c: progress.update(c.done, c.failed, c.total), poll=0.2
-        )
-        progress.update(counts.done, counts.failed, counts.total, force=True)
-    finally:
-        progress.close()
+    counts = await _wait_with_progress(client, args.id)
     if args.output:
         await write_results(client, args.id, Path(args.output), Path(args.errors) if args.errors else None)
     print(f"{args.id}: {counts.status}, {counts.completed} ok, {counts.failed} failed of {counts.total}")

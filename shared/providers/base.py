@@ -25,6 +25,26 @@ class Health(Struct, kw_only=True):
     detail: str = ""
 
 
+def sampling_fields(
+    req: ChatRequest, *, temperature: str, top_p: str, max_tokens: str, stop: str, seed: str
+) -> dict[str, Any]:
+    """The request's sampling settings that are set, under the provider's names for them (``stop``
+    always as a list)."""
+    out: dict[str, Any] = {}
+    if req.temperature is not None:
+        out[temperature] = req.temperature
+    if req.top_p is not None:
+        out[top_p] = req.top_p
+    limit = req.output_limit()
+    if limit is not None:
+        out[max_tokens] = limit
+    if req.stop:
+        out[stop] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    if req.seed is not None:
+        out[seed] = req.seed
+    return out
+
+
 class Provider(ABC):
     """One configured provider (an account at one API), e.g. ``openai`` or ``simulated``.
 

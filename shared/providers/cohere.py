@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.errors import ErrorClass, ProviderError
 from shared.providers import classify
-from shared.providers.base import ProviderResponse
+from shared.providers.base import ProviderResponse, sampling_fields
 from shared.providers.http import HTTPProvider, text_of
 from shared.providers.openai import usage_dict
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
@@ -57,17 +57,16 @@ class CohereProvider(HTTPProvider):
 
     def payload(self, req: ChatRequest, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": convert_messages(req.messages)}
-        if req.temperature is not None:
-            body["temperature"] = req.temperature
-        if req.top_p is not None:
-            body["p"] = min(P_MAX, max(P_MIN, req.top_p))
-        limit = req.output_limit()
-        if limit is not None:
-            body["max_tokens"] = limit
-        if req.stop:
-            body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
-        if req.seed is not None:
-            body["seed"] = req.seed
+        body |= sampling_fields(
+            req,
+            temperature="temperature",
+            top_p="p",
+            max_tokens="max_tokens",
+            stop="stop_sequences",
+            seed="seed",
+        )
+        if "p" in body:
+            body["p"] = min(P_MAX, max(P_MIN, body["p"]))
         if req.tools:
             body["tools"] = req.tools  # v2 takes OpenAI's function-tool shape
             if req.tool_choice in ("required", "none"):

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from shared.providers.base import sampling_fields
 from shared.providers.http import data_url, decode_json, json_arguments, text_of
 from shared.schema import ChatRequest
 
@@ -125,20 +126,16 @@ def _tool_response(content: Any) -> dict[str, Any]:
 
 
 def generation_config(req: ChatRequest) -> dict[str, Any]:
-    gc: dict[str, Any] = {}
-    if req.temperature is not None:
-        gc["temperature"] = req.temperature
-    if req.top_p is not None:
-        gc["topP"] = req.top_p
-    limit = req.output_limit()
-    if limit is not None:
-        gc["maxOutputTokens"] = limit
-    if req.stop:
-        gc["stopSequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    gc = sampling_fields(
+        req,
+        temperature="temperature",
+        top_p="topP",
+        max_tokens="maxOutputTokens",
+        stop="stopSequences",
+        seed="seed",
+    )
     if req.n and req.n > 1:
         gc["candidateCount"] = req.n
-    if req.seed is not None:
-        gc["seed"] = req.seed
     rf = req.response_format or {}
     if rf.get("type") == "json_object":
         gc["responseMimeType"] = "application/json"

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from shared.providers.base import ProviderResponse
+from shared.providers.base import ProviderResponse, sampling_fields
 from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of
 from shared.providers.openai import usage_dict
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
@@ -41,18 +41,9 @@ class OllamaProvider(HTTPProvider):
             "messages": convert_messages(self.name, req.messages),
             "stream": False,
         }
-        options: dict[str, Any] = {}
-        if req.temperature is not None:
-            options["temperature"] = req.temperature
-        if req.top_p is not None:
-            options["top_p"] = req.top_p
-        limit = req.output_limit()
-        if limit is not None:
-            options["num_predict"] = limit
-        if req.stop:
-            options["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
-        if req.seed is not None:
-            options["seed"] = req.seed
+        options = sampling_fields(
+            req, temperature="temperature", top_p="top_p", max_tokens="num_predict", stop="stop", seed="seed"
+        )
         for key in OPTION_EXTRAS:
             if key in req.extra:
                 options[key] = req.extra[key]

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import FileConfig, Settings
 from tests.integration.api_fixtures import admin_key, api, key_a, worker  # noqa: F401
+from tests.integration.helpers import batch_lines
 
 CONFIG = {
     "providers": {
@@ -150,17 +151,7 @@ async def test_metrics_move_as_a_batch_runs_and_a_breaker_is_forced(api, admin_k
         assert before[("fusebox_breaker_state", (("scope", "alpha"), ("state", "closed")))] == 1
         assert before[("fusebox_concurrency_limit", (("scope", "alpha"),))] == 4
         # a small batch through the API and the worker
-        lines = "\n".join(
-            json.dumps(
-                {
-                    "custom_id": f"r{i}",
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": {"model": "alpha/m1", "messages": [{"role": "user", "content": f"q{i}"}]},
-                }
-            )
-            for i in range(20)
-        )
+        lines = "\n".join(batch_lines(20, "alpha/m1", "q{i}", prefix="r"))
         f = await admin.post(
             "/v1/files", files={"file": ("b.jsonl", lines.encode())}, data={"purpose": "batch"}
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from producer.client import FuseboxClient
 from shared import usage
 from tests.conftest import PYTHON, subprocess_env
+from tests.integration.helpers import batch_lines, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,6 @@ job_timeout = 2     # arq re-runs a killed worker's jobs after job_timeout + 10 
 [simulated]
 latency_ms = {latency}
 """
-
-
-def _lines(n: int) -> list[str]:
-    return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]}})
-        for i in range(n)
-    ]  # fmt: skip
 
 
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -66,30 +58,19 @@ async def _check_exactly_once(client: FuseboxClient, redis, settings, batch_id: 
     assert sum(r.requests for r in rows) == n
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 async def test_20k_lines_through_two_worker_processes(settings, redis, tmp_path: Path):
     cfg = tmp_path / "fusebox.toml"
     cfg.write_text(CONFIG.format(latency=0))
     env = subprocess_env(settings, FUSEBOX_CONFIG=str(cfg))
     client = FuseboxClient(redis, settings)
     n = 20_000
-    sub = await client.submit_batch(_lines(n))
+    sub = await client.submit_batch(batch_lines(n))
     assert (sub.total, sub.queued) == (n, n)
     procs = [_worker(env), _worker(env)]
     try:
         await _check_exactly_once(client, redis, settings, sub.batch_id, n)
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 async def test_kill_9_a_worker_mid_batch_still_exactly_once(settings, redis, tmp_path: Path):
@@ -98,7 +79,7 @@ async def test_kill_9_a_worker_mid_batch_still_exactly_once(settings, redis, tmp
     env = subprocess_env(settings, FUSEBOX_CONFIG=str(cfg))
     client = FuseboxClient(redis, settings)
     n = 10_000
-    sub = await client.submit_batch(_lines(n))
+    sub = await client.submit_batch(batch_lines(n))
     procs = [_worker(env), _worker(env)]
     try:
         await _wait_done(client, sub.batch_id, int(n * 0.3), timeout=600)
@@ -107,4 +88,4 @@ async def test_kill_9_a_worker_mid_batch_still_exactly_once(settings, redis, tmp
         procs.append(_worker(env))
         await _check_exactly_once(client, redis, settings, sub.batch_id, n)
     finally:
-        _stop(procs)
+        stop_processes(procs)

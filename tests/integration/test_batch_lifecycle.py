@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from contextlib import asynccontextmanager
 
 from producer.client import FuseboxClient
 from shared import usage
 from shared.config import BatchConfig, FileConfig, SimulatedConfig, WorkerConfig
 from shared.schema import JobResult, Usage
 from shared.store import Store
-from worker.settings import build_worker
-
-
-def _lines(n: int, model: str = "simulated/chat") -> list[str]:
-    return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]}})
-        for i in range(n)
-    ]  # fmt: skip
-
-
-@asynccontextmanager
-async def running_worker(settings, redis):
-    worker = build_worker(settings, redis, handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        yield worker
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+from tests.integration.helpers import batch_lines, running_worker
 
 
 async def _until(pred, timeout: float = 30.0):
@@ -47,7 +26,9 @@ async def _until(pred, timeout: float = 30.0):
 async def test_lifecycle_statuses_timestamps_and_ttl(settings, redis):
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):
-        sub = await client.submit_batch(_lines(40), metadata={"project": "x"}, tenant="acme")
+        sub = await client.submit_batch(
+            batch_lines(40, content="hello {i}"), metadata={"project": "x"}, tenant="acme"
+        )
         await client.wait_batch(sub.batch_id, timeout=30)
         obj = await _until(lambda: _completed(client, sub.batch_id))
     assert obj["request_counts"] == {"total": 40, "completed": 40, "failed": 0}
@@ -76,7 +57,7 @@ async def test_every_line_invalid_fails_the_batch(settings, redis):
 async def test_result_and_counters_are_written_exactly_once(settings, redis):
     store = Store(redis, settings.keys)
     client = FuseboxClient(redis, settings)
-    sub = await client.submit_batch(_lines(2), batch_id="b-once")
+    sub = await client.submit_batch(batch_lines(2, content="hello {i}"), batch_id="b-once")
     r = JobResult(id="b-once:c0", status_code=200, body={}, batch_id="b-once", custom_id="c0", line=0,
                   provider="simulated", model="chat", usage=Usage(prompt_tokens=5, completion_tokens=7,
                   total_tokens=12), cost_usd=0.25)  # fmt: skip
@@ -99,7 +80,7 @@ async def test_cancel_keeps_partial_results_and_answers_every_line(settings, red
     )
     client = FuseboxClient(redis, s)
     async with running_worker(s, redis):
-        sub = await client.submit_batch(_lines(300))
+        sub = await client.submit_batch(batch_lines(300, content="hello {i}"))
         await _until(lambda: _done_at_least(client, sub.batch_id, 10))
         removed, status = await client.cancel(sub.batch_id)
         assert status in ("cancelling", "cancelled") and removed > 200
@@ -129,7 +110,7 @@ async def test_completion_window_expires_unrun_lines(settings, redis):
     client = FuseboxClient(redis, s)
     store = Store(redis, s.keys)
     async with running_worker(s, redis):
-        sub = await client.submit_batch(_lines(100), completion_window_s=0.3)
+        sub = await client.submit_batch(batch_lines(100, content="hello {i}"), completion_window_s=0.3)
         await asyncio.sleep(0.4)
         assert await store.expire_due() == [sub.batch_id]
         final = await client.wait_batch(sub.batch_id, timeout=30)
@@ -142,7 +123,7 @@ async def test_completion_window_expires_unrun_lines(settings, redis):
 async def test_results_in_completion_order_and_usage_totals(settings, redis):
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):
-        sub = await client.submit_batch(_lines(60), tenant="t9")
+        sub = await client.submit_batch(batch_lines(60, content="hello {i}"), tenant="t9")
         await client.wait_batch(sub.batch_id, timeout=30)
     seen = [r async for r in client.results(sub.batch_id, ordered=False)]
     assert sorted(r.custom_id for r in seen) == sorted(f"c{i}" for i in range(60))

@@ -15,6 +15,7 @@ from producer.client import FuseboxClient
 from shared.config import FileConfig, WebhookConfig
 from shared.ssrf import UnsafeURLError
 from shared.webhooks import generate_secret
+from tests.integration.helpers import serve_app
 from worker.settings import build_worker
 
 
@@ -28,12 +29,8 @@ async def hook() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", got
-    await runner.cleanup()
+    async with serve_app(app, access_log=None) as url:
+        yield f"{url}/hook", got
 
 
 async def _until(pred, timeout: float = 30.0) -> None:

@@ -35,6 +35,7 @@ from shared.embedded import EmbeddedValkey, free_port
 from shared.observability import init_sentry
 from shared.redis_conn import connect
 from tests.conftest import PYTHON, subprocess_env
+from tests.integration.helpers import serve_app
 from worker.settings import build_worker
 
 FRAGMENT = 8
@@ -122,15 +123,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 async def upstream() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_route("*", "/{mode}/{tail:.*}", _handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, handle_signals=False) as url:
+        yield url
 
 
 def _closed_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -19,16 +18,9 @@ from shared.config import ConfigError, FileConfig, RedisConfig, Settings
 from shared.embedded import EmbeddedValkey, free_port
 from shared.redis_conn import connect
 from tests.conftest import PYTHON, ROOT
+from tests.integration.helpers import batch_lines
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def _lines(n: int) -> list[str]:
-    return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]}})
-        for i in range(n)
-    ]  # fmt: skip
 
 
 def _durable_settings(url: str, namespace: str) -> Settings:
@@ -61,7 +53,7 @@ async def test_acknowledged_submission_survives_a_kill_9(tmp_path: Path, namespa
     redis = connect(url, settings.keys)
     try:
         client = FuseboxClient(redis, settings)
-        sub = await client.submit_batch(_lines(300))
+        sub = await client.submit_batch(batch_lines(300))
         job = await client.submit({"model": "simulated/chat", "messages": [{"role": "user", "content": "x"}]})
         stats = await redis.info("commandstats")
         assert stats["cmdstat_waitaof"]["calls"] >= 2  # each submission waited for its fsync
@@ -94,7 +86,7 @@ async def test_durable_without_aof_is_refused_before_anything_is_written(redis_u
             pytest.skip("FUSEBOX_TEST_REDIS_URL points at a server with AOF on")
         client = FuseboxClient(redis, settings)
         with pytest.raises(ConfigError, match=r"appendonly yes|needs WAITAOF"):  # redis 7.0: no WAITAOF
-            await client.submit_batch(_lines(3), batch_id="b-durable")
+            await client.submit_batch(batch_lines(3), batch_id="b-durable")
         assert await redis.exists(settings.keys.batch("b-durable")) == 0
     finally:
         await redis.aclose()
@@ -127,7 +119,7 @@ async def test_durable_on_a_server_without_waitaof_is_a_clear_error(tmp_path: Pa
                 await asyncio.sleep(0.05)
         client = FuseboxClient(redis, settings)
         with pytest.raises(ConfigError, match=r"needs WAITAOF \(Redis >= 7.2 or Valkey >= 8\).*redis 7\.0"):
-            await client.submit_batch(_lines(2), batch_id="b-old")
+            await client.submit_batch(batch_lines(2), batch_id="b-old")
         assert await redis.exists(settings.keys.batch("b-old")) == 0
     finally:
         await redis.aclose()

@@ -12,23 +12,10 @@ import msgspec
 from producer.client import FuseboxClient
 from shared.config import BreakerConfig, FileConfig, SimulatedConfig
 from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.integration.helpers import batch_lines
 from worker.settings import build_worker
 
 EXAMPLE = ROOT / "examples" / "batch.jsonl"
-
-
-def _lines(n: int, model: str = "simulated/chat") -> list[str]:
-    return [
-        json.dumps(
-            {
-                "custom_id": f"c{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]},
-            }
-        )
-        for i in range(n)
-    ]
 
 
 async def test_batch_in_process_worker(settings, redis):
@@ -36,7 +23,7 @@ async def test_batch_in_process_worker(settings, redis):
     worker = build_worker(settings, redis, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        sub = await client.submit_batch(_lines(300))
+        sub = await client.submit_batch(batch_lines(300, content="hello {i}"))
         counts = await client.wait_batch(sub.batch_id, timeout=60)
         results = [r async for r in client.results(sub.batch_id)]
     finally:
@@ -49,8 +36,8 @@ async def test_batch_in_process_worker(settings, redis):
 
 async def test_resubmitting_a_batch_creates_no_second_job(settings, redis):
     client = FuseboxClient(redis, settings)
-    first = await client.submit_batch(_lines(50), batch_id="b-same")
-    again = await client.submit_batch(_lines(50), batch_id="b-same")
+    first = await client.submit_batch(batch_lines(50, content="hello {i}"), batch_id="b-same")
+    again = await client.submit_batch(batch_lines(50, content="hello {i}"), batch_id="b-same")
     assert (first.queued, first.skipped) == (50, 0)
     assert (again.queued, again.skipped, again.resumed) == (0, 50, True)
     assert await redis.zcard(settings.keys.queue) == 50
@@ -64,7 +51,7 @@ async def test_transient_failures_are_retried_and_counted_once(settings, redis):
     worker = build_worker(s, redis, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        sub = await client.submit_batch(_lines(200))
+        sub = await client.submit_batch(batch_lines(200, content="hello {i}"))
         counts = await client.wait_batch(sub.batch_id, timeout=60)
         results = [r async for r in client.results(sub.batch_id)]
     finally:
@@ -145,7 +132,7 @@ def test_fusebox_run_cli_on_the_example(settings, tmp_path: Path):
 
 
 def test_fusebox_run_bad_lines_get_errors_rest_proceeds(settings, tmp_path: Path):
-    good = _lines(3)
+    good = batch_lines(3, content="hello {i}")
     bad = [
         '{"custom_id": "broken", ',  # malformed JSON
         json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {}}),  # no custom_id

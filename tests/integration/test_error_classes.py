@@ -17,6 +17,7 @@ from aiohttp import web
 
 from producer.client import FuseboxClient
 from shared.config import FileConfig, ProviderConfig, RetryConfig, RouteConfig, Settings
+from tests.integration.helpers import serve_app
 from worker.settings import build_worker
 
 ANSWER = {
@@ -57,15 +58,8 @@ async def upstream() -> AsyncIterator[tuple[str, Counter[str]]]:
 
     app = web.Application()
     app.router.add_route("POST", "/{mode}/{tail:.*}", handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", calls
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, handle_signals=False) as url:
+        yield url, calls
 
 
 async def test_quota_429_is_final_and_tpm_too_large_moves_to_the_next_candidate(

@@ -24,7 +24,6 @@ only; code ``unsupported_input``). The exact per-route request counts show neith
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import tomllib
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ from shared.providers.embedding import from_base64
 from shared.simulator import SimConfig, SimulatorProcess
 from shared.simulator.wire import vector
 from tests.conftest import PYTHON, subprocess_env
+from tests.integration.helpers import stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -147,13 +147,7 @@ async def fleet(
                 FuseboxClient(redis, settings.with_file(FileConfig.model_validate(tomllib.loads(text)))),
             )
         finally:
-            for w in workers:
-                w.send_signal(signal.SIGTERM)
-            for w in workers:
-                try:
-                    w.wait(20)
-                except subprocess.TimeoutExpired:
-                    w.kill()
+            stop_processes(workers)
 
 
 async def run_batch(client: FuseboxClient, lines: list[str]) -> dict[str, Any]:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,25 +23,12 @@ from shared.resilience import Gate
 from shared.router import Router
 from shared.schema import JobResult
 from shared.scripts import ScriptCall
+from tests.integration.helpers import batch_lines
 from worker.executor import Executor
 from worker.jobs import CTX_KEY
 from worker.settings import build_worker
 
 NO_TRIP = BreakerConfig(minimum_calls=1_000_000, consecutive_failures=1_000_000)
-
-
-def _lines(n: int) -> list[str]:
-    return [
-        json.dumps(
-            {
-                "custom_id": f"c{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]},
-            }
-        )
-        for i in range(n)
-    ]
 
 
 @asynccontextmanager
@@ -60,7 +46,7 @@ async def _worker(
 
 
 async def _batch(client: FuseboxClient, n: int, timeout: float = 60) -> list[JobResult]:
-    sub = await client.submit_batch(_lines(n))
+    sub = await client.submit_batch(batch_lines(n))
     counts = await client.wait_batch(sub.batch_id, timeout=timeout)
     results = [r async for r in client.results(sub.batch_id)]
     assert counts.done == counts.total == n, counts
@@ -162,7 +148,7 @@ async def test_a_line_waits_out_an_outage_instead_of_failing(settings, redis):
         simulated=SimulatedConfig(failure_rate=1.0), breaker=NO_TRIP, retry=RetryConfig(max_attempts=2)
     )
     async with _worker(settings, redis, cfg) as (ex, client):
-        sub = await client.submit_batch(_lines(20))
+        sub = await client.submit_batch(batch_lines(20))
         # every line spends its first round on the outage (2 attempts), then waits in arq's queue
         deadline = asyncio.get_running_loop().time() + 30
         while (await client.counts(sub.batch_id)).done == 0:

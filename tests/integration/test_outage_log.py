@@ -7,12 +7,11 @@ import logging
 import pytest
 from arq.worker import func
 
-from shared import codec
 from shared.config import Settings
 from shared.redis_conn import connect
 from shared.resilience import RedisUnavailable
+from tests.integration.helpers import arq_worker
 from worker.jobs import CTX_KEY, chat
-from worker.settings import FuseboxWorker
 
 
 class FlakyExecutor:
@@ -34,17 +33,8 @@ async def test_outage_interrupted_job_logs_one_warning_and_runs_again(
     caplog.set_level(logging.INFO)
     redis = connect(settings.redis_url or "", settings.keys)
     executor = FlakyExecutor(failures=1)
-    worker = FuseboxWorker(
-        functions=[func(chat, name="chat")],
-        queue_name=settings.keys.queue,
-        redis_pool=redis,
-        burst=True,
-        handle_signals=False,
-        poll_delay=0.01,
-        keep_result=0,
-        job_serializer=codec.arq_serializer,
-        job_deserializer=codec.arq_deserializer,
-        ctx={CTX_KEY: executor},
+    worker = arq_worker(
+        settings, redis, [func(chat, name="chat")], burst=True, poll_delay=0.01, ctx={CTX_KEY: executor}
     )
     try:
         await redis.enqueue_job("chat", b"spec", _job_id=f"{settings.namespace}-j1")

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from shared.embedded import free_port, server_binary
 from shared.keys import ARQ_JOB
 from shared.schema import JobResult
 from shared.store import Store
+from tests.integration.helpers import poll, stack_exactly_once
 from worker.reconcile import MAX_REQUEUES, Reconciler
 
 SIM = {"a": {"format": "openai", "latency": {"ms": 30}}}
@@ -30,28 +30,6 @@ def _extra(reconcile_s: float) -> dict[str, object]:
         "routes": {"r": {"candidates": ["a/m"]}},
         "worker": {"max_jobs": 200, "poll_delay": 0.01, "reconcile_seconds": reconcile_s},
     }
-
-
-def _poll(check, timeout: float, every: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
-def _exactly_once(st: Stack, batch_id: str, n: int) -> list[JobResult]:
-    assert st.client is not None
-    counts = st.wait(batch_id, timeout=5)
-    assert (counts.status, counts.total, counts.completed, counts.failed) == ("completed", n, n, 0)
-    results = st.results(batch_id)
-    assert [r.custom_id if r else None for r in results] == [f"c{i}" for i in range(n)]
-    k = st.settings.keys
-    assert st.run(st.client.redis.hlen(k.batch_results(batch_id))) == n
-    assert st.run(st.client.redis.llen(k.batch_done(batch_id))) == n  # no line counted twice
-    return [r for r in results if r is not None]
 
 
 @pytest.mark.slow
@@ -71,7 +49,7 @@ def test_lines_whose_jobs_vanished_are_queued_again_and_answered_once(redis_url:
         for _ in range(2):
             st.start_worker()
         st.wait(sub.batch_id, timeout=60)
-        _exactly_once(st, sub.batch_id, n)
+        stack_exactly_once(st, sub.batch_id, n)
         # the batch ended: nothing is left for reconciliation to hold
         assert not st.run(r.exists(k.batch_specs(sub.batch_id), k.batch_requeued(sub.batch_id)))
         assert not st.run(r.sismember(k.batches_active, sub.batch_id))
@@ -149,7 +127,7 @@ class AofServer:
             except Exception:
                 return False
 
-        _poll(up, 30)
+        poll(up, 30)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -183,7 +161,7 @@ def test_redis_kill_9_with_a_lost_aof_tail_mid_batch(tmp_path: Path) -> None:
             r, k = st.client.redis, st.settings.keys
             sub = st.submit(chat_lines(n, "r"))
             queued_at = server.incr_aof().stat().st_size  # every write of the submission is in the file
-            _poll(lambda: st.run(r.hlen(k.batch_results(sub.batch_id))) >= n // 3, 60)
+            poll(lambda: st.run(r.hlen(k.batch_results(sub.batch_id))) >= n // 3, 60)
             before = st.run(r.hlen(k.batch_results(sub.batch_id)))
             server.kill9()
             aof = server.incr_aof()
@@ -196,6 +174,6 @@ def test_redis_kill_9_with_a_lost_aof_tail_mid_batch(tmp_path: Path) -> None:
             assert after < before, (before, after)  # results were really lost
             assert st.run(r.hlen(k.batch_ids(sub.batch_id))) == n  # the submission was not
             st.wait(sub.batch_id, timeout=60)
-            _exactly_once(st, sub.batch_id, n)
+            stack_exactly_once(st, sub.batch_id, n)
     finally:
         server.stop()

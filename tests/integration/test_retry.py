@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,7 @@ from shared.keys import ARQ_JOB
 from shared.providers.simulated import SimulatedProvider
 from shared.store import Store
 from tests.conftest import PYTHON, subprocess_env
-from worker.settings import build_worker
-
-
-def _lines(n: int) -> list[str]:
-    return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]}})
-        for i in range(n)
-    ]  # fmt: skip
+from tests.integration.helpers import batch_lines, running_worker
 
 
 @pytest.fixture
@@ -46,17 +37,6 @@ def outage(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
     return state
 
 
-@asynccontextmanager
-async def running_worker(settings, redis):
-    worker = build_worker(settings, redis, handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        yield worker
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 async def _ended(client: FuseboxClient, batch_id: str) -> dict:
     await client.wait_batch(batch_id, timeout=60, poll=0.05)
     return await client.batch(batch_id)
@@ -71,7 +51,7 @@ def _cli(settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 async def test_retry_runs_failed_lines_again_exactly_once(settings, redis, outage, tmp_path):
     n = 40
-    lines = _lines(n)
+    lines = batch_lines(n)
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):
         sub = await client.submit_batch(lines)
@@ -110,7 +90,7 @@ async def test_retry_runs_failed_lines_again_exactly_once(settings, redis, outag
 
 
 async def test_lines_still_failing_stay_failed_and_can_be_retried_again(settings, redis, outage):
-    lines = _lines(12)
+    lines = batch_lines(12)
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):
         sub = await client.submit_batch(lines)
@@ -131,9 +111,9 @@ async def test_lines_still_failing_stay_failed_and_can_be_retried_again(settings
 async def test_retry_with_another_file_changes_nothing(settings, redis, outage):
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):
-        sub = await client.submit_batch(_lines(8))
+        sub = await client.submit_batch(batch_lines(8))
         await _ended(client, sub.batch_id)
-    other = [line.replace('"c', '"x') for line in _lines(8)]
+    other = [line.replace('"c', '"x') for line in batch_lines(8)]
     with pytest.raises(ValueError, match="not the batch's input"):
         await client.retry_batch(sub.batch_id, other)
     obj = await client.batch(sub.batch_id)
@@ -142,9 +122,9 @@ async def test_retry_with_another_file_changes_nothing(settings, redis, outage):
 
 async def test_cli_retry_no_failed_lines_is_a_no_op(settings, redis, tmp_path):
     client = FuseboxClient(redis, settings)
-    (tmp_path / "in.jsonl").write_text("\n".join(_lines(5)) + "\n")
+    (tmp_path / "in.jsonl").write_text("\n".join(batch_lines(5)) + "\n")
     async with running_worker(settings, redis):
-        sub = await client.submit_batch(_lines(5), input_name="in.jsonl")
+        sub = await client.submit_batch(batch_lines(5), input_name="in.jsonl")
         await _ended(client, sub.batch_id)
     proc = await asyncio.to_thread(_cli, settings, "retry", sub.batch_id, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -156,10 +136,10 @@ async def test_cli_retry_no_failed_lines_is_a_no_op(settings, redis, tmp_path):
 async def test_retry_of_a_running_batch_is_refused(settings, redis, tmp_path):
     client = FuseboxClient(redis, settings)
     path = tmp_path / "in.jsonl"
-    path.write_text("\n".join(_lines(3)) + "\n")
-    sub = await client.submit_batch(_lines(3))  # no worker: it stays in_progress
+    path.write_text("\n".join(batch_lines(3)) + "\n")
+    sub = await client.submit_batch(batch_lines(3))  # no worker: it stays in_progress
     with pytest.raises(BatchBusy, match="in_progress"):
-        await client.retry_batch(sub.batch_id, _lines(3))
+        await client.retry_batch(sub.batch_id, batch_lines(3))
     proc = await asyncio.to_thread(_cli, settings, "retry", sub.batch_id, str(path), cwd=tmp_path)
     assert proc.returncode == 2  # a usage error (documented exit codes)
     assert f"batch {sub.batch_id} is in_progress" in proc.stderr
@@ -167,7 +147,7 @@ async def test_retry_of_a_running_batch_is_refused(settings, redis, tmp_path):
 
 
 async def test_an_interrupted_retry_completes_when_run_again(settings, redis, outage):
-    lines = _lines(16)
+    lines = batch_lines(16)
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):
         sub = await client.submit_batch(lines)
@@ -203,7 +183,7 @@ async def test_an_interrupted_retry_completes_when_run_again(settings, redis, ou
 
 
 async def test_cli_retry_waits_and_writes_one_output_line_per_input_line(settings, redis, outage, tmp_path):
-    lines = _lines(20)
+    lines = batch_lines(20)
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):

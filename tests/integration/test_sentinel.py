@@ -9,7 +9,6 @@ custom_id answered exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ from shared.config import FileConfig, Settings
 from shared.embedded import free_port
 from shared.redis_conn import connect
 from tests.conftest import PYTHON, subprocess_env
+from tests.integration.helpers import batch_lines, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -134,14 +134,6 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
         t.stop()
 
 
-def _lines(n: int) -> list[str]:
-    return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]}})
-        for i in range(n)
-    ]  # fmt: skip
-
-
 async def _done(client: FuseboxClient, batch_id: str) -> int:
     c = await client.counts(batch_id)
     return c.done if c else 0
@@ -164,7 +156,7 @@ async def _run_through_failover(topology: Topology, namespace: str, tmp_path: Pa
     workers: list[subprocess.Popen[bytes]] = []
     n = 1200
     try:
-        sub = await client.submit_batch(_lines(n))
+        sub = await client.submit_batch(batch_lines(n))
         assert sub.queued == n
         # Asynchronous replication: make sure the replica has the submission before the failover.
         assert await redis.execute_command("WAIT", 1, 5000) >= 1
@@ -196,14 +188,7 @@ async def _run_through_failover(topology: Topology, namespace: str, tmp_path: Pa
             print(f"--- worker{i}\n" + (tmp_path / f"worker{i}.log").read_text()[-3000:])
         raise
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(20)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        stop_processes(workers)
         await redis.aclose()
 
 

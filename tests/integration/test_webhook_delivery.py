@@ -43,6 +43,7 @@ from shared.webhooks import (
     generate_secret,
     secret_bytes,
 )
+from tests.integration.helpers import arq_worker, serve_app
 from worker.webhook_jobs import SETTINGS_KEY, WEBHOOK_FUNCTIONS, close_webhooks
 
 FAST = [0.0, 0.2, 0.2]
@@ -72,14 +73,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}/hook"
-    yield rec
-    await runner.cleanup()
+    async with serve_app(app, access_log=None) as url:
+        rec.url = f"{url}/hook"
+        yield rec
 
 
 @pytest.fixture
@@ -101,18 +97,15 @@ async def start_worker(redis) -> AsyncIterator[StartWorker]:
     tasks: list[asyncio.Task[None]] = []
 
     async def start(s: Settings) -> None:
-        worker = Worker(
-            functions=WEBHOOK_FUNCTIONS,
-            queue_name=s.keys.queue,
-            redis_pool=redis,
+        worker = arq_worker(
+            s,
+            redis,
+            WEBHOOK_FUNCTIONS,
             burst=False,
-            handle_signals=False,
             poll_delay=0.01,
             max_jobs=10,
-            keep_result=0,
-            job_serializer=codec.arq_serializer,
-            job_deserializer=codec.arq_deserializer,
             ctx={SETTINGS_KEY: s},
+            cls=Worker,
         )
         tasks.append(asyncio.create_task(worker.async_run()))
 

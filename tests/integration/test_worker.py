@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,11 @@ from typing import Any
 from arq.worker import func
 
 from producer.client import FuseboxClient
-from shared import codec
 from shared.config import Settings
 from shared.embedded import EmbeddedValkey, free_port
 from shared.redis_conn import connect
 from tests.conftest import PYTHON, subprocess_env
-from worker.settings import FuseboxWorker
+from tests.integration.helpers import arq_worker, batch_lines
 
 
 async def test_batched_claim_never_runs_a_job_twice(settings: Settings):
@@ -34,18 +32,7 @@ async def test_batched_claim_never_runs_a_job_twice(settings: Settings):
     for _ in range(3):  # three workers race for the same queue
         pool = connect(settings.redis_url or "", settings.keys)
         workers.append(
-            FuseboxWorker(
-                functions=[func(count, name="count")],
-                queue_name=settings.keys.queue,
-                redis_pool=pool,
-                burst=True,
-                handle_signals=False,
-                max_jobs=50,
-                poll_delay=0.005,
-                keep_result=0,
-                job_serializer=codec.arq_serializer,
-                job_deserializer=codec.arq_deserializer,
-            )
+            arq_worker(settings, pool, [func(count, name="count")], burst=True, max_jobs=50, poll_delay=0.005)
         )
     await asyncio.gather(*(w.async_run() for w in workers))
     runs = await producer.hgetall(runs_key)
@@ -56,14 +43,6 @@ async def test_batched_claim_never_runs_a_job_twice(settings: Settings):
     for w in workers:
         await w.close()
     await producer.aclose()
-
-
-def _lines(n: int) -> list[str]:
-    return [
-        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q {i}"}]}})
-        for i in range(n)
-    ]  # fmt: skip
 
 
 async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, tmp_path: Path):
@@ -82,7 +61,7 @@ async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, t
     )
     try:
         client = FuseboxClient(connect(url, s.keys), s)
-        sub = await client.submit_batch(_lines(400))
+        sub = await client.submit_batch(batch_lines(400))
         for _ in range(600):  # until the worker is running and part-way through
             c = await client.counts(sub.batch_id)
             if c is not None and c.done >= 20:

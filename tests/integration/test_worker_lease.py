@@ -10,28 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from typing import Any
 
 import pytest
 from arq.worker import func
 
 from bench.harness import Stack, chat_lines
-from shared import codec
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS
 from shared.redis_conn import connect
+from tests.integration.helpers import arq_worker, poll, stack_exactly_once
 from worker.settings import FuseboxWorker
-
-
-def _poll(check: Any, timeout: float, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def _leases(st: Stack, batch_id: str) -> dict[str, str]:
@@ -47,17 +36,6 @@ def _leases(st: Stack, batch_id: str) -> dict[str, str]:
     return st.run(read())
 
 
-def _exactly_once(st: Stack, batch_id: str, n: int, prefix: str = "c") -> None:
-    assert st.client is not None
-    counts = st.wait(batch_id, timeout=5)
-    assert (counts.status, counts.total, counts.completed, counts.failed) == ("completed", n, n, 0)
-    results = st.results(batch_id)
-    assert [r.custom_id if r else None for r in results] == [f"{prefix}{i}" for i in range(n)]
-    k = st.settings.keys
-    assert st.run(st.client.redis.hlen(k.batch_results(batch_id))) == n
-    assert st.run(st.client.redis.llen(k.batch_done(batch_id))) == n  # no line counted twice
-
-
 @pytest.mark.slow
 def test_kill_9_on_default_settings_gives_the_jobs_back_in_one_lease(redis_url: str) -> None:
     """The killed worker held claimed jobs; on default settings (job_timeout 300 s) the batch still
@@ -69,13 +47,13 @@ def test_kill_9_on_default_settings_gives_the_jobs_back_in_one_lease(redis_url: 
     with Stack(sim_routes=sim, providers=providers, workers=2, extra_config=extra, redis_url=redis_url) as st:
         sub = st.submit(chat_lines(n, "r"))
         assert st.client is not None
-        _poll(lambda: (c := st.run(st.client.counts(sub.batch_id))) and c.done >= n // 4, 60)
+        poll(lambda: (c := st.run(st.client.counts(sub.batch_id))) and c.done >= n // 4, 60)
         victim = st.procs[0].pid
         st.kill_worker(0)
         held = [k for k, owner in _leases(st, sub.batch_id).items() if f":{victim}:" in owner]
         assert held, "the killed worker held no job: nothing to prove"
         st.wait(sub.batch_id, timeout=45)  # a test timeout, not a measured duration
-        _exactly_once(st, sub.batch_id, n)
+        stack_exactly_once(st, sub.batch_id, n)
         assert not _leases(st, sub.batch_id)
 
 
@@ -90,7 +68,7 @@ def test_a_slow_call_on_a_live_worker_is_never_run_twice(redis_url: str) -> None
         assert st.sim is not None
         sub = st.submit(chat_lines(n, "r"))
         st.wait(sub.batch_id, timeout=90)
-        _exactly_once(st, sub.batch_id, n)
+        stack_exactly_once(st, sub.batch_id, n)
         assert st.sim.stats()["routes"]["a"]["requests"] == n  # one provider call per line
 
 
@@ -108,7 +86,7 @@ def test_sigterm_releases_the_leases_and_another_worker_finishes_the_jobs(redis_
         sub = st.submit(chat_lines(n, "r"))
         first = st.procs[0]
         # every line is in a call on the first worker, each holding a lease naming it
-        _poll(lambda: st.sim.stats()["routes"]["a"]["in_flight"] == n, 30)  # type: ignore[union-attr]
+        poll(lambda: st.sim.stats()["routes"]["a"]["in_flight"] == n, 30)  # type: ignore[union-attr]
         owners = set(_leases(st, sub.batch_id).values())
         assert len(_leases(st, sub.batch_id)) == n and len(owners) == 1
         st.start_worker()
@@ -117,7 +95,7 @@ def test_sigterm_releases_the_leases_and_another_worker_finishes_the_jobs(redis_
         # right after it exits none of its leases is left (those jobs did not wait for a lease to lapse)
         assert not [o for o in _leases(st, sub.batch_id).values() if o in owners]
         st.wait(sub.batch_id, timeout=60)
-        _exactly_once(st, sub.batch_id, n)
+        stack_exactly_once(st, sub.batch_id, n)
 
 
 async def test_a_job_whose_lease_redis_lost_is_not_started_again_in_the_same_worker(
@@ -138,16 +116,7 @@ async def test_a_job_whose_lease_redis_lost_is_not_started_again_in_the_same_wor
     pool = connect(settings.redis_url or "", settings.keys)
     job_id = f"{settings.namespace}-j"
     await pool.enqueue_job("slow", b"j", _job_id=job_id)
-    worker = FuseboxWorker(
-        functions=[func(slow, name="slow")],
-        queue_name=settings.keys.queue,
-        redis_pool=pool,
-        handle_signals=False,
-        poll_delay=0.01,
-        keep_result=0,
-        job_serializer=codec.arq_serializer,
-        job_deserializer=codec.arq_deserializer,
-    )
+    worker = arq_worker(settings, pool, [func(slow, name="slow")], poll_delay=0.01)
     task = asyncio.create_task(worker.async_run())
     try:
         await asyncio.wait_for(started.wait(), 10)
@@ -227,17 +196,10 @@ async def test_a_job_whose_end_could_not_be_recorded_runs_again_at_once(settings
     pool = connect(settings.redis_url or "", settings.keys)
     job_id = f"{settings.namespace}-j"
     await pool.enqueue_job("job", b"j", _job_id=job_id)
-    worker = Flaky(
-        functions=[func(job, name="job")],
-        queue_name=settings.keys.queue,
-        redis_pool=pool,
-        handle_signals=False,
-        poll_delay=0.01,
-        keep_result=0,
+    worker = arq_worker(
+        settings, pool, [func(job, name="job")], cls=Flaky, poll_delay=0.01,
         lease_seconds=60,  # only a release, never an expiry, can give the job back within the test
-        job_serializer=codec.arq_serializer,
-        job_deserializer=codec.arq_deserializer,
-    )
+    )  # fmt: skip
     task = asyncio.create_task(worker.async_run())
     try:
         for _ in range(500):

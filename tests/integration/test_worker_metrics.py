@@ -4,13 +4,13 @@ latency, tokens, cost, job outcomes, retries and deferrals."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer.client import FuseboxClient
 from shared import metrics
 from shared.config import FileConfig, Settings
+from tests.integration.helpers import batch_lines
 from worker.settings import build_worker
 
 
@@ -39,27 +39,7 @@ async def test_worker_counters_follow_the_jobs(settings: Settings, redis) -> Non
         }
     )
     settings = settings.with_file(cfg)
-    lines = [
-        json.dumps(
-            {
-                "custom_id": f"g{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": "good/m", "messages": [{"role": "user", "content": f"hi {i}"}]},
-            }
-        )
-        for i in range(10)
-    ] + [
-        json.dumps(
-            {
-                "custom_id": f"b{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": "bad/m", "messages": [{"role": "user", "content": f"hi {i}"}]},
-            }
-        )
-        for i in range(3)
-    ]
+    lines = batch_lines(10, "good/m", "hi {i}", prefix="g") + batch_lines(3, "bad/m", "hi {i}", prefix="b")
     before = _samples()
     client = FuseboxClient(redis, settings)
     worker = build_worker(settings, redis, handle_signals=False)
@@ -110,17 +90,7 @@ async def test_fusebox_worker_serves_its_metrics_on_a_port(settings: Settings, r
     )
     try:
         client = FuseboxClient(redis, settings)
-        lines = [
-            json.dumps(
-                {
-                    "custom_id": f"c{i}",
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": {"model": "simulated/chat", "messages": [{"role": "user", "content": f"q{i}"}]},
-                }
-            )
-            for i in range(5)
-        ]
+        lines = batch_lines(5, content="q{i}")
         sub = await client.submit_batch(lines)
         counts = await client.wait_batch(sub.batch_id, timeout=120)
         assert counts.completed == 5

@@ -1,0 +1,108 @@
+"""Helpers several integration test modules use: batch input lines, workers, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from arq.worker import Function, Worker
+
+from shared import codec
+from worker.settings import FuseboxWorker, build_worker
+
+if TYPE_CHECKING:
+    from bench.harness import Stack
+    from shared.schema import JobResult
+
+
+def batch_lines(
+    n: int, model: str = "simulated/chat", content: str = "q {i}", prefix: str = "c"
+) -> list[str]:
+    """``n`` OpenAI Batch JSONL chat lines: custom_id ``{prefix}{i}``, one user message ``content``
+    with ``{i}`` replaced by the line's index."""
+    return [
+        json.dumps({"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": model, "messages": [{"role": "user", "content": content.format(i=i)}]}})
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@asynccontextmanager
+async def running_worker(settings: Any, redis: Any) -> AsyncIterator[Any]:
+    """An in-process worker on this test's event loop, cancelled on exit."""
+    worker = build_worker(settings, redis, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def arq_worker(
+    settings: Any, pool: Any, functions: list[Function], cls: type[Worker] = FuseboxWorker, **options: Any
+) -> Worker:
+    """An arq worker on the namespace's queue with Fusebox's job codec, no signal handlers, no kept
+    results; ``options`` are the test's own Worker arguments."""
+    return cls(
+        functions=functions, queue_name=settings.keys.queue, redis_pool=pool, handle_signals=False,
+        keep_result=0, job_serializer=codec.arq_serializer, job_deserializer=codec.arq_deserializer,
+        **options,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yields its base URL ``http://127.0.0.1:PORT``."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20) -> None:
+    """SIGTERM every process still running, wait for each, SIGKILL the ones that do not exit."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def poll(check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
+    """``check()``'s first truthy value, tried every ``every`` s; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def stack_exactly_once(st: Stack, batch_id: str, n: int, prefix: str = "c") -> list[JobResult]:
+    """The batch completed with every line answered once, in input order; its results."""
+    assert st.client is not None
+    counts = st.wait(batch_id, timeout=5)
+    assert (counts.status, counts.total, counts.completed, counts.failed) == ("completed", n, n, 0)
+    results = st.results(batch_id)
+    assert [r.custom_id if r else None for r in results] == [f"{prefix}{i}" for i in range(n)]
+    k = st.settings.keys
+    assert st.run(st.client.redis.hlen(k.batch_results(batch_id))) == n
+    assert st.run(st.client.redis.llen(k.batch_done(batch_id))) == n  # no line counted twice
+    return [r for r in results if r is not None]
