@@ -22,7 +22,19 @@ def check_redis_url(url: str) -> None:
     """Refuse a malformed REDIS_URL with a message, before any connection attempt."""
     from urllib.parse import urlsplit
 
-    hint = "expected redis://[:password@]host[:port][/db], rediss://... or unix:///path/to.sock"
+    hint = (
+        "expected redis://[:password@]host[:port][/db], rediss://..., unix:///path/to.sock "
+        "or redis+sentinel://host:port,host:port/MASTER"
+    )
+    if url.startswith("redis+sentinel://"):
+        from shared.config import ConfigError
+        from shared.redis_conn import parse_sentinel_url
+
+        try:
+            parse_sentinel_url(url)
+        except (ConfigError, ValueError) as e:
+            raise CliError(f"REDIS_URL is malformed ({e}): {hint}") from None
+        return
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError for a non-numeric port

@@ -52,3 +52,15 @@ async def test_connect_builds_a_sentinel_pool_that_retries_failover_errors(monke
     assert {ConnectionError, ReadOnlyError, TimeoutError} <= set(conn.retry_on_error)
     assert conn.retry._retries >= 30
     await r.aclose()
+
+
+def test_the_cli_accepts_a_sentinel_url_and_refuses_a_broken_one():
+    import pytest
+
+    from producer.cli_errors import CliError, check_redis_url
+
+    check_redis_url("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster")  # no error
+    with pytest.raises(CliError, match="malformed"):
+        check_redis_url("redis+sentinel://127.0.0.1:notaport/mymaster")
+    with pytest.raises(CliError):
+        check_redis_url("http://localhost:6379")
