@@ -221,9 +221,15 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
         )
     cfg = FileConfig(
         providers=providers,
-        retry=RetryConfig(max_attempts=2, backoff_base=0.01, backoff_max=0.02),
+        # batch lines fail after one round (transient errors would otherwise wait out the window)
+        retry=RetryConfig(max_attempts=2, backoff_base=0.01, backoff_max=0.02, line_max_attempts=2),
         # Breakers are not under test: a trip only delays these lines.
-        breaker=BreakerConfig(minimum_calls=1_000_000, wait_open_seconds=0.1, wait_open_max_seconds=0.2),
+        breaker=BreakerConfig(
+            minimum_calls=1_000_000,
+            consecutive_failures=1_000_000,
+            wait_open_seconds=0.1,
+            wait_open_max_seconds=0.2,
+        ),
     )
     s = Settings(redis_url=own_redis.url, namespace=settings.namespace, data_dir=tmp_path / "data").with_file(
         cfg
