@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KEY_ENV = "FUSEBOX_PEERS_KEY"
 MODEL = "bench-model"
+WORKER_OVERRIDES: dict[str, Any] = {}
 LITELLM_VENV = (
     ROOT / ".venv-litellm"
 )  # python3 -m venv .venv-litellm && .venv-litellm/bin/pip install litellm
@@ -223,7 +224,7 @@ def fusebox(
     tmp = Path(tempfile.mkdtemp(prefix="fusebox-peers-"))
     ns = "fbpeers-" + uuid.uuid4().hex[:8]
     cfg = {
-        "worker": {"max_jobs": 200, "poll_delay": 0.01},
+        "worker": {"max_jobs": 200, "poll_delay": 0.01, **WORKER_OVERRIDES},
         "providers": {
             "mock": {
                 "type": "openai",
@@ -308,6 +309,7 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--concurrency", type=int, default=40)
     ap.add_argument("--peers", default="aiohttp,litellm", help="comma list; empty for Fusebox only")
+    ap.add_argument("--worker", action="append", default=[], help="[worker] setting KEY=VALUE (repeatable)")
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     ap.add_argument("--serve-mock", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
@@ -323,6 +325,9 @@ def main() -> None:
 
     from shared.embedded import EmbeddedValkey, free_port
 
+    for kv in args.worker:
+        k, _, v = kv.partition("=")
+        WORKER_OVERRIDES[k] = json.loads(v)
     ceiling = args.concurrency / (args.latency_ms / 1000)
     server = None
     url, redis_pid = args.redis_url, None
@@ -355,7 +360,8 @@ def main() -> None:
 
     print(
         f"\nmock: {args.concurrency} concurrent x {args.latency_ms:.0f} ms (ceiling {ceiling:.0f} req/s), "
-        f"n={args.n}, {os.cpu_count()} cores"
+        f"n={args.n}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+        + (f", worker settings {WORKER_OVERRIDES}" if WORKER_OVERRIDES else "")
     )
     vers = (
         ["python " + sys.version.split()[0]]

@@ -233,6 +233,21 @@ class FuseboxWorker(Worker):
         await super().close()
 
 
+def _use_uvloop() -> None:
+    """A worker process of its own (``fusebox worker``) runs on uvloop: the event loop is a fifth of a
+    worker's CPU per job and uvloop's costs less. Never inside a running loop (in-process workers)."""
+    try:
+        asyncio.get_running_loop()
+        return
+    except RuntimeError:
+        pass
+    try:
+        import uvloop
+    except ImportError:  # optional: the standard loop works, only slower
+        return
+    asyncio.set_event_loop(uvloop.new_event_loop())
+
+
 def build_worker(
     settings: Settings,
     redis: ArqRedis | None = None,
@@ -245,6 +260,7 @@ def build_worker(
     if redis is None:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (or run 'fusebox run', which starts its own server)")
+        _use_uvloop()
         redis = connect(settings.redis_url, settings.keys)
     wc = settings.file.worker
     executor = build_executor(settings, redis)
