@@ -222,7 +222,10 @@ class FuseboxWorker(Worker):
             await self.start_jobs(job_ids)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
-        self._reap_tasks()
+        for job_id, t in list(self.tasks.items()):  # as arq does: a task that ended during the poll
+            if t.done():
+                del self.tasks[job_id]
+                t.result()
         await self.heart_beat()
 
     async def _idle(self) -> None:
