@@ -107,6 +107,7 @@ def limit_scenario(
 # -- b. hard down provider, fallback, recovery through exactly N probes ---------------------------------
 DOWN_BREAKER = {
     "minimum_calls": 10,
+    "consecutive_failures": 5,
     "window_seconds": 30,
     "wait_open_seconds": 1.5,
     "wait_open_max_seconds": 3,
@@ -149,6 +150,7 @@ def _down_phase(st: Stack, n: int, mode: str, limit: int, say: Say) -> dict[str,
         "bound": DOWN_BREAKER["minimum_calls"] + limit,
         "trip_calls": trip_calls,
         "trip_reason": trip["reason"],
+        "trip_consecutive": int(trip.get("consecutive", 0)),
         "completed": counts.completed,
         "n": n,
         "on_b": on_b,
@@ -270,6 +272,7 @@ def adaptive_scenario(
         "settled_mean_limit": statistics.fmean(settled),
         "settled_median_limit": statistics.median(settled),
         "settled_range": (min(settled), max(settled)),
+        "limit_min": min([lim for _, lim in samples] + [snap["effective_limit"]]),
         "max_in_flight": stats["max_in_flight"],
         "requests": stats["requests"],
         "n429": n429,
@@ -290,11 +293,19 @@ def adaptive_scenario(
 
 # -- d. head-of-line: a slow provider's backlog does not slow a fast one ------------------------------------
 def hol_scenario(
-    n_b: int = 3000, backlog: int = 2000, workers: int = 4, say: Say = print, redis_url: str | None = None
+    n_b: int = 3000,
+    backlog: int = 2000,
+    workers: int = 4,
+    say: Say = print,
+    redis_url: str | None = None,
+    measure_alone: bool = True,
+    b_latency_ms: float = 20,
 ) -> dict[str, Any]:
+    """Properties (every B line done while A's backlog is still pending, B's full concurrency reached
+    with the backlog queued) and, with ``measure_alone``, B's throughput ratio with/without the backlog."""
     sim = {
         "a": {"format": "openai", "latency": {"ms": 1000}},
-        "b": {"format": "openai", "latency": {"ms": 20}},
+        "b": {"format": "openai", "latency": {"ms": b_latency_ms}},
     }
     providers = {
         "a": {"max_concurrency": 4, "models": ["m"]},
@@ -303,48 +314,59 @@ def hol_scenario(
     with Stack(sim_routes=sim, providers=providers, workers=workers, redis_url=redis_url) as st:
         assert st.sim is not None and st.client is not None
         st.timed_batch(chat_lines(200, "b/m", "warm"))
-        _, alone_s, _ = st.timed_batch(chat_lines(n_b, "b/m", "alone"))
+        alone_s = st.timed_batch(chat_lines(n_b, "b/m", "alone"))[1] if measure_alone else None
         slow = st.submit(chat_lines(backlog, "a/m", "slow"))
         # let every worker take its share of A's backlog: some wait in the worker, the rest are deferred
-        time.sleep(2)
+        _poll(lambda: _route(st.sim.stats(), "a")["max_in_flight"] >= 4, 60)  # type: ignore[union-attr]
+        time.sleep(1)
+        st.sim.reset()
         before = st.run(st.client.counts(slow.batch_id))
-        _, with_s, _ = st.timed_batch(chat_lines(n_b, "b/m", "with"))
+        b_counts, with_s, _ = st.timed_batch(chat_lines(n_b, "b/m", "with"))
         after = st.run(st.client.counts(slow.batch_id))
         stats = st.sim.stats()
         st.run(st.client.cancel(slow.batch_id))
-    alone, with_backlog = n_b / alone_s, n_b / with_s
-    a_done = after.done - before.done
-    fig = {
-        "b_alone": alone,
+    with_backlog = n_b / with_s
+    fig: dict[str, Any] = {
+        "b_completed": b_counts.completed,
+        "b_failed": b_counts.failed,
+        "b_max_in_flight": _route(stats, "b")["max_in_flight"],
+        "b_requests": _route(stats, "b")["requests"],
         "b_with_backlog": with_backlog,
-        "ratio": with_backlog / alone,
         "a_max_in_flight": _route(stats, "a")["max_in_flight"],
-        "a_done_meanwhile": a_done,
+        "a_done_meanwhile": after.done - before.done,
         "a_pending": backlog - after.done,
     }
+    ratio = ""
+    if alone_s is not None:
+        fig["b_alone"] = n_b / alone_s
+        fig["ratio"] = with_backlog / fig["b_alone"]
+        ratio = f"; B alone {fig['b_alone']:.1f} jobs/s; ratio {fig['ratio']:.3f}"
     say(
-        f"d. head-of-line: B alone {alone:.1f} jobs/s; with A's backlog of {backlog} queued "
-        f"({backlog - after.done} still pending, A at {fig['a_max_in_flight']}/4 in flight) "
-        f"{with_backlog:.1f} jobs/s; ratio {fig['ratio']:.3f}"
+        f"d. head-of-line: with A's backlog of {backlog} queued ({fig['a_pending']} still pending, A at "
+        f"{fig['a_max_in_flight']}/4 in flight) B did {b_counts.completed}/{n_b} at up to "
+        f"{fig['b_max_in_flight']}/8 in flight, {with_backlog:.1f} jobs/s{ratio}"
     )
     return fig
 
 
 # -- e. kill -9 the worker holding leases and a half-open probe -------------------------------------------
+# Leases of a few seconds: reclaimed quickly, yet long enough that a starved live worker renews them
+# (every third of a lease) and that the dead worker's slots are still held when inspected after the kill.
 KILL_BREAKER = {
     "minimum_calls": 5,
     "window_seconds": 30,
     "wait_open_seconds": 1,
     "wait_open_jitter": 0,
     "half_open_probes": 1,
-    "probe_lease_seconds": 2,
+    "probe_lease_seconds": 5,
 }
 
 
 def kill9_scenario(n: int = 600, say: Say = print, redis_url: str | None = None) -> dict[str, Any]:
     sim = {
         "a": {"format": "openai", "latency": {"ms": 1500}, "down": True},
-        "b": {"format": "openai", "latency": {"ms": 20}},
+        # slow enough that B's 8 slots are all busy at once whatever the machine's load
+        "b": {"format": "openai", "latency": {"ms": 200}},
     }
     providers = {
         "a": {"max_concurrency": 4, "models": ["m"]},
@@ -352,9 +374,10 @@ def kill9_scenario(n: int = 600, say: Say = print, redis_url: str | None = None)
     }
     extra = {
         "breaker": KILL_BREAKER,
-        "limits": {"lease_seconds": 2},
-        # arq re-runs a killed worker's jobs once their in-progress key lapses: job_timeout + 10 s
-        "worker": {"job_timeout": 3},
+        "limits": {"lease_seconds": 5},
+        # arq re-runs a killed worker's jobs once their in-progress key lapses (job_timeout + 10 s); a
+        # shorter job_timeout makes arq cancel calls that a loaded machine slows past it
+        "worker": {"job_timeout": 30},
         "routes": {"r": {"candidates": ["a/m", "b/m"]}},
     }
     with Stack(sim_routes=sim, providers=providers, workers=1, extra_config=extra, redis_url=redis_url) as st:
@@ -362,7 +385,7 @@ def kill9_scenario(n: int = 600, say: Say = print, redis_url: str | None = None)
         st.timed_batch(chat_lines(40, "r", "trip"))  # A is down: its breaker opens, B serves
         assert st.gate_snapshot("a")["state"] == "open"
         st.sim.configure({"routes": {"a": {"down": False}}})
-        _poll(lambda: (s := st.gate_snapshot("a"))["next_change_at"] <= s["now"], 30)
+        _poll(lambda: (s := st.gate_snapshot("a"))["next_change_at"] <= s["now"], 60)
         sub = st.submit(chat_lines(n, "r", "k"))
 
         def holding() -> tuple[dict[str, Any], int] | None:
@@ -371,7 +394,7 @@ def kill9_scenario(n: int = 600, say: Say = print, redis_url: str | None = None)
             ok = a["state"] == "half_open" and a["probes_in_flight"] == 1 and b >= 6
             return (a, b) if ok else None
 
-        a_held, b_held = _poll(holding, 30, every=0.005)
+        a_held, b_held = _poll(holding, 90, every=0.005)
         st.kill_worker(0)  # the only worker: it holds the probe and every lease in flight
         killed_at = time.monotonic()
         # the dead worker's leases still count until they expire: nobody else may take them meanwhile
@@ -379,9 +402,9 @@ def kill9_scenario(n: int = 600, say: Say = print, redis_url: str | None = None)
         st.sim.reset()
         for _ in range(2):
             st.start_worker()
-        closed = _poll(lambda: st.gate_snapshot("a")["state"] == "closed", 60)
+        closed = _poll(lambda: st.gate_snapshot("a")["state"] == "closed", 180)
         reclaimed_s = time.monotonic() - killed_at
-        counts = st.wait(sub.batch_id, 120)
+        counts = st.wait(sub.batch_id, 300)
         finished_s = time.monotonic() - killed_at
         results = _all_results(st, sub.batch_id, n)
         k = st.settings.keys
@@ -461,7 +484,7 @@ def main() -> None:
         )
     if "d" in args.only:
         d = hol_scenario(n_b=2000 if q else 3000)
-        out.append(f"hol_ratio={d['ratio']:.2f}")
+        out.append(f"hol_ratio={d['ratio']:.2f} hol_b_max_in_flight={d['b_max_in_flight']}/8")
     if "e" in args.only:
         e = kill9_scenario(n=400 if q else 600)
         ok = e["exactly_once"] and e["closed"] and e["in_flight_end"] == (0, 0, 0)

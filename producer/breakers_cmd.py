@@ -9,12 +9,13 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.config import Settings
-from shared.providers.registry import build_providers
-from shared.redis_conn import connect
-from shared.resilience import Gate, RedisUnavailable
+from producer.cli_errors import CliError, check_redis_url
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.resilience import Gate
 
 FORCE = {"open": "open", "close": "closed", "disable": "disabled"}
 ACTIONS = {
@@ -49,8 +50,11 @@ def register(subparsers: Any) -> None:
 
 def _with_gate(settings: Settings, body: Callable[[Gate], Awaitable[int]]) -> int:
     if not settings.redis_url:
-        print("error: REDIS_URL is not set; point it at the Redis your workers use", file=sys.stderr)
-        return 2
+        raise CliError("REDIS_URL is not set; point it at the Redis your workers use")
+    check_redis_url(settings.redis_url)
+    from shared.providers.registry import build_providers
+    from shared.redis_conn import connect
+    from shared.resilience import Gate
 
     async def go() -> int:
         providers = build_providers(settings.file)
@@ -58,11 +62,9 @@ def _with_gate(settings: Settings, body: Callable[[Gate], Awaitable[int]]) -> in
         try:
             gate = Gate(redis, settings.keys, settings.file, {n: p.config for n, p in providers.items()})
             return await body(gate)
-        except RedisUnavailable as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
         finally:
-            await redis.aclose()
+            with contextlib.suppress(Exception):
+                await redis.aclose()
             for p in providers.values():
                 await p.aclose()
 
@@ -77,6 +79,11 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
             snaps = await gate.snapshots()
             if args.json:
                 out = json.dumps({"breakers": snaps}, indent=None if args.watch else 2)
+            elif sys.stdout.isatty() and not args.watch:
+                from producer.tables import print_table
+
+                print_table(HEAD, table_rows(snaps))
+                return 0
             else:
                 out = render_table(snaps)
             if args.watch and not args.json and sys.stdout.isatty():
@@ -94,7 +101,14 @@ def run_action(args: argparse.Namespace, settings: Settings) -> int:
     async def body(gate: Gate) -> int:
         known = [p.scope for p in gate.scopes()]
         if args.name not in known:
-            print(f"error: no provider {args.name!r} (known: {', '.join(known)})", file=sys.stderr)
+            hint = ""
+            if "/" in args.name:
+                prov, _, model = args.name.partition("/")
+                hint = (
+                    f"; a provider/model breaker exists only for models listed under "
+                    f'[providers.{prov}.per_model."{model}"] in fusebox.toml'
+                )
+            print(f"error: no breaker {args.name!r} (known: {', '.join(known)}){hint}", file=sys.stderr)
             return 2
         if args.action == "reset":
             await gate.reset(args.name)
@@ -137,6 +151,8 @@ def _next(snap: dict[str, Any]) -> str:
         return f"half-open in {_dur(max(0.0, snap['next_change_at'] - snap['now']))}"
     if state == "half_open":
         return f"probes {snap['probes_in_flight']}/{snap['half_open_probes']}, ok {snap['probe_successes']}"
+    if state == "closed" and snap.get("consecutive_failures"):
+        return f"{snap['consecutive_failures']}/{snap['consecutive_failures_to_trip']} failures in a row"
     if state == "closed" and snap["calls"] < snap["minimum_calls"]:
         return f"needs {snap['minimum_calls']} calls to trip"
     if state in ("forced_open", "forced_closed", "disabled"):
@@ -144,20 +160,19 @@ def _next(snap: dict[str, Any]) -> str:
     return "-"
 
 
+HEAD = ("PROVIDER", "STATE", "FAIL", "SLOW", "CALLS", "IN-FLIGHT", "RPM", "TPM", "LAST TRANSITION", "NEXT")
+
+
 def render_table(snaps: list[dict[str, Any]]) -> str:
-    head = (
-        "PROVIDER",
-        "STATE",
-        "FAIL",
-        "SLOW",
-        "CALLS",
-        "IN-FLIGHT",
-        "RPM",
-        "TPM",
-        "LAST TRANSITION",
-        "NEXT",
+    rows = [HEAD, *table_rows(snaps)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEAD))]
+    return (
+        "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
     )
-    rows = [head]
+
+
+def table_rows(snaps: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
     for s in snaps:
         limit = f"{s['in_flight']}/{s['effective_limit']}"
         if s["effective_limit"] != s["max_concurrency"]:
@@ -176,7 +191,4 @@ def render_table(snaps: list[dict[str, Any]]) -> str:
                 _next(s),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return (
-        "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
-    )
+    return rows

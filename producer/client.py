@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from producer.batch_input import Validator, numbered_lines
-from shared import codec, durability
+from shared import codec, durability, routing_table
 from shared.batch_retry import BatchBusy, BatchRetry, RetryOutcome
 from shared.config import Settings
 from shared.providers.registry import build_providers
@@ -43,13 +44,22 @@ class Submission:
 ProgressFn = Callable[[Submission], Awaitable[None] | None]
 
 
+TABLE_TTL_S = 10.0  # how long a read of the fleet's routing table is reused
+
+
 class FuseboxClient:
-    def __init__(self, redis: ArqRedis, settings: Settings | None = None) -> None:
+    """``routing='fleet'`` checks models against the table the workers publish to Redis (falling back
+    to the local fusebox.toml until a worker has published one); ``'local'`` uses the local config only
+    (``fusebox run``, whose in-process worker is the whole fleet)."""
+
+    def __init__(self, redis: ArqRedis, settings: Settings | None = None, *, routing: str = "fleet") -> None:
         self.settings = settings or Settings()
         self.redis = redis
         self.store = Store(redis, self.settings.keys, self.settings.file.batches)
+        self.routing = routing
         self._router: Router | None = None
         self._durable_checked = False
+        self._table: tuple[float, Router] | None = None
 
     @classmethod
     def connect(cls, settings: Settings | None = None, url: str | None = None) -> FuseboxClient:
@@ -64,7 +74,7 @@ class FuseboxClient:
 
     @property
     def router(self) -> Router:
-        """Used to refuse unknown models at submission, before anything is queued."""
+        """The local config's router (fusebox.toml and this process's environment)."""
         if self._router is None:
             cfg = self.settings.file
             self._router = Router(build_providers(cfg), cfg)
@@ -83,6 +93,23 @@ class FuseboxClient:
             await self.check_durable()
             await durability.wait_on_disk(self.redis, self.settings.keys, self.settings.file.redis)
 
+    async def model_router(self) -> Router:
+        """Used to refuse unknown models at submission, before anything is queued."""
+        if self.routing == "local":
+            return self.router
+        now = time.monotonic()
+        if self._table is not None and now - self._table[0] < TABLE_TTL_S:
+            return self._table[1]
+        table = await routing_table.read(self.redis, self.settings.keys)
+        if table is None:
+            return self.router
+        self._table = (now, routing_table.router_from_table(table))
+        return self._table[1]
+
+    async def fleet_known(self) -> bool:
+        """Whether a worker has published the fleet's routing table (or routing is local)."""
+        return self.routing == "local" or await routing_table.read(self.redis, self.settings.keys) is not None
+
     # -- single jobs -----------------------------------------------------
     async def submit(
         self,
@@ -98,7 +125,7 @@ class FuseboxClient:
         ``webhook`` gets a signed ``job.completed`` / ``job.failed`` summary when it ends.
         """
         req = ChatRequest.from_body(body) if kind == "chat" else EmbeddingRequest.from_body(body)
-        self.router.resolve(req.model)
+        (await self.model_router()).resolve(req.model)
         await self.check_durable()
         if webhook:
             await self.check_webhook_url(webhook)
@@ -159,8 +186,9 @@ class FuseboxClient:
             if val is not None:
                 fields[name] = val
         sub = Submission(batch_id)
+        router = await self.model_router()
         sub.resumed = not await self.store.create_batch(batch_id, fields)
-        v = Validator(batch_id, self.router, self.settings.file.batches.max_line_bytes, tenant=tenant)
+        v = Validator(batch_id, router, self.settings.file.batches.max_line_bytes, tenant=tenant)
         jobs: list[JobSpec] = []
         rejected: list[JobResult] = []
 
@@ -175,13 +203,20 @@ class FuseboxClient:
                     await maybe
 
         chunk = FIRST_CHUNK  # the first lines reach the workers at once; then full chunks
-        for item in _parsed(v, lines, prompts):
-            (jobs if isinstance(item, JobSpec) else rejected).append(item)  # type: ignore[arg-type]
-            sub.total += 1
-            if len(jobs) + len(rejected) >= chunk:
-                await flush()
-                chunk = CHUNK
-        await flush()
+        try:
+            for item in _parsed(v, lines, prompts):
+                (jobs if isinstance(item, JobSpec) else rejected).append(item)  # type: ignore[arg-type]
+                sub.total += 1
+                if len(jobs) + len(rejected) >= chunk:
+                    await flush()
+                    chunk = CHUNK
+            await flush()
+        except Exception as e:
+            # Line problems are the lines' errors; this is the submission itself failing (reading the
+            # input, Redis): no half-batch may stay 'validating', so it ends 'failed' with the reason.
+            if not sub.resumed:
+                await self._abort(batch_id, f"submission failed after {sub.total} lines: {e}")
+            raise
         nothing_valid = sub.total > 0 and sub.rejected == sub.total
         sub.status = await self.store.seal(
             batch_id, sub.total, validation_failed=nothing_valid or sub.total == 0
@@ -206,7 +241,7 @@ class FuseboxClient:
         if not failed and not resuming:
             return RetryOutcome(batch_id, status=(await r.check())[0])
         info = await self.store.batch_info(batch_id)
-        v = Validator(batch_id, self.router, self.settings.file.batches.max_line_bytes,
+        v = Validator(batch_id, await self.model_router(), self.settings.file.batches.max_line_bytes,
                       tenant=info.get("tenant"))  # fmt: skip
         specs: dict[int, JobSpec] = {}
         for item in _parsed(v, lines, prompts):
@@ -223,6 +258,15 @@ class FuseboxClient:
         out = await r.run(specs, len(failed))
         await self._acknowledge()
         return out
+
+    async def _abort(self, batch_id: str, reason: str) -> None:
+        """Best effort (Redis may be what failed): unqueue what was queued, mark the batch failed."""
+        with contextlib.suppress(Exception):
+            await self.store.cancel(batch_id)
+            await self.redis.hset(
+                self.settings.keys.batch(batch_id),
+                mapping={"status": "failed", "failed_at": repr(time.time()), "failure_reason": reason[:500]},
+            )
 
     async def cancel(self, batch_id: str) -> tuple[int, str]:
         """No new dispatch; running calls finish; unrun lines answered 'batch_cancelled'. -> (n, status)."""
@@ -295,8 +339,7 @@ def _parsed(
     pmodel, psystem = pextra.pop("model", None), pextra.pop("system", None)
     for lineno, index, raw in numbered_lines(lines):
         if prompts is not None:
-            text = raw.decode() if isinstance(raw, bytes) else raw
-            yield v.parse_prompt(text, lineno, index, pmodel, psystem, pextra)
+            yield v.parse_prompt(raw, lineno, index, pmodel, psystem, pextra)
         else:
             yield v.parse_jsonl(raw, lineno, index)
 
@@ -327,6 +370,7 @@ def batch_object(batch_id: str, info: dict[str, str]) -> dict[str, Any]:
         "expired_at": ts("expired_at"),
         "expires_at": ts("expires_at"),
         "webhook": info.get("webhook"),
+        "failure_reason": info.get("failure_reason"),
         "tenant": info.get("tenant"),
         "usage": {
             "prompt_tokens": int(info.get("prompt_tokens", 0)),

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from shared.config import Settings
-from shared.providers.base import Health, Provider
-from shared.providers.registry import build_providers
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.providers.base import Health, Provider
 
 
 def register(subparsers: Any) -> None:
@@ -26,10 +24,18 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from shared.providers.registry import build_providers
+
     providers = build_providers(settings.file)
     rows = asyncio.run(collect(providers, health=not args.no_health))
     if args.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode({"providers": rows})).decode() + "\n")
+    elif sys.stdout.isatty():
+        from producer.tables import print_table
+
+        print_table(HEADER, table_rows(rows))
     else:
         sys.stdout.write(render_table(rows))
     return 1 if any(r["health"] is not None and not r["health"]["ok"] for r in rows) else 0
@@ -50,6 +56,8 @@ async def collect(providers: dict[str, Provider], *, health: bool = True) -> lis
 
 
 async def _check(p: Provider) -> Health:
+    from shared.providers.base import Health
+
     try:
         return await p.health()
     except Exception as e:  # a broken adapter must not hide the others
@@ -57,6 +65,8 @@ async def _check(p: Provider) -> Health:
 
 
 def describe(p: Provider, health: Health | None) -> dict[str, Any]:
+    import msgspec
+
     cfg = p.config
     key_info = getattr(p, "key_info", None)
     key = (
@@ -93,9 +103,22 @@ def _health_text(h: dict[str, Any] | None) -> str:
     return text if len(text) <= 90 else text[:89] + "…"
 
 
+HEADER = ("NAME", "TYPE", "BASE URL", "MODELS", "KEY", "LIMITS", "HEALTH")
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
-    header = ("NAME", "TYPE", "BASE URL", "MODELS", "KEY", "LIMITS", "HEALTH")
-    lines = [header]
+    header = HEADER
+    lines = [header, *table_rows(rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    out = []
+    for line in lines:
+        cells = [c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)] + [line[-1]]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out) + "\n"
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    lines = []
     for r in rows:
         lim = r["limits"]
         limits = f"conc {lim['max_concurrency']}, rpm {lim['rpm'] or '-'}, tpm {lim['tpm'] or '-'}"
@@ -104,9 +127,4 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             (r["name"], r["type"], base, models, _key_text(r["key"]), limits, _health_text(r["health"]))
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    out = []
-    for line in lines:
-        cells = [c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)] + [line[-1]]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out) + "\n"
+    return lines

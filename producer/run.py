@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from producer.batch_cmds import check_input, check_writable
 from producer.batch_input import file_digest, prompt_options
+from producer.cli_errors import EXIT_INTERRUPTED, EXIT_LINES_FAILED, check_redis_url
 from producer.client import FuseboxClient, Submission
 from producer.output import write_results
 from producer.progress import Progress
 from shared.config import Settings
 from shared.embedded import EmbeddedValkey
 from shared.redis_conn import connect, redact_url
-from shared.schema import RequestError
 from worker.settings import build_worker
 
 
@@ -39,10 +40,13 @@ def _say(msg: str, quiet: bool = False) -> None:
 
 
 def run(opts: RunOptions, settings: Settings | None = None) -> int:
+    """Exit code: 0 every line succeeded, 1 some failed; input, output and Redis problems raise
+    (the ``fusebox`` command turns them into one line and exit 2 or 3)."""
     settings = settings or Settings()
-    if not opts.input.exists():
-        _say(f"error: input file {opts.input} does not exist")
-        return 2
+    # Everything a user can get wrong is checked before Redis starts or a line is submitted.
+    check_input(str(opts.input))
+    check_writable(opts.output, opts.errors)
+    prompts = prompt_options(str(opts.input), opts.model, opts.system, settings.file.default_model)
     server: EmbeddedValkey | None = None
     url = settings.redis_url
     if not url:
@@ -53,29 +57,29 @@ def run(opts: RunOptions, settings: Settings | None = None) -> int:
             opts.quiet,
         )
     else:
+        check_redis_url(url)
         _say(f"using Redis at {redact_url(url)}", opts.quiet)
     try:
-        return asyncio.run(_run(opts, settings, url))
-    except RequestError as e:
-        _say(f"error: {e.message}")
-        return 2
+        return asyncio.run(_run(opts, settings, url, prompts))
     except KeyboardInterrupt:
         _say("interrupted: progress is kept in Redis; run the same command again to resume")
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         if server is not None:
             server.stop()
 
 
-async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
+async def _run(opts: RunOptions, settings: Settings, url: str, prompts: dict[str, Any] | None) -> int:
     redis = connect(url, settings.keys)
-    client = FuseboxClient(redis, settings)
-    prompts = prompt_options(str(opts.input), opts.model, opts.system, settings.file.default_model)
+    # The in-process worker is the whole fleet: check models against this process's config.
+    client = FuseboxClient(redis, settings, routing="local")
     batch_id = opts.batch_id
     if batch_id is None and not opts.fresh:
         batch_id = file_digest(str(opts.input), (prompts or {}).get("model") or "", opts.system or "")
+    await redis.ping()  # an unreachable Redis fails here, before a worker or a batch exists
     # One worker in this event loop: more would share the same core and only add polling.
     worker = build_worker(settings, redis, handle_signals=False)
+    worker.ctx.setdefault("redis", redis)  # its shutdown hooks need it even if it never started
     task = asyncio.create_task(worker.async_run())
     progress = Progress()
     t0 = time.monotonic()
@@ -94,10 +98,12 @@ async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
                 on_progress=on_submit,
             )
         if sub.resumed:
+            progress.close()
             _say(
-                f"\nresuming batch {sub.batch_id}: {sub.skipped} of {sub.total} lines already queued or done",
+                f"resuming batch {sub.batch_id}: {sub.skipped} of {sub.total} lines already queued or done",
                 opts.quiet,
             )
+            progress = Progress()
 
         def on_progress(c: Any) -> None:
             if not opts.quiet:
@@ -106,13 +112,19 @@ async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
         counts = await client.wait_batch(sub.batch_id, on_progress=on_progress, poll=0.1)
         if not opts.quiet:
             progress.update(counts.done, counts.failed, counts.total, force=True)
-            progress.close()
+        progress.close()
         written = await write_results(client, sub.batch_id, opts.output, opts.errors)
     finally:
+        progress.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await worker.close()  # also closes the shared pool
+        # Redis may be what failed (the first error is the one to tell), and a job the worker was still
+        # running (a periodic check) is cancelled with it: neither changes the batch's outcome.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await worker.close()  # also closes the shared pool (unless a cancelled job cut it short)
+        with contextlib.suppress(Exception):
+            await redis.aclose()
     secs = time.monotonic() - t0
     dest = f"{opts.output}" + (f" (errors: {opts.errors})" if opts.errors else "")
     _say(
@@ -122,5 +134,9 @@ async def _run(opts: RunOptions, settings: Settings, url: str) -> int:
     )
     if written.missing:
         _say(f"error: {written.missing} lines have no result", opts.quiet)
-        return 1
+        return EXIT_LINES_FAILED
+    if counts.failed or counts.status != "completed":
+        where = opts.errors or opts.output
+        _say(f"{counts.failed} lines failed: see the error lines in {where}", opts.quiet)
+        return EXIT_LINES_FAILED
     return 0

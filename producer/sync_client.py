@@ -25,6 +25,11 @@ class SyncFuseboxClient:
         self._thread.start()
         self._client = self._call(self._connect(settings, url))
 
+    @classmethod
+    def connect(cls, settings: Settings | None = None, url: str | None = None) -> SyncFuseboxClient:
+        """Same as the constructor; mirrors ``FuseboxClient.connect()`` (REDIS_URL by default)."""
+        return cls(settings, url)
+
     @staticmethod
     async def _connect(settings: Settings | None, url: str | None) -> FuseboxClient:
         return FuseboxClient.connect(settings, url)
@@ -36,7 +41,9 @@ class SyncFuseboxClient:
         return self._call(self._client.submit(body, kind=kind, webhook=webhook))
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobResult:
-        return self._call(self._client.wait(job_id, timeout))
+        """Blocks until the job has a result; TimeoutError after ``timeout`` seconds (an unknown id
+        never gets one)."""
+        return self._call(self._client.wait(job_id, timeout=timeout))
 
     def submit_batch(self, lines: Iterable[bytes | str], **kwargs: Any) -> Submission:
         return self._call(self._client.submit_batch(lines, **kwargs))

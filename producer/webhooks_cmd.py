@@ -7,22 +7,15 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-from arq.connections import ArqRedis
+from producer.cli_errors import CliError, check_redis_url
 
-from shared.config import Settings
-from shared.redis_conn import connect
-from shared.webhook_delivery import (
-    UnknownWebhookError,
-    WebhookInfo,
-    dead_letters,
-    delivery_log,
-    disabled_endpoints,
-    enable_endpoint,
-    redeliver,
-)
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+    from shared.config import Settings
+    from shared.webhook_delivery import WebhookInfo
 
 
 def register(subparsers: Any) -> None:
@@ -50,8 +43,9 @@ def register(subparsers: Any) -> None:
 
 def _with_redis(settings: Settings, body: Callable[[ArqRedis], Awaitable[int]]) -> int:
     if not settings.redis_url:
-        print("error: REDIS_URL is not set", file=sys.stderr)
-        return 2
+        raise CliError("REDIS_URL is not set; point it at the Redis your workers use")
+    check_redis_url(settings.redis_url)
+    from shared.redis_conn import connect
 
     async def go() -> int:
         redis = connect(settings.redis_url or "", settings.keys)
@@ -68,10 +62,14 @@ def _ts(t: float) -> str:
 
 
 def _print_json(obj: Any) -> None:
+    import msgspec
+
     sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
 
 
 def _cmd_log(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.webhook_delivery import delivery_log
+
     async def body(redis: ArqRedis) -> int:
         info = await delivery_log(redis, settings.keys, args.id)
         if info is None:
@@ -96,6 +94,8 @@ def _cmd_log(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.webhook_delivery import dead_letters
+
     async def body(redis: ArqRedis) -> int:
         items: list[WebhookInfo] = await dead_letters(redis, settings.keys, args.limit)
         if args.json:
@@ -111,6 +111,8 @@ def _cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_redeliver(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.webhook_delivery import UnknownWebhookError, redeliver
+
     async def body(redis: ArqRedis) -> int:
         try:
             n = await redeliver(redis, settings.keys, args.id)
@@ -124,6 +126,8 @@ def _cmd_redeliver(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.webhook_delivery import disabled_endpoints, enable_endpoint
+
     async def body(redis: ArqRedis) -> int:
         if args.url is None:
             for url, why in (await disabled_endpoints(redis, settings.keys)).items():

@@ -93,6 +93,9 @@ class BreakerConfig(_Section):
     probe_lease_seconds: float = Field(60.0, gt=0)
     # A 429 is back-pressure, which adaptive concurrency handles; count it only if asked.
     count_rate_limited_as_failure: bool = False
+    # Trip after this many failures in a row, whatever the window holds: a provider that just went
+    # hard down is cut off at once even when earlier successes keep its failure rate low.
+    consecutive_failures: int = Field(5, ge=1)
 
 
 class LimitsConfig(_Section):
@@ -121,6 +124,11 @@ class RetryConfig(_Section):
     backoff_base: float = Field(0.05, ge=0)
     backoff_max: float = Field(2.0, ge=0)
     defer_threshold_s: float = Field(2.0, ge=0)  # longer waits re-defer the job via arq
+    # A batch line whose candidates all failed transiently waits (deferred, growing backoff) for
+    # another round instead of failing, until it has made this many failed provider attempts...
+    line_max_attempts: int = Field(30, ge=1)
+    # ...or this long has passed since it was submitted (None: only the batch's completion window).
+    line_max_seconds: float | None = Field(None, gt=0)
 
 
 class ProviderConfig(_Section):

@@ -88,6 +88,7 @@ class Policy:
                 lim.increase_step,
                 lim.success_window,
                 EVENTS_MAXLEN,
+                b.consecutive_failures,
             ),
         )
         set_(self, "snapshot_args", _s(self.bucket_ms, WINDOW_BUCKETS))

@@ -191,6 +191,12 @@ class Keys:
         """Capped stream of breaker transitions: scope, from, to, reason, gen, at_ms, window figures."""
         return f"{self.ns}:breaker:events"
 
+    # -- fleet configuration -------------------------------------------------
+    @property
+    def routing_table(self) -> str:
+        """String (JSON): the fleet's providers, models, routes and default model, published by workers."""
+        return f"{self.ns}:routing"
+
 
 def job_id_for(batch_id: str, custom_id: str) -> str:
     """Deterministic arq job id: re-submitting a batch line never creates a second job."""

@@ -98,6 +98,32 @@ def record_usage(provider: str, model: str, prompt: int, completion: int, cached
         COST.labels(provider, model).inc(cost)
 
 
+# Why a job was handed back to the queue: the gate's refusal reasons (a bounded set), else a wait.
+_DEFER_REASONS = frozenset({"open", "forced_open", "saturated", "rate_limited", "half_open_busy"})
+
+
+def record_deferral(reasons: Sequence[str]) -> None:
+    """``reasons`` as the executor words them ('scope: reason' or free text); label by the gate's reason."""
+    found = {r.rsplit(": ", 1)[-1] for r in reasons}
+    label = next((r for r in sorted(found) if r in _DEFER_REASONS), "retry_wait")
+    DEFERRALS.labels(label).inc()
+
+
+def record_result(result: Any, kind: str) -> None:
+    """A job's end: its outcome, and the tokens and cost of the call that answered it."""
+    JOBS.labels(kind, "succeeded" if result.ok else "failed").inc()
+    u = result.usage
+    if u is not None and result.provider:
+        record_usage(
+            result.provider,
+            result.model or "",
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            result.cost_usd,
+        )
+
+
 def render_process() -> bytes:
     return generate_latest(REGISTRY)
 

@@ -38,6 +38,11 @@ def init_sentry(dsn: str | None, component: str, *, transport: Any = None) -> bo
     import sentry_sdk
 
     extra: dict[str, Any] = {"transport": transport} if transport is not None else {}
+    if component == "worker":
+        # arq's integration names each job's transaction and tags its function and try
+        from sentry_sdk.integrations.arq import ArqIntegration
+
+        extra["integrations"] = [ArqIntegration()]
     sentry_sdk.init(
         dsn=dsn,
         **extra,

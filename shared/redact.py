@@ -92,12 +92,22 @@ def _fragments(secrets: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("(?=(" + "|".join(re.escape(g) for g in sorted(grams)) + "))")
 
 
+_TOKEN_CHAR = re.compile(r"[A-Za-z0-9_\-.+/]")
+
+
 def _mask_known(text: str, pattern: re.Pattern[str] | None, mask: str) -> str:
+    """Mask every piece of a known secret together with the rest of the token it sits in: a key's
+    prefix ("sk-proj-") left beside the mask would still say what it was and break shape matching."""
     if pattern is None:
         return text
     spans: list[list[int]] = []
+    n = len(text)
     for m in pattern.finditer(text):
         start, end = m.start(), m.start() + len(m.group(1))
+        while start > 0 and _TOKEN_CHAR.match(text[start - 1]):
+            start -= 1
+        while end < n and _TOKEN_CHAR.match(text[end]):
+            end += 1
         if spans and start <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], end)
         else:

@@ -12,6 +12,11 @@ trips: ``admit`` before it and ``settle`` after it.
     await gate.settle(adm, outcome_of(error), latency_ms, actual_tokens)
 
 If Redis cannot be reached every method raises ``RedisUnavailable``: the gate never fails open.
+
+Lease ids start with a random prefix per Gate (one per worker process: its incarnation). A call whose
+settle was cut off by a Redis outage leaves its lease behind; this process remembers it and releases
+it before its next admission once Redis answers again, so capacity returns at once after a restart
+instead of when the lease expires.
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class Gate:
         self._policies: dict[tuple[str, str | None], Policy] = {}
         self._ids = itertools.count()
         self._prefix = os.urandom(6).hex()
+        # leases of calls that ended while Redis was unreachable: lease id -> (scope, probe)
+        self._unsettled: dict[str, tuple[str, bool]] = {}
         self._admit = scripts.load(redis, "admit")
         self._settle = scripts.load(redis, "settle")
         self._renew = scripts.load(redis, "renew")
@@ -145,6 +152,8 @@ class Gate:
         """``waiter`` (a job id) joins the scope's virtual line when saturated: ``retry_in`` then says
         when its turn should come, so deferred jobs come back spread out instead of all at once.
         ``other_lines`` are the scopes of the job's other candidates: admitted, it leaves them too."""
+        if self._unsettled:
+            await self.release_unsettled()
         pol = self.policy(provider, model)
         scope = pol.scope
         k = self.keys
@@ -189,7 +198,33 @@ class Gate:
         """
         call = self.settle_call(adm, outcome, latency_ms, actual_tokens)
         if call is not None:
-            await self._call(*call)
+            try:
+                await self._call(*call)
+            except RedisUnavailable:
+                self.unsettled(adm)
+                raise
+
+    def unsettled(self, adm: Admission) -> None:
+        """The call is over but its settle never reached Redis: release its lease once Redis is back."""
+        if adm.ok:
+            self._unsettled[adm.lease] = (adm.scope, adm.probe)
+
+    async def release_unsettled(self) -> int:
+        """Release the leases (and probe leases) of calls cut off by an outage; how many were still held.
+        Their outcomes are not recorded: the breaker misses them, which errs on the side of staying closed."""
+        stale = dict(self._unsettled)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease, (scope, probe) in stale.items():
+                pipe.zrem(self.keys.gate_leases(scope), lease)
+                if probe:
+                    pipe.zrem(self.keys.gate_probes(scope), lease)
+            replies = await self._call_cmd(pipe.execute())
+        for lease in stale:
+            self._unsettled.pop(lease, None)
+        freed = sum(int(r) for r in replies)
+        if freed:
+            log.warning("released %d leases of calls cut off by a Redis outage", freed)
+        return freed
 
     def settle_call(
         self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None
@@ -387,6 +422,8 @@ def _snapshot(pol: Policy, res: list[Any]) -> dict[str, Any]:
         "failure_rate": fails / calls if calls else 0.0,
         "slow_rate": slow / calls if calls else 0.0,
         "minimum_calls": pol.breaker.minimum_calls,
+        "consecutive_failures": int(h.get("cf", 0)),
+        "consecutive_failures_to_trip": pol.breaker.consecutive_failures,
         "in_flight": in_flight,
         "max_concurrency": pol.max_concurrency,
         "effective_limit": effective,

@@ -20,6 +20,9 @@ Jitter = Literal["full", "decorrelated"]
 # 1 s" by the same 429 burst should not all come back in the same millisecond.
 RETRY_AFTER_SPREAD = 0.1
 _MAX_EXPONENT = 64  # 2.0**n overflows for n > 1023; the cap is reached long before this
+# A batch line whose every candidate failed comes back after a wait that grows with each such round.
+ROUND_BACKOFF_BASE_S = 1.0
+ROUND_BACKOFF_MAX_S = 60.0
 
 
 class RetryPolicy:
@@ -61,6 +64,23 @@ class RetryPolicy:
         if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
             wait = max(wait, retry_after * (1.0 + self._rng.uniform(0.0, RETRY_AFTER_SPREAD)))
         return wait
+
+    def round_delay(self, rounds: int) -> float:
+        """Seconds before a batch line whose candidates all failed ``rounds`` times (>= 1) tries again.
+
+        Equal jitter (half fixed, half random): lines that failed together spread out, and the wait
+        never shrinks to a busy poll.
+        """
+        n = min(max(rounds - 1, 0), _MAX_EXPONENT)
+        ceiling = min(ROUND_BACKOFF_MAX_S, ROUND_BACKOFF_BASE_S * 2.0**n)
+        return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
+
+    def may_wait(self, failed_attempts: int, age_s: float) -> bool:
+        """Whether a batch line may wait for another round: within its attempt and time budgets."""
+        cfg = self.cfg
+        if failed_attempts >= cfg.line_max_attempts:
+            return False
+        return cfg.line_max_seconds is None or age_s < cfg.line_max_seconds
 
     def should_defer(self, delay: float) -> bool:
         """Whether a wait is long enough to hand the job back to arq instead of sleeping in the worker."""

@@ -40,12 +40,15 @@ class ScriptCall(NamedTuple):
     args: list[Any]
 
 
-async def run_pipelined(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_pipelined(
+    redis: Redis, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
+) -> list[Any]:
     """Several script calls in ONE round trip (EVALSHA each, in order, not atomic together).
 
     redis-py's own pipelined scripts check SCRIPT EXISTS on every execute, an extra
     round trip; here a script the server lacks (it restarted) is loaded, and only the
-    calls that were refused for it run again.
+    calls that were refused for it run again. With ``raise_on_error=False`` a call's
+    error (a script error) is returned in its place, so the others' results still count.
     """
     results = await _evalsha_all(redis, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -55,9 +58,10 @@ async def run_pipelined(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
         again = await _evalsha_all(redis, [calls[i] for i in missing])
         for i, r in zip(missing, again, strict=True):
             results[i] = r
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
+    if raise_on_error:
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
     return results
 
 

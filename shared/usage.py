@@ -28,7 +28,11 @@ def _clean(v: str | None) -> str:
 
 
 def dims(r: JobResult, tenant: str | None) -> str:
-    return f"{_clean(r.provider)}|{_clean(r.model)}|{_clean(tenant)}|{_clean(r.batch_id)}"
+    provider, model = r.provider, r.model
+    if provider is None and r.attempts:
+        # A failed job names no provider; the one whose error ended it is the last attempt's.
+        provider, model = r.attempts[-1].provider, r.attempts[-1].model
+    return f"{_clean(provider)}|{_clean(model)}|{_clean(tenant)}|{_clean(r.batch_id)}"
 
 
 def latency_bucket(ms: float) -> str:
@@ -105,6 +109,31 @@ def _add(row: UsageRow, metric: str, val: str) -> None:
         row.errors[metric[4:]] = row.errors.get(metric[4:], 0) + n
     elif metric.startswith("lat:"):
         row.latency_ms[metric[4:]] = row.latency_ms.get(metric[4:], 0) + n
+
+
+GROUPS = ("provider", "model", "tenant", "batch")
+
+
+def group_rows(rows: list[UsageRow], by: str) -> list[UsageRow]:
+    """Merge rows that agree on the ``by`` dimensions (comma-separated); the others read '*'."""
+    keep = [g for g in GROUPS if g in by.split(",")]
+    out: dict[tuple[str, ...], UsageRow] = {}
+    for r in rows:
+        key = tuple(getattr(r, g) for g in keep)
+        g = out.get(key)
+        if g is None:
+            names = {d: (getattr(r, d) if d in keep else "*") for d in GROUPS}
+            g = out[key] = UsageRow(**names)
+        g.requests += r.requests
+        g.input_tokens += r.input_tokens
+        g.output_tokens += r.output_tokens
+        g.cached_tokens += r.cached_tokens
+        g.cost_usd += r.cost_usd
+        for k, v in r.errors.items():
+            g.errors[k] = g.errors.get(k, 0) + v
+        for k, v in r.latency_ms.items():
+            g.latency_ms[k] = g.latency_ms.get(k, 0) + v
+    return sorted(out.values(), key=lambda r: tuple(getattr(r, g) for g in keep))
 
 
 def totals(rows: list[UsageRow]) -> dict[str, float]:

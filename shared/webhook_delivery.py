@@ -30,6 +30,7 @@ from arq.connections import ArqRedis
 from httpx_aiohttp import AiohttpTransport
 from msgspec import Struct, field
 
+from shared import metrics
 from shared.config import WebhookConfig
 from shared.keys import Keys
 from shared.providers.classify import transport_cause
@@ -440,6 +441,7 @@ class WebhookDeliverer:
         return resp.status_code, error, retry_after_s(resp.headers.get("retry-after")), latency
 
     async def _record(self, d: Delivery, entry: DeliveryAttempt, *, dead: bool) -> DeliveryAttempt:
+        metrics.WEBHOOKS.labels(entry.outcome).inc()
         key, log_key, now = self.keys.webhook(d.id), self.keys.webhook_log(d.id), time.time()
         fields: dict[str, Any] = {
             "state": entry.outcome,

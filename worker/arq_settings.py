@@ -12,7 +12,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 
-from shared import codec
+from shared import codec, routing_table
 from shared.config import Settings
 from worker.batch_jobs import BATCH_CRON, BATCH_FUNCTIONS, STORE_KEY
 from worker.jobs import CTX_KEY, chat, embed
@@ -39,6 +39,7 @@ class WorkerSettings:
     async def on_startup(ctx: dict[str, Any]) -> None:
         executor = build_executor(_settings, ctx["redis"])
         ctx.update({CTX_KEY: executor, STORE_KEY: executor.store, SETTINGS_KEY: _settings})
+        await routing_table.publish(ctx["redis"], _settings.keys, executor.router.providers, _settings.file)
 
     @staticmethod
     async def on_shutdown(ctx: dict[str, Any]) -> None:

@@ -59,5 +59,6 @@ async def expire_batches(ctx: dict[str, Any]) -> None:
 
 
 BATCH_FUNCTIONS = [finalize_batch]
-# Checked each minute (arq runs a cron once per tick fleet-wide); cancel() is idempotent anyway.
-BATCH_CRON = [cron(expire_batches, second=0, run_at_startup=True)]
+# Checked every 5 s, so a window ends within ~5 s of its deadline (arq runs a cron once per tick
+# fleet-wide; the check is one ZRANGEBYSCORE when nothing is due, and cancel() is idempotent).
+BATCH_CRON = [cron(expire_batches, second=set(range(0, 60, 5)), run_at_startup=True)]

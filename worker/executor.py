@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import codec
+from shared import codec, metrics
 from shared.errors import ErrorClass, ProviderError
 from shared.keys import ARQ_JOB
 from shared.providers.base import ProviderResponse
@@ -36,10 +37,20 @@ from shared.webhook_delivery import enqueue_webhook
 from shared.webhooks import job_event
 from worker.local_lines import LocalLines
 
+log = logging.getLogger("fusebox.executor")
+
 DEFAULT_OUTPUT_ESTIMATE = 256  # tokens reserved for a reply whose request sets no max_tokens
 MAX_DEFER_S = 60.0
 LOCAL_WAIT_S = 0.5  # a job waiting in the worker re-checks the gate at least this often
 MAX_LOCAL_ROUNDS = 20
+# An unexpected error (a bug, a script error) re-runs the job this many times at most, with backoff, before
+# the line is answered with an ``internal_error``: never deleted without a result.
+INTERNAL_TRIES = 5
+INTERNAL_BACKOFF_S = 0.5
+REDIS_RETRY_S = 1.0  # a job cut off by a Redis error runs again after this
+# The Attempt recorded for a run that ended in an unexpected error (carried like provider attempts).
+INTERNAL = "internal"
+_REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
 
 
 @dataclass(slots=True)
@@ -49,14 +60,18 @@ class Outcome:
     error: ErrorInfo | None
     settle: ScriptCall | None = None  # the last attempt's settle, sent with the result write
     scope: str | None = None  # the gate scope that settle frees a slot of
+    admission: Admission | None = None  # the call that settle ends
 
 
 class Deferred(Exception):
-    """Every candidate refused admission (saturated / open): come back in ``delay`` seconds."""
+    """Every candidate refused admission (saturated / open), or failed this round: come back in ``delay``
+    seconds. ``error`` is the line's answer if it may not come back (arq's last try)."""
 
-    def __init__(self, delay: float, reasons: list[str]) -> None:
+    def __init__(self, delay: float, reasons: list[str], error: ErrorInfo | None = None) -> None:
         super().__init__(f"all candidates unavailable ({', '.join(reasons)}); retry in {delay:.2f}s")
         self.delay = delay
+        self.error = error
+        self.reasons = reasons
 
 
 class Executor:
@@ -68,47 +83,129 @@ class Executor:
         policy: RetryPolicy,
         max_tries: int = 1000,
         local_waiters: int = 50,
+        job_timeout: float | None = None,
     ) -> None:
+        """``job_timeout`` is arq's: past it arq cancels the job and drops it without a result, so the
+        executor ends a run a little before (the job runs again, or its line gets an error)."""
         self.store = store
         self.router = router
         self.gate = gate
         self.policy = policy
         self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
         self.local = LocalLines(local_waiters)
+        self.job_timeout = job_timeout
 
     async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
-        """Run the job; None when it was deferred (arq re-queues it) instead of finishing."""
+        """Run the job; None when it was deferred (arq re-queues it) instead of finishing.
+
+        Whatever goes wrong, the job is never left to arq to drop: a Redis error runs it again (arq Retry;
+        if Redis is down the worker re-queues it once it is back), and any other error (a bug, a script
+        error, a run past job_timeout) runs it again with backoff until, on its last chance, the line is
+        answered with an ``internal_error``.
+        """
         spec = codec.decode_spec(raw)
-        started = time.perf_counter()
         attempts: list[Attempt] = list(spec.prior_attempts)
+        deadline = None
+        if self.job_timeout is not None:
+            margin = max(0.2, min(2.0, self.job_timeout * 0.1))
+            deadline = asyncio.get_running_loop().time() + max(0.1, self.job_timeout - margin)
+        try:
+            async with asyncio.timeout_at(deadline) as cm:
+                return await self._run(spec, job_try, attempts, deadline)
+        except Retry:
+            raise
+        except TimeoutError as e:
+            if not cm.expired():  # a socket timeout, not the job's deadline
+                if job_try >= self.max_tries:
+                    raise
+                raise Retry(defer=REDIS_RETRY_S) from e
+            limit = f"the job ran longer than its job_timeout ({self.job_timeout:g}s)"
+            return await self._internal_error(spec, job_try, attempts, e, limit)
+        except _REDIS_DOWN as e:
+            # Ask arq to run it again. If Redis is still down arq cannot record that either, and the
+            # worker re-queues the job once Redis is back (FuseboxWorker._reap_tasks); if it was a blip,
+            # arq's own finish would otherwise delete the job without a result.
+            if job_try >= self.max_tries:
+                raise
+            raise Retry(defer=REDIS_RETRY_S) from e
+        except Exception as e:
+            return await self._internal_error(spec, job_try, attempts, e)
+
+    async def _run(
+        self, spec: JobSpec, job_try: int, attempts: list[Attempt], deadline: float | None
+    ) -> JobResult | None:
+        started = time.perf_counter()
         try:
             candidates = self.router.candidates(spec.req().model)
         except RequestError as e:
             outcome = Outcome(None, None, ErrorInfo(code=e.code, message=e.message, status=400))
         else:
             try:
-                outcome = await self._call(spec, candidates, attempts)
+                outcome = await self._call(spec, candidates, attempts, deadline)
             except Deferred as d:
                 if job_try < self.max_tries:
+                    metrics.record_deferral(d.reasons)
                     if len(attempts) > len(spec.prior_attempts):
                         await self._carry(spec, attempts)
                     raise Retry(defer=d.delay) from None
-                info = ErrorInfo(
+                info = d.error or ErrorInfo(
                     code="providers_unavailable", message=str(d), error_class="unavailable", status=503
                 )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
-        calls = [c for c in (outcome.settle, self.store.complete_call(result, spec.tenant)) if c is not None]
-        try:
-            replies = await run_pipelined(self.store.redis, calls)
-        except (OSError, RedisConnectionError, RedisTimeoutError) as e:
-            # the worker re-queues the job once Redis answers again (FuseboxWorker._reap_tasks)
-            raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
+        await self._write(spec, result, outcome.settle, outcome.admission)
+        metrics.record_result(result, spec.kind)
         if outcome.scope is not None:
             self.local.release(outcome.scope)
+        return result
+
+    async def _write(
+        self, spec: JobSpec, result: JobResult, settle: ScriptCall | None, adm: Admission | None = None
+    ) -> None:
+        """Store the result exactly once, with the last attempt's settle in the same round trip. A settle
+        that fails (a script error) never costs the result; its lease is released before the next admit."""
+        calls = [c for c in (settle, self.store.complete_call(result, spec.tenant)) if c is not None]
+        try:
+            replies = await run_pipelined(self.store.redis, calls, raise_on_error=False)
+        except (OSError, RedisConnectionError, RedisTimeoutError) as e:
+            if adm is not None:
+                self.gate.unsettled(adm)
+            # the worker re-queues the job once Redis answers again (FuseboxWorker._reap_tasks)
+            raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
+        if settle is not None and isinstance(replies[0], Exception):
+            log.error("job %s: settling its call failed: %s", spec.id, replies[0])
+            if adm is not None:
+                self.gate.unsettled(adm)
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
         written, _ = self.store.completed(replies[-1])
         if written and spec.webhook:
-            await self._job_webhook(spec.webhook, result)
+            try:
+                await self._job_webhook(spec.webhook, result)
+            except _REDIS_DOWN:
+                raise
+            except Exception as e:  # the result is stored: running the job again would not resend it
+                log.error("job %s: its webhook could not be queued: %s: %s", spec.id, type(e).__name__, e)
+
+    async def _internal_error(
+        self, spec: JobSpec, job_try: int, attempts: list[Attempt], exc: Exception, why: str = ""
+    ) -> JobResult:
+        """An unexpected error: run the job again later, or answer the line if this was its last chance."""
+        attempts.append(Attempt(provider="", model="", latency_ms=0.0, status=500, error_class=INTERNAL))
+        n = sum(1 for a in attempts if a.error_class == INTERNAL)
+        what = why or f"{type(exc).__name__}: {str(exc)[:300]}"
+        if n < INTERNAL_TRIES and job_try < self.max_tries:
+            delay = INTERNAL_BACKOFF_S * 2 ** (n - 1) * random.uniform(0.8, 1.2)
+            log.warning("job %s: try %d failed (%s); it runs again in %.1fs", spec.id, job_try, what, delay)
+            await self._carry(spec, attempts)
+            raise Retry(defer=delay) from None
+        log.error("job %s failed %d times (%s): answered with internal_error", spec.id, n, what, exc_info=exc)
+        info = ErrorInfo(
+            code="internal_error", message=why or f"internal error ({type(exc).__name__})",
+            error_class=INTERNAL, status=500,
+        )  # fmt: skip
+        result = self._result(spec, Outcome(None, None, info), attempts, time.perf_counter())
+        await self._write(spec, result, None)
         return result
 
     def _estimate(self, spec: JobSpec) -> int:
@@ -119,7 +216,9 @@ class Executor:
         assert spec.embed is not None
         return sum(estimate_text(t) for t in spec.embed.texts())
 
-    async def _call(self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt]) -> Outcome:
+    async def _call(
+        self, spec: JobSpec, candidates: list[Candidate], attempts: list[Attempt], deadline: float | None
+    ) -> Outcome:
         # The job may stand in every candidate's line; admitted anywhere, it leaves them all.
         lines = (
             [self.gate.policy(c.provider.name, c.model).scope for c in candidates]
@@ -128,6 +227,9 @@ class Executor:
         )
         est = self._estimate(spec)
         errors: list[ProviderError] = []
+        loop = asyncio.get_running_loop()
+        # Wait in the worker only through the first third of the run: the call itself needs the rest.
+        wait_until = None if deadline is None else loop.time() + (deadline - loop.time()) / 3
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self._try_candidates(spec, candidates, attempts, est, lines, denied, errors)
@@ -135,7 +237,8 @@ class Executor:
                 return outcome
             delay = _come_back_in(denied)
             full = [d.scope for d in denied if d.reason == "saturated"]
-            if len(full) == len(denied) and self.local.has_room(full):
+            in_time = wait_until is None or loop.time() < wait_until
+            if len(full) == len(denied) and in_time and self.local.has_room(full):
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
                 freed = await self.local.wait(full, min(delay, LOCAL_WAIT_S))
@@ -159,13 +262,15 @@ class Executor:
     ) -> Outcome | None:
         """An outcome, or None when some candidates refused admission (``denied``) and none served it.
 
-        A job's attempts on each candidate are bounded for the whole job (``max_attempts``, earlier rounds
-        and runs included): one that waits for a saturated fallback does not call a failing primary again.
+        A job's attempts on each candidate are bounded per round (``max_attempts``, earlier runs included):
+        one that waits for a saturated fallback does not call a failing primary again. A round ends when
+        every candidate has spent its budget; a batch line then waits for the next round (deferred, with
+        a backoff growing per round) until its own attempt/time budget is spent, where a single job fails.
         """
         req = spec.req()
         last: ProviderError | None = None
         for cand in candidates:
-            used = _used(attempts, cand, self.policy.max_attempts)
+            used = _spent(attempts, candidates, self.policy.max_attempts)[0].get(_key(cand), 0)
             for n in range(used, self.policy.max_attempts):
                 adm = await self.gate.admit(
                     cand.provider.name, cand.model, est, waiter=spec.id, other_lines=lines
@@ -199,13 +304,17 @@ class Executor:
                     ErrorClass.RATE_LIMITED,
                 )
                 self.router.finished(cand, latency, not provider_fault)
+                metrics.record_call(
+                    cand.provider.name, cand.model, 200 if err is None else err.status,
+                    None if err is None else err.error_class.value, latency / 1000,
+                )  # fmt: skip
                 tokens = resp.usage.total_tokens if resp is not None else 0
                 settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens)
                 if resp is not None:
                     attempts.append(
                         Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
                     )
-                    return Outcome(resp, cand, None, settle, adm.scope)
+                    return Outcome(resp, cand, None, settle, adm.scope, adm)
                 assert err is not None
                 last = err
                 errors.append(err)
@@ -219,12 +328,13 @@ class Executor:
                     )
                 )
                 if err.error_class is ErrorClass.FINAL:
-                    return Outcome(None, cand, _info(err), settle, adm.scope)
-                await self.gate.settle(adm, outcome_of(err), latency, tokens)
+                    return Outcome(None, cand, _info(err), settle, adm.scope, adm)
+                await self._settle(spec, adm, outcome_of(err), latency, tokens)
                 self.local.release(adm.scope)
                 if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
                     break  # this candidate cannot serve it: the next one
                 if n + 1 < self.policy.max_attempts:
+                    metrics.RETRIES.labels(cand.provider.name).inc()
                     delay = self.policy.delay(n, err.retry_after)
                     if self.policy.should_defer(delay):
                         raise Deferred(delay, [f"{cand.label} asked to wait"])
@@ -238,7 +348,26 @@ class Executor:
             raise Deferred(delay, [f"{attempts[-1].provider}/{attempts[-1].model}: rate limited"])
         if last is None:  # every candidate's attempts were spent in earlier rounds or runs
             last = errors[-1] if errors else _spent_error(attempts)
+        if last.error_class is ErrorClass.TRANSIENT and spec.batch_id is not None:
+            # Transient failures never fail a batch line early: it waits for another round.
+            spent = (None, ErrorClass.RATE_LIMITED)
+            failed = sum(1 for a in attempts if a.provider and a.error_class not in spent)
+            if self.policy.may_wait(failed, time.time() - (spec.submitted_at or time.time())):
+                rounds = _spent(attempts, candidates, self.policy.max_attempts)[1]
+                delay = self.policy.round_delay(rounds)
+                raise Deferred(delay, [f"every candidate failed (round {rounds})"], _info(last))
         return Outcome(None, None, _info(last))
+
+    async def _settle(self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int) -> None:
+        """Settle a failed attempt before the next one. A script error here must not end the job: the
+        breaker misses one outcome, and the lease is released before this worker's next admission."""
+        try:
+            await self.gate.settle(adm, outcome, latency, tokens)
+        except _REDIS_DOWN:
+            raise
+        except Exception as e:
+            log.error("job %s: settling a %s call failed: %s: %s", spec.id, adm.scope, type(e).__name__, e)
+            self.gate.unsettled(adm)
 
     async def _carry(self, spec: JobSpec, attempts: list[Attempt]) -> None:
         """Rewrite the queued payload so the next run starts with ``attempts``: arq re-runs a deferred
@@ -281,24 +410,37 @@ class Executor:
         )
 
 
-def _used(attempts: list[Attempt], cand: Candidate, budget: int) -> int:
-    """How much of its attempt budget on ``cand`` this job has spent: its failures there (the whole budget
-    once the candidate said it cannot serve the job). 429s spend none: they are back-pressure, which
-    adaptive concurrency and Retry-After handle, not a sign the job should give up on the provider."""
-    n = 0
+def _spent(
+    attempts: list[Attempt], candidates: list[Candidate], budget: int
+) -> tuple[dict[tuple[str, str], int], int]:
+    """How much of its attempt budget on each candidate the job has spent in the current round (the whole
+    budget once a candidate said it cannot serve the job), and how many rounds it has completed: a round
+    ends when every candidate's budget is spent. 429s spend none: they are back-pressure, which adaptive
+    concurrency and Retry-After handle, not a sign the job should give up on the provider."""
+    used = {_key(c): 0 for c in candidates}
+    never: set[tuple[str, str]] = set()
+    rounds = 0
     for a in attempts:
-        if a.provider != cand.provider.name or a.model != cand.model or a.error_class is None:
+        k = (a.provider, a.model)
+        if k not in used or a.error_class in (None, ErrorClass.RATE_LIMITED, INTERNAL):
             continue
         if a.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
-            return budget
-        if a.error_class != ErrorClass.RATE_LIMITED:
-            n += 1
-    return n
+            never.add(k)
+        else:
+            used[k] += 1
+        if len(never) < len(used) and all(c in never or n >= budget for c, n in used.items()):
+            rounds += 1
+            used = dict.fromkeys(used, 0)
+    return {k: budget if k in never else n for k, n in used.items()}, rounds
+
+
+def _key(c: Candidate) -> tuple[str, str]:
+    return (c.provider.name, c.model)
 
 
 def _spent_error(attempts: list[Attempt]) -> ProviderError:
     """The failure to report for a job whose attempts were all spent in earlier runs (only Attempts left)."""
-    a = next(a for a in reversed(attempts) if a.error_class is not None)
+    a = next(a for a in reversed(attempts) if a.error_class not in (None, INTERNAL))
     msg = f"every candidate failed; last: {a.provider}/{a.model} ({a.error_class}, status {a.status})"
     return ProviderError(ErrorClass(a.error_class), msg, status=a.status or None)
 

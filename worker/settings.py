@@ -17,7 +17,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import codec, scripts
+from shared import codec, routing_table, scripts
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS
 from shared.providers.registry import build_providers
@@ -45,7 +45,9 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     wc = cfg.worker
     local = wc.local_waiters if wc.local_waiters is not None else max(1, wc.max_jobs // 4)
     store = Store(redis, settings.keys, cfg.batches)
-    return Executor(store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local)
+    return Executor(
+        store, router, gate, RetryPolicy(cfg.retry), wc.max_tries, local, job_timeout=wc.job_timeout
+    )
 
 
 class FuseboxWorker(Worker):
@@ -350,6 +352,10 @@ def build_worker(
     wc = settings.file.worker
     executor = build_executor(settings, redis)
 
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        # Producers check models against the table this worker routes by (shared/routing_table.py).
+        await routing_table.publish(redis, settings.keys, executor.router.providers, settings.file)
+
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await close_webhooks(ctx)
         for p in executor.router.providers.values():
@@ -371,6 +377,7 @@ def build_worker(
         job_serializer=codec.arq_serializer,
         job_deserializer=codec.arq_deserializer,
         ctx={CTX_KEY: executor, STORE_KEY: executor.store, SETTINGS_KEY: settings},
+        on_startup=on_startup,
         on_shutdown=on_shutdown,
         log_results=False,
     )

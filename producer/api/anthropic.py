@@ -11,11 +11,12 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 
 from producer.api import anthropic_format as af
 from producer.api import jobs
@@ -32,9 +33,37 @@ _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 
-router = APIRouter(prefix="/v1", tags=["anthropic"])
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """Anthropic's error shape."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
+ANTHROPIC_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": AnthropicError, "description": d}
+    for s, d in (
+        (400, "Invalid request"),
+        (401, "Missing or wrong API key"),
+        (403, "Not allowed for this key"),
+        (404, "Not found"),
+        (413, "Too large"),
+        (504, "No answer in time"),
+    )
+}
+router = APIRouter(prefix="/v1", tags=["anthropic"], responses=ANTHROPIC_ERRORS)
 _JSON_OK: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {"schema": {"type": "object"}}}}
+}
+# The body is read raw (one decode, a size check first); this documents it for OpenAPI clients.
+_JSON_BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
 }
 
 
@@ -66,7 +95,7 @@ def _chat(params: Any) -> ChatRequest:
         raise ApiError(400, e.message, code=e.code) from None
 
 
-@router.post("/messages", response_class=Response, responses=_JSON_OK)
+@router.post("/messages", response_class=Response, responses=_JSON_OK, openapi_extra=_JSON_BODY)
 async def create_message(ctx: Ctx, tenant: TenantDep, request: Request) -> Response:
     """Anthropic Messages, run as an interactive job (ahead of batch lines) and answered when done."""
     params = await _json(request, ctx.settings.file.batches.max_line_bytes)
@@ -142,7 +171,7 @@ def _check_requests(data: Any, max_lines: int) -> list[dict[str, Any]]:
     return items
 
 
-@router.post("/messages/batches")
+@router.post("/messages/batches", openapi_extra=_JSON_BODY)
 async def create_batch(ctx: Ctx, tenant: TenantDep, request: Request) -> dict[str, Any]:
     """Create a message batch; every request runs through Fusebox's queue on any provider."""
     api = ctx.settings.file.api

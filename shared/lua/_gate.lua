@@ -28,9 +28,20 @@ local function num(v, default)
   return n
 end
 
+-- An integer argument for HINCRBY from a stored count (nil counts as 0): never "-0", never a fraction.
+local function int_arg(v)
+  return string.format('%d', math.floor(num(v, 0)))
+end
+
+local function neg_int(v)
+  return int_arg(0 - math.floor(num(v, 0)))
+end
+
 -- Sliding window of `nb` buckets of `bucket_ms` each, kept as running totals (c calls, f failures,
 -- s slow) plus per-bucket counts, so rolling forward costs one step per bucket that left the window.
 -- Returns the window's current bucket index after dropping expired buckets (writes the hash).
+-- Integers handed to HINCRBY are built as `0 - x` of a floored number: a unary minus of zero formats
+-- as "-0", which Redis 7 rejects ("value is not an integer").
 local function win_roll(key, now, bucket_ms, nb)
   local b = math.floor(now / bucket_ms)
   local h = tonumber(redis.call('HGET', key, 'h'))
@@ -43,9 +54,9 @@ local function win_roll(key, now, bucket_ms, nb)
   for i = h - nb + 1, b - nb do
     local v = redis.call('HMGET', key, 'c' .. i, 'f' .. i, 's' .. i)
     if v[1] then
-      redis.call('HINCRBY', key, 'c', -tonumber(v[1]))
-      redis.call('HINCRBY', key, 'f', -num(v[2], 0))
-      redis.call('HINCRBY', key, 's', -num(v[3], 0))
+      redis.call('HINCRBY', key, 'c', neg_int(v[1]))
+      redis.call('HINCRBY', key, 'f', neg_int(v[2]))
+      redis.call('HINCRBY', key, 's', neg_int(v[3]))
       redis.call('HDEL', key, 'c' .. i, 'f' .. i, 's' .. i)
     end
   end
@@ -73,7 +84,8 @@ end
 local function transition(state_key, events_key, maxlen, scope, to, reason, now, fields)
   local from = redis.call('HGET', state_key, 'st') or 'closed'
   local gen = redis.call('HINCRBY', state_key, 'gen', 1)
-  redis.call('HSET', state_key, 'st', to, 'at', fmt(now), 'from', from, 'why', reason, 'hp_ok', 0, 'hp_slow', 0)
+  redis.call('HSET', state_key, 'st', to, 'at', fmt(now), 'from', from, 'why', reason, 'hp_ok', 0, 'hp_slow', 0,
+    'cf', 0)
   local entry = {'scope', scope, 'from', from, 'to', to, 'reason', reason, 'gen', gen, 'at_ms', fmt(now)}
   for _, v in ipairs(fields or {}) do entry[#entry + 1] = v end
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(entry))

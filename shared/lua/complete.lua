@@ -15,15 +15,26 @@ if single then
 elseif redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return {0, false}
 end
+-- Token counts come from providers: a fraction, "-0", NaN or junk must not fail HINCRBY (the result is
+-- already written), so each becomes a whole number first; a cost that is not a finite positive number
+-- is left out.
+local function count(v)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then return 0 end
+  return math.floor(n)
+end
+local tokens = {count(ARGV[10]), count(ARGV[11]), count(ARGV[12])}
+local cost = tonumber(ARGV[9]) or 0
+local has_cost = cost > 0 and cost < math.huge
 local d = ARGV[13] .. '|'
 redis.call('HINCRBY', KEYS[4], d .. 'req', 1)
 redis.call('HINCRBY', KEYS[4], d .. 'lat:' .. ARGV[14], 1)
 if ARGV[15] ~= '' then redis.call('HINCRBY', KEYS[4], d .. 'err:' .. ARGV[15], 1) end
 local metrics = {'in', 'out', 'cached'}
 for j = 1, 3 do
-  if ARGV[9 + j] ~= '0' then redis.call('HINCRBY', KEYS[4], d .. metrics[j], ARGV[9 + j]) end
+  if tokens[j] ~= 0 then redis.call('HINCRBY', KEYS[4], d .. metrics[j], string.format('%d', tokens[j])) end
 end
-if tonumber(ARGV[9]) > 0 then redis.call('HINCRBYFLOAT', KEYS[4], d .. 'cost', ARGV[9]) end
+if has_cost then redis.call('HINCRBYFLOAT', KEYS[4], d .. 'cost', ARGV[9]) end
 redis.call('EXPIRE', KEYS[4], ARGV[7])
 if single then
   redis.call('RPUSH', KEYS[7], '1')
@@ -36,9 +47,9 @@ if ARGV[3] == '1' then
 else
   redis.call('HINCRBY', KEYS[3], 'failed', 1)
 end
-if tonumber(ARGV[9]) > 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'cost_usd', ARGV[9]) end
+if has_cost then redis.call('HINCRBYFLOAT', KEYS[3], 'cost_usd', ARGV[9]) end
 local names = {'prompt_tokens', 'completion_tokens', 'cached_tokens'}
 for j = 1, 3 do
-  if ARGV[9 + j] ~= '0' then redis.call('HINCRBY', KEYS[3], names[j], ARGV[9 + j]) end
+  if tokens[j] ~= 0 then redis.call('HINCRBY', KEYS[3], names[j], string.format('%d', tokens[j])) end
 end
 return {1, finish(KEYS[3], ARGV[4], KEYS[5], KEYS[6], ARGV[5], ARGV[6])}

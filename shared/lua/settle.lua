@@ -11,12 +11,12 @@
 -- ARGV[18] open wait base ms, ARGV[19] wait growth, ARGV[20] wait max ms, ARGV[21] jitter fraction,
 -- ARGV[22] half-open probes, ARGV[23] count 429 as failure 1/0, ARGV[24] adaptive 1/0,
 -- ARGV[25] max_concurrency, ARGV[26] decrease factor, ARGV[27] increase step,
--- ARGV[28] success window, ARGV[29] events stream max length,
--- ARGV[30] '1' if the call was admitted with the concurrency limit reached (the limit was binding)
+-- ARGV[28] success window, ARGV[29] events stream max length, ARGV[30] consecutive failures that trip,
+-- ARGV[31] '1' if the call was admitted with the concurrency limit reached (the limit was binding)
 -- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue
 -- Returns {state after, 1 if this outcome caused a transition else 0}.
 --#include _gate.lua
-unpack_policy(11)  -- ARGV[11..29] arrive packed in ARGV[11]
+unpack_policy(11)  -- ARGV[11..30] arrive packed in ARGV[11]
 
 local S, W, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local scope, id = ARGV[1], ARGV[2]
@@ -83,17 +83,26 @@ if counted and gen == cur_gen and (st == 'closed' or st == 'forced_closed') then
   if s == 1 then redis.call('HINCRBY', W, 's' .. b, 1) end
   local fails = redis.call('HINCRBY', W, 'f', f)
   local slows = redis.call('HINCRBY', W, 's', s)
+  -- Failures in a row: successes earlier in the window must not hide a provider that just went down.
+  local streak = 0
+  if f == 1 then
+    streak = redis.call('HINCRBY', S, 'cf', 1)
+  else
+    redis.call('HSET', S, 'cf', 0)
+  end
   -- forced_closed keeps the figures for ops but never trips.
-  if st == 'closed' and c >= tonumber(ARGV[15]) then
+  if st == 'closed' then
     local reason = nil
-    if fails / c >= tonumber(ARGV[12]) then
+    if c >= tonumber(ARGV[15]) and fails / c >= tonumber(ARGV[12]) then
       reason = 'failure_rate'
-    elseif slows / c >= slow_thr then
+    elseif c >= tonumber(ARGV[15]) and slows / c >= slow_thr then
       reason = 'slow_call_rate'
+    elseif streak >= tonumber(ARGV[30]) then
+      reason = 'consecutive_failures'
     end
     if reason then
       local fields = {'calls', c, 'failures', fails, 'slow', slows,
-        'failure_rate', fmt(fails / c), 'slow_rate', fmt(slows / c)}
+        'failure_rate', fmt(fails / c), 'slow_rate', fmt(slows / c), 'consecutive', streak}
       trip(S, E, maxlen, scope, reason, now, fields, base, growth, max_wait, jitter, rand)
       redis.call('DEL', W, P)
       st, moved = 'open', 1
@@ -141,7 +150,7 @@ if ARGV[24] == '1' then
     if lgen == num(h[6], 0) then
       local shrunk = math.max(1, lim * tonumber(ARGV[26]))
       redis.call('HSET', S, 'lim', fmt(shrunk), 'lgen', lgen + 1, 'okrun', 0)
-      if ARGV[30] == '1' then
+      if ARGV[31] == '1' then
         redis.call('HSET', S, 'lmax', math.floor(lim))
       elseif not h[5] then
         redis.call('HDEL', S, 'lmax')

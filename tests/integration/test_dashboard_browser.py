@@ -68,10 +68,10 @@ async def _until(driver, check, timeout: float = 20.0):  # type: ignore[no-untyp
 
 
 def _state(driver, scope: str) -> str | None:  # type: ignore[no-untyped-def]
-    from selenium.webdriver.common.by import By
-
-    els = driver.find_elements(By.CSS_SELECTOR, f'.card[data-scope="{scope}"] [data-role="state"]')
-    return els[0].text.strip().lower() if els else None
+    # one script call: the page re-renders on every event, so a found element can go stale
+    js = "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;"
+    text = driver.execute_script(js, f'.card[data-scope="{scope}"] [data-role="state"]')
+    return text.strip().lower() if text else None
 
 
 @pytest.mark.usefixtures("worker")

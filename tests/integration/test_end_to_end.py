@@ -58,7 +58,7 @@ async def test_resubmitting_a_batch_creates_no_second_job(settings, redis):
 
 async def test_transient_failures_are_retried_and_counted_once(settings, redis):
     # the breaker would (rightly) trip on an early unlucky streak; this test is about retries
-    no_trip = BreakerConfig(minimum_calls=1_000_000)
+    no_trip = BreakerConfig(minimum_calls=1_000_000, consecutive_failures=1_000_000)
     s = settings.with_file(FileConfig(simulated=SimulatedConfig(failure_rate=0.3), breaker=no_trip))
     client = FuseboxClient(redis, s)
     worker = build_worker(s, redis, handle_signals=False)
@@ -163,7 +163,7 @@ def test_fusebox_run_bad_lines_get_errors_rest_proceeds(settings, tmp_path: Path
         [PYTHON, "-m", "producer.cli", "run", str(src), "-o", str(out), "--errors", str(errs)],
         env=subprocess_env(settings), capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # the batch finished, some lines failed
     ok = [json.loads(x) for x in out.read_text().splitlines()]
     failed = [json.loads(x) for x in errs.read_text().splitlines()]
     assert [o["custom_id"] for o in ok] == ["c0", "c1", "c2"]

@@ -161,7 +161,7 @@ async def test_retry_of_a_running_batch_is_refused(settings, redis, tmp_path):
     with pytest.raises(BatchBusy, match="in_progress"):
         await client.retry_batch(sub.batch_id, _lines(3))
     proc = await asyncio.to_thread(_cli, settings, "retry", sub.batch_id, str(path), cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error (documented exit codes)
     assert f"batch {sub.batch_id} is in_progress" in proc.stderr
     assert (await client.batch(sub.batch_id))["status"] == "in_progress"
 

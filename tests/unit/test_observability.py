@@ -34,3 +34,27 @@ def test_logging_filter_redacts(caplog):
     finally:
         log.removeHandler(handler)
     assert records and "sk-live" not in records[0].getMessage()
+
+
+def test_worker_sentry_uses_the_arq_integration_and_keeps_scrubbing():
+    import sentry_sdk
+
+    from shared.observability import init_sentry
+
+    sent: list = []
+
+    class Capture(sentry_sdk.transport.Transport):
+        def capture_envelope(self, envelope):  # type: ignore[no-untyped-def]
+            sent.append(envelope)
+
+    assert init_sentry("http://public@127.0.0.1:9/1", "worker", transport=Capture())
+    try:
+        client = sentry_sdk.get_client()
+        assert "arq" in client.integrations
+        sentry_sdk.capture_message("provider said: Authorization: Bearer zq8Xk2LmN4pR7sT1vW3yB6dF9hJ0cE5g")
+        sentry_sdk.flush()
+        text = b"".join(item.get_bytes() for env in sent for item in env.items).decode()
+        assert "provider said" in text and "zq8Xk2Lm" not in text
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()  # back to a disabled client

@@ -276,3 +276,15 @@ def test_log_filter_redacts_arguments_and_tracebacks(key: str) -> None:
     assert len(records) == 3
     assert all(leaked(key, r) == [] for r in records), records
     assert "ValueError" in records[2]  # the traceback is kept, only the key is gone
+
+
+def test_a_known_secret_takes_the_rest_of_its_token_with_it():
+    # a registered key inside a longer token: the prefix left beside the mask would say what it was
+    key = "Qw7Zt4Lp9Xr2Mv6Kb1Nc"
+    register_secret(key)
+    try:
+        out = redact(f"call failed with key sk-proj-{key}XYZ and url ?key={key}&x=1")
+        assert "sk-proj" not in out and "XYZ" not in out and "Qw7Zt4Lp" not in out
+        assert "?key=" in out and "&x=1" in out
+    finally:
+        redact_mod.forget_secrets()
