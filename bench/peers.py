@@ -13,6 +13,7 @@ CPU ms per request sums every process involved except the mock: the client proce
 peers; for Fusebox the workers, Redis (Valkey) and the submitter (this process).
 
 Usage: python bench/peers.py [-n 3000] [--workers 1,2,4] [--latency-ms 50] [--concurrency 40]
+LiteLLM runs from its own venv (.venv-litellm, or PEERS_LITELLM_PYTHON); without one it is skipped.
 """
 
 from __future__ import annotations
