@@ -26,6 +26,7 @@ from shared.store import ENDED, JOB_FUNCTION, BatchCounts, Store
 from shared.usage import UsageRow, read_usage
 
 CHUNK = 500
+FIRST_CHUNK = 50  # workers start on these while the rest is validated and queued
 __all__ = ["BatchBusy", "FuseboxClient", "RetryOutcome", "Submission"]
 
 
@@ -201,12 +202,14 @@ class FuseboxClient:
                 if maybe is not None:
                     await maybe
 
+        chunk = FIRST_CHUNK  # the first lines reach the workers at once; then full chunks
         try:
             for item in _parsed(v, lines, prompts):
                 (jobs if isinstance(item, JobSpec) else rejected).append(item)  # type: ignore[arg-type]
                 sub.total += 1
-                if len(jobs) + len(rejected) >= CHUNK:
+                if len(jobs) + len(rejected) >= chunk:
                     await flush()
+                    chunk = CHUNK
             await flush()
         except Exception as e:
             # Line problems are the lines' errors; this is the submission itself failing (reading the

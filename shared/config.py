@@ -36,6 +36,9 @@ class WorkerConfig(_Section):
     # Jobs of one worker that may wait in it for a saturated provider (the rest are deferred
     # through arq); bounded so one provider's backlog never takes every slot. Default max_jobs / 4.
     local_waiters: int | None = Field(None, ge=0)
+    # Jobs a worker claims beyond those in a provider call: claiming only what can run soon keeps jobs
+    # in the queue for other workers and saves the Redis work of jobs turned away by a full provider.
+    claim_ahead: int = Field(16, ge=1)
     # arq counts every deferral (saturated provider, long Retry-After) as a try.
     max_tries: int = Field(1000, ge=2)
     # A running job's in-progress lease: renewed by its worker's heartbeat every third of it, so a

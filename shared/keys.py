@@ -28,6 +28,12 @@ class Keys:
         return f"{self.ns}:queue"
 
     @property
+    def wake(self) -> str:
+        """List of wake-up tokens: every enqueue pushes a few (bounded), an idle worker BLPOPs one and polls
+        the queue at once instead of at its next poll_delay tick."""
+        return f"{self.ns}:wake"
+
+    @property
     def durable_mark(self) -> str:
         """String written just before WAITAOF, so the wait covers every earlier write (durable mode)."""
         return f"{self.ns}:durable"

@@ -168,6 +168,7 @@ class Router:
         self.stale_after_s = stale_after_s
         self._external: InflightSource | None = inflight
         self._busy: dict[str, int] = {}
+        self.in_call = 0  # calls started and not finished, every provider
         self._cand_busy: dict[tuple[str, str], int] = {}
         self._latency: dict[tuple[str, str], _Latency] = {}
         self._routes: dict[str, _Strategy] = {}  # configured aliases: bounded by the config
@@ -313,6 +314,7 @@ class Router:
     def started(self, candidate: Candidate) -> None:
         """A call to ``candidate`` is about to be sent."""
         name = candidate.provider.name
+        self.in_call += 1
         self._busy[name] = self._busy.get(name, 0) + 1
         k = _key(candidate)
         self._cand_busy[k] = self._cand_busy.get(k, 0) + 1

@@ -136,6 +136,7 @@ class Store:
             k.batch_ids(batch_id),
             k.batch_specs(batch_id),
             k.batches_active,
+            k.wake,
         ]
         q, s, r = await self._enqueue(keys=keys, args=argv)
         return int(q), int(s), int(r)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 class LocalLines:
     def __init__(self, per_scope_cap: int) -> None:
         self.cap = per_scope_cap
+        self.waiting = 0  # jobs waiting here now, all scopes
         self._waiters: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)
 
     def has_room(self, scopes: Sequence[str]) -> bool:
@@ -28,11 +29,13 @@ class LocalLines:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         for s in scopes:
             self._waiters[s].append(fut)
+        self.waiting += 1
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return None
         finally:
+            self.waiting -= 1
             for s in scopes:
                 with contextlib.suppress(ValueError):
                     self._waiters[s].remove(fut)

@@ -71,6 +71,9 @@ async def enqueue(
         pipe.set(keys.job_owner(spec.id), owner, ex=ctx.store.cfg.results_ttl_s)
         pipe.set(ARQ_JOB + spec.id, Store.job_payload(spec), px=JOB_EXPIRY_MS)
         pipe.zadd(keys.queue, {spec.id: score})
+        # wakes one idle worker now: the job does not wait for a poll_delay tick (bounded list)
+        pipe.lpush(keys.wake, 1)
+        pipe.ltrim(keys.wake, 0, 15)
         await pipe.execute()
     return spec
 

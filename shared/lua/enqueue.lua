@@ -1,7 +1,8 @@
 -- Enqueue a chunk of batch lines in one round trip, idempotently per (batch, custom_id).
 -- KEYS[1] arq queue zset, KEYS[2] batch results hash, KEYS[3] batch done list, KEYS[4] batch hash,
 -- KEYS[5] batch ids hash (custom_id -> input index), KEYS[6] batch specs hash (custom_id -> job
--- payload, kept so reconciliation can queue a lost line again), KEYS[7] set of active batches
+-- payload, kept so reconciliation can queue a lost line again), KEYS[7] set of active batches,
+-- KEYS[8] workers' wake-up list (a few tokens, so idle workers start at once; bounded)
 -- ARGV[1] now_ms, ARGV[2] job expiry ms, ARGV[3] arq job key prefix, ARGV[4] batch id,
 -- then quads (kind, custom_id, payload, index):
 -- 'j': queue the job unless this custom_id was submitted to this batch before.
@@ -27,5 +28,9 @@ for i = 5, #ARGV, 4 do
     skipped = skipped + 1
   end
 end
-if queued > 0 then redis.call('SADD', KEYS[7], ARGV[4]) end
+if queued > 0 then
+  redis.call('SADD', KEYS[7], ARGV[4])
+  for _ = 1, math.min(queued, 4) do redis.call('LPUSH', KEYS[8], '1') end
+  redis.call('LTRIM', KEYS[8], 0, 15)
+end
 return {queued, skipped, rejected}
