@@ -241,6 +241,17 @@ class OutputMeta(Struct, kw_only=True, omit_defaults=True):
     usage: Usage | None = None
     cost_usd: float = 0.0
 
+    @classmethod
+    def of(cls, r: JobResult) -> OutputMeta:
+        return cls(
+            provider=r.provider,
+            model=r.model,
+            attempts=len(r.attempts),
+            latency_ms=round(r.latency_ms, 2),
+            usage=r.usage,
+            cost_usd=r.cost_usd,
+        )
+
 
 class OutputLine(Struct, kw_only=True):
     """One line of an OpenAI Batch output/error file, plus Fusebox's own metadata."""
@@ -253,14 +264,7 @@ class OutputLine(Struct, kw_only=True):
 
     @classmethod
     def from_result(cls, r: JobResult) -> OutputLine:
-        meta = OutputMeta(
-            provider=r.provider,
-            model=r.model,
-            attempts=len(r.attempts),
-            latency_ms=round(r.latency_ms, 2),
-            usage=r.usage,
-            cost_usd=r.cost_usd,
-        )
+        meta = OutputMeta.of(r)
         response = None
         error = None
         if r.error is None:

@@ -128,14 +128,7 @@ async def job_object(ctx: ApiContext, job_id: str, rec: dict[str, Any]) -> dict[
         return out
     out["status"] = "completed" if res.ok else "failed"
     out["completed_at"] = int(res.completed_at)
-    meta = OutputMeta(
-        provider=res.provider,
-        model=res.model,
-        attempts=len(res.attempts),
-        latency_ms=round(res.latency_ms, 2),
-        usage=res.usage,
-        cost_usd=res.cost_usd,
-    )
+    meta = OutputMeta.of(res)
     out["result"] = {
         "status_code": res.status_code,
         "body": res.body,
