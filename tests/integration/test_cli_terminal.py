@@ -83,8 +83,9 @@ def test_progress_fits_80_columns_and_ctrl_c_gets_its_own_line(settings, tmp_pat
     ]  # fmt: skip
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
-    # slow simulated calls, two slots: the batch takes long enough (~10 s) to redraw and be interrupted
-    (tmp_path / "fusebox.toml").write_text("[simulated]\nlatency_ms = 50\n[worker]\nmax_jobs = 2\n")
+    # slow simulated calls, two slots: the batch would take ~100 s, so it is always still running when
+    # Ctrl-C comes, however fast or busy the machine (the test interrupts it after a few redraws)
+    (tmp_path / "fusebox.toml").write_text("[simulated]\nlatency_ms = 500\n[worker]\nmax_jobs = 2\n")
     env = subprocess_env(settings, COLUMNS="80", LINES="24", TERM="xterm-256color")
     env.pop("NO_COLOR", None)
     master, slave = pty.openpty()
