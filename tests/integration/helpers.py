@@ -106,3 +106,14 @@ def stack_exactly_once(st: Stack, batch_id: str, n: int, prefix: str = "c") -> l
     assert st.run(st.client.redis.hlen(k.batch_results(batch_id))) == n
     assert st.run(st.client.redis.llen(k.batch_done(batch_id))) == n  # no line counted twice
     return [r for r in results if r is not None]
+
+
+# An OpenAI-shaped tool definition the provider-fidelity tests share.
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}

@@ -39,7 +39,7 @@ from shared.providers.embedding import from_base64
 from shared.simulator import SimConfig, SimulatorProcess
 from shared.simulator.wire import vector
 from tests.conftest import PYTHON, subprocess_env
-from tests.integration.helpers import stop_processes
+from tests.integration.helpers import WEATHER_TOOL, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,7 @@ KEY_ENVS = {
     "GEMINI_API_KEY": "AIza-proof-key-000000000",
     "COHERE_API_KEY": "co-proof-key-000000000",
 }
-TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
+TOOL = WEATHER_TOOL
 ASK = {"role": "user", "content": "What is the weather in Paris?"}
 SCHEMA = {
     "type": "object",

@@ -21,16 +21,10 @@ from shared.providers.ollama import OllamaProvider
 from shared.schema import ChatRequest, EmbeddingRequest
 from shared.simulator import SimulatorServer
 from shared.simulator.formats.gemini import SKIP_SIGNATURE, signature_for
+from tests.integration.helpers import WEATHER_TOOL
 
 Start = Callable[..., Awaitable[SimulatorServer]]
-TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
+TOOL = WEATHER_TOOL
 ENV = {"GEMINI_API_KEY": "AIza-test-key-0000000000", "COHERE_API_KEY": "co-test-key-000000000"}
 
 
