@@ -216,8 +216,11 @@ async def test_no_piece_of_any_key_reaches_redis_logs_outputs_or_sentry(
         env = f"FUSEBOX_CANARY_KEY_{i}"
         monkeypatch.setenv(env, keys[name])
         base = f"http://127.0.0.1:{_closed_port()}" if mode == "refused" else f"{upstream}/{mode}"
+        # only the hanging upstream needs a short timeout: the echoing ones must answer even on a busy
+        # machine, or a health check times out before it meets the echo it is meant to redact
+        timeout = 0.5 if mode == "timeout" else 15.0
         providers[name] = ProviderConfig(
-            type=type_, base_url=base, api_key_env=env, models=[model], timeout=0.5, max_concurrency=4
+            type=type_, base_url=base, api_key_env=env, models=[model], timeout=timeout, max_concurrency=4
         )
     cfg = FileConfig(
         providers=providers,

@@ -16,6 +16,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PYTHON, subprocess_env
 
 HEAVY = ("arq", "redis", "httpx", "aiohttp", "pydantic", "pydantic_settings", "msgspec", "rich", "sentry_sdk")
@@ -86,7 +88,7 @@ def test_progress_fits_80_columns_and_ctrl_c_gets_its_own_line(settings, tmp_pat
     # slow simulated calls, two slots: the batch would take ~100 s, so it is always still running when
     # Ctrl-C comes, however fast or busy the machine (the test interrupts it after a few redraws)
     (tmp_path / "fusebox.toml").write_text("[simulated]\nlatency_ms = 500\n[worker]\nmax_jobs = 2\n")
-    env = subprocess_env(settings, COLUMNS="80", LINES="24", TERM="xterm-256color")
+    env = subprocess_env(settings, COLUMNS="80", LINES="24", TERM="xterm-256color", PYTHONFAULTHANDLER="1")
     env.pop("NO_COLOR", None)
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
@@ -100,8 +102,14 @@ def test_progress_fits_80_columns_and_ctrl_c_gets_its_own_line(settings, tmp_pat
         raw = _read_until(master, time.monotonic() + 120, stop=b"running")
         raw += _read_until(master, time.monotonic() + 1.5)
         os.killpg(proc.pid, signal.SIGINT)
-        raw += _read_until(master, time.monotonic() + 60)
-        rc = proc.wait(60)
+        raw += _read_until(master, time.monotonic() + 60, stop=b"interrupted")
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:  # say where it hangs: faulthandler dumps every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            raw += _read_until(master, time.monotonic() + 5)
+            pytest.fail("no exit after Ctrl-C:\n" + _CSI.sub(b"", raw).decode(errors="replace")[-6000:])
+        raw += _read_until(master, time.monotonic() + 0.5)  # what it wrote after the message
     finally:
         if proc.poll() is None:
             proc.kill()
