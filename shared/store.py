@@ -196,11 +196,11 @@ class Store:
             fin_key, fin_id, fin_payload = self.finalize_job(b)
             keys = [
                 self.keys.batch_results(b), self.keys.batch_done(b), self.keys.batch(b), usage_key,
-                self.keys.queue, fin_key,
+                self.keys.queue, fin_key, self.keys.lane_out(tenant),
             ]  # fmt: skip
         args = [
             result.line, payload, "1" if result.ok else "0", now, fin_id, fin_payload, usage.USAGE_TTL_S,
-            self.cfg.results_ttl_s, *usage.script_args(result, tenant),
+            self.cfg.results_ttl_s, *usage.script_args(result, tenant), result.id,
         ]  # fmt: skip
         return ScriptCall(self._complete, keys, args)
 
