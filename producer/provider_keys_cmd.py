@@ -45,6 +45,9 @@ def register(ks: Any) -> None:
     st = ks.add_parser("settings", help="show or change a tenant's settings")
     st.add_argument("tenant")
     st.add_argument("--allow-fleet-keys", choices=("yes", "no"), help="may use the deployment's keys")
+    st.add_argument(
+        "--weight", type=int, help="share of workers among tenants' batch lines (1-1000, default 1)"
+    )
     st.set_defaults(fn=_lazy("_cmd_settings"))
 
 

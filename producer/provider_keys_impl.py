@@ -143,15 +143,19 @@ def _cmd_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     async def body(r: Redis) -> int:
-        changes = (
-            {} if args.allow_fleet_keys is None else {"allow_fleet_keys": args.allow_fleet_keys == "yes"}
-        )
+        changes: dict[str, bool | int] = {}
+        if args.allow_fleet_keys is not None:
+            changes["allow_fleet_keys"] = args.allow_fleet_keys == "yes"
+        if args.weight is not None:
+            changes["weight"] = args.weight
         out = await tenants.update_settings(r, settings.keys, args.tenant, changes, actor=audit.cli_actor())
         print(json.dumps({"tenant": args.tenant, **out}))
         return 0
 
     try:
         tenants.check_tenant(args.tenant)
+        if args.weight is not None:
+            tenants.check_weight(args.weight)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared import scripts
-from shared.keys import ARQ_JOB
+from shared.keys import ARQ_JOB, lane_name
 from shared.schema import JobSpec
 from shared.store import ENDED, JOB_EXPIRY_MS, Store
 
@@ -45,7 +45,7 @@ class BatchRetry:
         k, b = store.keys, batch_id
         self._keys = [
             k.batch(b), k.batch_results(b), k.batch_done(b), k.batch_retry(b), k.batch_done_scratch(b),
-            k.queue, k.batch_ids(b), k.batch_expiry, k.batch_specs(b), k.batches_active,
+            k.lane(None), k.batch_ids(b), k.batch_expiry, k.batch_specs(b), k.batches_active, k.lanes,
         ]  # fmt: skip
 
     async def _step(self, step: str, *args: object) -> object:
@@ -79,6 +79,10 @@ class BatchRetry:
             raise BatchBusy(self.batch_id, _str(status))
         if outcome == b"missing":
             raise KeyError(f"no batch {self.batch_id!r}")
+        # lines run again from the batch's lane (its tenant's), like the first time
+        lane = await self.store.redis.hget(self.store.keys.batch(self.batch_id), "lane")
+        name = lane.decode() if lane else lane_name(jobs[0].tenant if jobs else None)
+        self._keys[5] = self.store.keys.lane(name)
         try:
             for i in range(0, len(jobs), CHUNK):
                 if await self._step("mark", *(s.line for s in jobs[i : i + CHUNK])) == -2:
@@ -89,7 +93,7 @@ class BatchRetry:
                 if start == -2:
                     return await self._stopped(out)
             for i in range(0, len(jobs), CHUNK):
-                argv: list[object] = [int(time.time() * 1000), JOB_EXPIRY_MS, ARQ_JOB, self.batch_id]
+                argv: list[object] = [int(time.time() * 1000), JOB_EXPIRY_MS, ARQ_JOB, self.batch_id, name]
                 for spec in jobs[i : i + CHUNK]:
                     argv += (spec.line, spec.custom_id, Store.job_payload(spec))
                 n = int(await self._step("requeue", *argv))  # type: ignore[arg-type]

@@ -33,6 +33,37 @@ class Keys:
         the queue at once instead of at its next poll_delay tick."""
         return f"{self.ns}:wake"
 
+    # -- batch lanes: per-tenant queues of batch lines, claimed by weighted round robin ---------
+    @property
+    def lane_prefix(self) -> str:
+        """Prefix of the lane keys (claim.lua builds ``lane_prefix .. tenant`` for the lanes it picks)."""
+        return f"{self.ns}:lane:"
+
+    def lane(self, tenant: str | None) -> str:
+        """Sorted set of a tenant's queued batch lines (arq job ids scored by enqueue ms); claim.lua
+        moves a line into the arq queue, with its in-progress lease, when the line's turn comes."""
+        return f"{self.lane_prefix}{lane_name(tenant)}"
+
+    def lane_out(self, tenant: str | None) -> str:
+        """Sorted set: a tenant's lines claimed from its lane and maybe still unfinished (id -> claim ms);
+        entries no longer in the arq queue are pruned by claim.lua. Bounds the lines a tenant has out."""
+        return f"{self.lane(tenant)}{LANE_OUT_SUFFIX}"
+
+    @property
+    def lanes(self) -> str:
+        """Set of tenants (lane names) whose lane may hold lines."""
+        return f"{self.ns}:lanes"
+
+    @property
+    def lane_weights(self) -> str:
+        """Hash: tenant -> its weight (1..1000) in the round robin between lanes; missing = 1."""
+        return f"{self.ns}:lanes:weights"
+
+    @property
+    def lane_turns(self) -> str:
+        """Hash: lane -> its current smooth weighted round robin credit (shared by every worker)."""
+        return f"{self.ns}:lanes:turns"
+
     @property
     def durable_mark(self) -> str:
         """String written just before WAITAOF, so the wait covers every earlier write (durable mode)."""
@@ -228,6 +259,14 @@ class Keys:
     def routing_table(self) -> str:
         """String (JSON): the fleet's providers, models, routes and default model, published by workers."""
         return f"{self.ns}:routing"
+
+
+DEFAULT_LANE = "-"  # the lane of batch lines without a tenant (tenant names start with a letter/digit)
+LANE_OUT_SUFFIX = ":out"
+
+
+def lane_name(tenant: str | None) -> str:
+    return tenant or DEFAULT_LANE
 
 
 def job_id_for(batch_id: str, custom_id: str) -> str:

@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.keys import Keys
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "forced_closed", "disabled")
 # Provider call latencies run from tens of milliseconds to minutes (long generations).
@@ -133,9 +135,10 @@ def render_process() -> bytes:
 
 @dataclass(slots=True)
 class QueueState:
-    due: int  # jobs whose run-at has come (waiting for a worker)
+    due: int  # jobs whose run-at has come (waiting for a worker), batch lines in lanes included
     scheduled: int  # deferred jobs, run-at in the future
     oldest_due_age_s: float  # how long the oldest due job has waited (0 when none)
+    lanes: dict[str, int] = field(default_factory=dict)  # batch lines waiting in each tenant's lane
 
 
 @dataclass(slots=True)
@@ -148,18 +151,35 @@ class FleetState:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-async def read_queue(redis: Any, queue_key: str, now: float | None = None) -> QueueState:
-    """Depth and age of arq's queue (a sorted set scored by run-at ms) in one round trip."""
+async def read_queue(
+    redis: Any, queue_key: str, now: float | None = None, keys: Keys | None = None
+) -> QueueState:
+    """Depth and age of arq's queue (a sorted set scored by run-at ms) and, with ``keys``, of the
+    tenants' batch lanes: one round trip, two while lanes hold lines."""
     now_ms = int((now if now is not None else time.time()) * 1000)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcount(queue_key, "-inf", now_ms)
         pipe.zcount(queue_key, f"({now_ms}", "+inf")
         pipe.zrange(queue_key, 0, 0, withscores=True)
-        due, scheduled, head = await pipe.execute()
-    age = 0.0
-    if due and head:
-        age = max(0.0, (now_ms - float(head[0][1])) / 1000)
-    return QueueState(int(due), int(scheduled), age)
+        if keys is not None:
+            pipe.smembers(keys.lanes)
+        due, scheduled, head, *rest = await pipe.execute()
+    heads = [float(head[0][1])] if due and head else []
+    lanes: dict[str, int] = {}
+    names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in (rest[0] if rest else ()))
+    if names and keys is not None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(keys.lane(name))
+                pipe.zrange(keys.lane(name), 0, 0, withscores=True)
+            got = await pipe.execute()
+        for i, name in enumerate(names):
+            n, lane_head = int(got[2 * i]), got[2 * i + 1]
+            if n:
+                lanes[name] = n
+                heads += [float(lane_head[0][1])] if lane_head else []
+    age = max(0.0, (now_ms - min(heads)) / 1000) if heads else 0.0
+    return QueueState(int(due) + sum(lanes.values()), int(scheduled), age, lanes)
 
 
 def free_capacity(scopes: Sequence[dict[str, Any]]) -> int:
@@ -212,6 +232,12 @@ class _FleetCollector(Collector):
         depth.add_metric(["due"], q.due)
         depth.add_metric(["scheduled"], q.scheduled)
         yield depth
+        lanes = GaugeMetricFamily(
+            "fusebox_lane_jobs", "Batch lines waiting in a tenant's lane (part of due).", labels=["tenant"]
+        )
+        for tenant, n in q.lanes.items():
+            lanes.add_metric([tenant], n)
+        yield lanes
         yield _gauge(
             "fusebox_queue_oldest_job_age_seconds",
             "How long the oldest due job has waited for a worker.",

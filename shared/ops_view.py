@@ -115,7 +115,7 @@ async def batches_in_progress(redis: Redis, keys: Keys, limit: int = 50) -> list
 
 
 async def fleet_state(redis: Redis, keys: Keys, gate: Gate, worker_slots: int) -> FleetState:
-    queue = await read_queue(redis, keys.queue)
+    queue = await read_queue(redis, keys.queue, keys=keys)
     dead = await redis.zcard(keys.webhooks_dead)
     return FleetState(
         queue=queue, scopes=await gate.snapshots(), worker_slots=worker_slots, dead_webhooks=dead

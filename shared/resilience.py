@@ -176,10 +176,12 @@ class Gate:
         waiter: str = "",
         other_lines: Sequence[str] = (),
         owner: str | None = None,
+        first: bool = False,
     ) -> Admission:
         """``waiter`` (a job id) joins the scope's virtual line when saturated: ``retry_in`` then says
         when its turn should come, so deferred jobs come back spread out instead of all at once.
-        ``other_lines`` are the scopes of the job's other candidates: admitted, it leaves them too."""
+        ``other_lines`` are the scopes of the job's other candidates: admitted, it leaves them too.
+        ``first``: an interactive job, whose turn is the next free slot, ahead of waiting batch lines."""
         if self._unsettled:
             await self.release_unsettled()
         pol = self.policy(provider, model, owner)
@@ -196,7 +198,7 @@ class Gate:
                 k.gate_waiting(scope),
                 *(k.gate_waiting(s) for s in other_lines if s != scope),
             ],
-            [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter],
+            [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter, "1" if first else "0"],
         )
         if res[0] == 1:
             return Admission(

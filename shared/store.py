@@ -17,7 +17,7 @@ from arq.jobs import serialize_job
 
 from shared import codec, scripts, usage
 from shared.config import BatchConfig
-from shared.keys import ARQ_JOB, Keys
+from shared.keys import ARQ_JOB, Keys, lane_name
 from shared.schema import JobResult, JobSpec
 from shared.scripts import ScriptCall
 
@@ -121,15 +121,30 @@ class Store:
     async def enqueue_chunk(
         self, batch_id: str, jobs: Sequence[JobSpec], rejected: Sequence[JobResult]
     ) -> tuple[int, int, int]:
-        """One round trip per chunk: queue new jobs, store rejected lines -> (queued, skipped, rejected)."""
-        argv: list[Any] = [int(time.time() * 1000), JOB_EXPIRY_MS, ARQ_JOB, batch_id]
+        """One round trip per chunk: queue new jobs in their tenant's lane, store rejected lines ->
+        (queued, skipped, rejected). A batch has one tenant; a chunk mixing tenants takes one call each."""
+        groups: dict[str | None, list[JobSpec]] = {}
+        for spec in jobs:
+            groups.setdefault(spec.tenant, []).append(spec)
+        if not groups:
+            groups[None] = []
+        total = [0, 0, 0]
+        for i, (tenant, specs) in enumerate(groups.items()):
+            got = await self._enqueue_lane(batch_id, tenant, specs, rejected if i == 0 else ())
+            total = [a + b for a, b in zip(total, got, strict=True)]
+        return total[0], total[1], total[2]
+
+    async def _enqueue_lane(
+        self, batch_id: str, tenant: str | None, jobs: Sequence[JobSpec], rejected: Sequence[JobResult]
+    ) -> tuple[int, int, int]:
+        argv: list[Any] = [int(time.time() * 1000), JOB_EXPIRY_MS, ARQ_JOB, batch_id, lane_name(tenant)]
         for spec in jobs:
             argv += ("j", spec.custom_id, self.job_payload(spec), spec.line)
         for res in rejected:
             argv += ("r", "", codec.encode_result(res), res.line)
         k = self.keys
         keys = [
-            k.queue,
+            k.lane(tenant),
             k.batch_results(batch_id),
             k.batch_done(batch_id),
             k.batch(batch_id),
@@ -137,9 +152,15 @@ class Store:
             k.batch_specs(batch_id),
             k.batches_active,
             k.wake,
+            k.lanes,
         ]
         q, s, r = await self._enqueue(keys=keys, args=argv)
         return int(q), int(s), int(r)
+
+    async def batch_lane(self, batch_id: str) -> str:
+        """The lane key holding the batch's queued lines (enqueue.lua records its name)."""
+        name = await self.redis.hget(self.keys.batch(batch_id), "lane")
+        return self.keys.lane(name.decode() if name else None)
 
     async def seal(self, batch_id: str, total: int, validation_failed: bool = False) -> str:
         """All lines are submitted; returns the batch status afterwards."""
@@ -175,11 +196,11 @@ class Store:
             fin_key, fin_id, fin_payload = self.finalize_job(b)
             keys = [
                 self.keys.batch_results(b), self.keys.batch_done(b), self.keys.batch(b), usage_key,
-                self.keys.queue, fin_key,
+                self.keys.queue, fin_key, self.keys.lane_out(tenant),
             ]  # fmt: skip
         args = [
             result.line, payload, "1" if result.ok else "0", now, fin_id, fin_payload, usage.USAGE_TTL_S,
-            self.cfg.results_ttl_s, *usage.script_args(result, tenant),
+            self.cfg.results_ttl_s, *usage.script_args(result, tenant), result.id,
         ]  # fmt: skip
         return ScriptCall(self._complete, keys, args)
 
@@ -204,33 +225,39 @@ class Store:
         return info
 
     async def cancel(self, batch_id: str, reason: str = "cancelled") -> tuple[int, str]:
-        """Stop dispatching a batch: queued lines get a ``batch_<reason>`` error, running ones finish.
+        """Stop dispatching a batch: queued lines (in the arq queue or still in the tenant's lane) get a
+        ``batch_<reason>`` error, running ones finish.
 
         Returns (lines answered by the cancellation, status). Safe to call again.
         """
         k = self.keys
         fin_key, fin_id, fin_payload = self.finalize_job(batch_id)
+        lane = await self.batch_lane(batch_id)
         keys = [k.queue, k.batch_results(batch_id), k.batch_done(batch_id), k.batch(batch_id),
-                k.batch_ids(batch_id), fin_key]  # fmt: skip
+                k.batch_ids(batch_id), fin_key, lane]  # fmt: skip
         message = (
             "batch was cancelled before this request ran"
             if reason == "cancelled"
             else ("batch passed its completion window before this request ran")
         )
         base = [ARQ_JOB, batch_id, reason, message, 0.0, fin_id, fin_payload]
-        removed_total = 0
-        cursor = 0
+        removed_total, status = 0, b""
         pattern = _glob_escape(batch_id) + ":*"
-        while True:
-            cursor, found = await self.redis.zscan(k.queue, cursor, match=pattern, count=1000)
-            ids = [m for m, _ in found]
-            base[4] = time.time()
-            removed, status = await self._cancel(keys=keys, args=[*base, *ids])
-            if removed == -1:
-                return removed_total, (status.decode() if status else "unknown")
-            removed_total += int(removed)
-            if cursor == 0:
-                return removed_total, status.decode() if isinstance(status, bytes) else str(status)
+        # the lane first: a line claimed meanwhile moves to the queue, scanned after
+        for zset in (lane, k.queue):
+            cursor = 0
+            while True:
+                cursor, found = await self.redis.zscan(zset, cursor, match=pattern, count=1000)
+                ids = [m for m, _ in found]
+                base[4] = time.time()
+                if ids or (cursor == 0 and zset == k.queue):
+                    removed, status = await self._cancel(keys=keys, args=[*base, *ids])
+                    if removed == -1:
+                        return removed_total, (status.decode() if status else "unknown")
+                    removed_total += int(removed)
+                if cursor == 0:
+                    break
+        return removed_total, status.decode() if isinstance(status, bytes) else str(status)
 
     async def expire_due(self) -> list[str]:
         """Expire every batch whose completion window has passed (run periodically by workers)."""

@@ -109,32 +109,60 @@ async def revoke(redis: Redis, keys: Keys, key_or_id: str, *, actor: str = "syst
 
 # allow_fleet_keys: whether the tenant's jobs may use the deployment's own provider keys for a
 # provider the tenant has no key of its own for.
-DEFAULT_SETTINGS: dict[str, bool] = {"allow_fleet_keys": True}
+# weight: the tenant's share when batch lines of several tenants wait for workers (weighted round
+# robin between the tenants' lanes): weight 3 gets three lines to another tenant's one.
+DEFAULT_SETTINGS: dict[str, bool | int] = {"allow_fleet_keys": True, "weight": 1}
+MAX_WEIGHT = 1000
 
 
-async def get_settings(redis: Redis, keys: Keys, tenant: str) -> dict[str, bool]:
+async def get_settings(redis: Redis, keys: Keys, tenant: str) -> dict[str, bool | int]:
     raw = await redis.hgetall(keys.tenant_settings(tenant))
     got = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
     out = dict(DEFAULT_SETTINGS)
-    for name in DEFAULT_SETTINGS:
-        if name in got:
-            out[name] = got[name] in (b"1", "1")
+    for name, default in DEFAULT_SETTINGS.items():
+        if name not in got:
+            continue
+        v = got[name].decode() if isinstance(got[name], bytes) else str(got[name])
+        out[name] = v == "1" if isinstance(default, bool) else int(v)
+    return out
+
+
+def check_weight(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WEIGHT:
+        raise ValueError(f"weight is a whole number from 1 to {MAX_WEIGHT} (got {v!r})")
+    return v
+
+
+def _checked(changes: dict[str, bool | int]) -> dict[str, str]:
+    """The stored form of ``changes``; ValueError for an unknown name or a value out of range."""
+    unknown = sorted(set(changes) - set(DEFAULT_SETTINGS))
+    if unknown:
+        known = ", ".join(DEFAULT_SETTINGS)
+        raise ValueError(f"unknown tenant setting(s): {', '.join(unknown)} (known: {known})")
+    out = {}
+    for k, v in changes.items():
+        if isinstance(DEFAULT_SETTINGS[k], bool):
+            if not isinstance(v, bool):
+                raise ValueError(f"{k} is true or false (got {v!r})")
+            out[k] = "1" if v else "0"
+        else:
+            out[k] = str(check_weight(v))
     return out
 
 
 async def update_settings(
-    redis: Redis, keys: Keys, tenant: str, changes: dict[str, bool], *, actor: str
-) -> dict[str, bool]:
-    """Set some settings (unknown names raise ValueError); audited; -> all settings after."""
+    redis: Redis, keys: Keys, tenant: str, changes: dict[str, bool | int], *, actor: str
+) -> dict[str, bool | int]:
+    """Set some settings (unknown names or bad values raise ValueError); audited; -> all settings after."""
     check_tenant(tenant)
-    unknown = sorted(set(changes) - set(DEFAULT_SETTINGS))
-    if unknown:
-        raise ValueError(f"unknown tenant setting(s): {', '.join(unknown)} (known: allow_fleet_keys)")
+    stored = _checked(changes)
     if changes:
         before = await get_settings(redis, keys, tenant)
-        await redis.hset(
-            keys.tenant_settings(tenant), mapping={k: "1" if v else "0" for k, v in changes.items()}
-        )
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.tenant_settings(tenant), mapping=stored)
+            if "weight" in stored:  # the copy claim.lua reads, one hash for every lane
+                pipe.hset(keys.lane_weights, tenant, stored["weight"])
+            await pipe.execute()
         details = {k: {"from": before[k], "to": v} for k, v in changes.items()}
         await audit.record(redis, keys, actor=actor, action="tenant.settings", target=tenant, details=details)
     return await get_settings(redis, keys, tenant)

@@ -307,7 +307,7 @@ class Executor:
             if len(full) == len(denied) and in_time and self.local.has_room(full):
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
-                freed = await self.local.wait(full, min(delay, LOCAL_WAIT_S))
+                freed = await self.local.wait(full, min(delay, LOCAL_WAIT_S), first=spec.batch_id is None)
                 if freed is not None:  # try the candidate that just freed a slot first
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
                 continue
@@ -353,6 +353,7 @@ class Executor:
                     waiter=spec.id,
                     other_lines=lines,
                     owner=owners.get(cand.provider.name),
+                    first=spec.batch_id is None,
                 )
                 if not adm.ok:
                     if resv is not None:

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
-from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB
+from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, lane_name
 from shared.store import JOB_EXPIRY_MS, Store
 
 log = logging.getLogger("fusebox.reconcile")
@@ -82,9 +82,12 @@ class Reconciler:
     async def reconcile(self, batch_id: str) -> Pass:
         k = self.keys
         fin_key, fin_id, fin_payload = self.store.finalize_job(batch_id)
+        lane = await self.redis.hget(k.batch(batch_id), "lane")
+        name = lane_name(lane.decode() if lane else None)
         keys = [
             k.batch_specs(batch_id), k.batch_ids(batch_id), k.batch_results(batch_id), k.queue,
             k.batch(batch_id), k.batch_done(batch_id), k.batch_requeued(batch_id), fin_key, k.batches_active,
+            k.lane(name), k.lanes,
         ]  # fmt: skip
         p = Pass(batches=1)
         cursor: bytes | str | int = "0"
@@ -92,7 +95,7 @@ class Reconciler:
             now = time.time()
             args = [
                 cursor, CHUNK, ARQ_JOB, ARQ_IN_PROGRESS, batch_id, int(now * 1000), JOB_EXPIRY_MS,
-                MAX_REQUEUES, fin_id, fin_payload, repr(now),
+                MAX_REQUEUES, fin_id, fin_payload, repr(now), name,
             ]  # fmt: skip
             cursor, dropped, requeued, relinked, failed, _ = await self._script(keys=keys, args=args)
             p.dropped += int(dropped)

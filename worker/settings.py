@@ -23,7 +23,7 @@ from shared.byok.crypto import KeyRing
 from shared.byok.resolver import TenantKeys
 from shared.byok.store import check_startup
 from shared.config import Settings
-from shared.keys import ARQ_IN_PROGRESS
+from shared.keys import ARQ_IN_PROGRESS, LANE_OUT_SUFFIX, Keys
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect, redact_url
 from shared.resilience import Gate, RedisUnavailable
@@ -88,6 +88,8 @@ class FuseboxWorker(Worker):
         reconcile_seconds: float = 30.0,
         claim_ahead: int | None = None,
         wake_key: str | None = None,
+        lane_keys: Keys | None = None,
+        lane_window: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -96,6 +98,9 @@ class FuseboxWorker(Worker):
         self._poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
         self.claim_ahead = claim_ahead
         self.wake_key = wake_key
+        # Batch lines wait in per-tenant lanes (shared/keys.py); None: this worker takes none from them.
+        self.lane_keys = lane_keys if lane_window > 0 else None
+        self.lane_window = lane_window
         self._waker: asyncio.Future[None] | None = None
         self._woken = False
         self.leases = Leases(self.pool, self.queue_name, lease_seconds) if self._pool is not None else None
@@ -120,24 +125,30 @@ class FuseboxWorker(Worker):
         known = min(executor.router.in_call + executor.local.waiting, self.job_counter)
         return min(free, self.claim_ahead - (self.job_counter - known))
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim every job we have a free slot for in one Lua call (arq: four round trips per job)."""
+    async def start_jobs(self, job_ids: list[bytes], lanes: bool = False) -> None:
+        """Claim every job we have a free slot for in one Lua call (arq: four round trips per job): due
+        jobs of the queue first, then, if ``lanes`` may hold lines, batch lines by the tenants' weights."""
         free = self.claimable()
-        if free <= 0 or not job_ids:
+        lanes = lanes and self.lane_keys is not None
+        if free <= 0 or not (job_ids or lanes):
             return
         assert self.leases is not None
         # A job this worker still runs is never started again: Redis may have lost its lease (a
         # restart from a stale AOF), and a second run of one job id in one worker breaks arq's
         # bookkeeping (KeyError in run_job, a deferral turned into a failure, the line lost).
         ids = [j for j in job_ids if j.decode() not in self.tasks]
-        if not ids:
+        if not ids and not lanes:
             return
         if self._claim is None:
             self._claim = scripts.load(self.pool, "claim")
+        k = self.lane_keys
         claimed = await self._claim(
-            keys=[self.queue_name],
-            args=[ARQ_IN_PROGRESS, self.leases.lease_ms, timestamp_ms(), free, self.leases.owner, *ids],
-        )
+            keys=[self.queue_name, *((k.lanes, k.lane_weights, k.lane_turns) if k else ("", "", ""))],
+            args=[
+                ARQ_IN_PROGRESS, self.leases.lease_ms, timestamp_ms(), free, self.leases.owner,
+                k.lane_prefix if k else "", self.lane_window if lanes else 0, LANE_OUT_SUFFIX, *ids,
+            ],
+        )  # fmt: skip
         for i in range(0, len(claimed), 2):
             job_id = claimed[i].decode()
             await self.sem.acquire()  # never waits: we claimed no more than the free slots
@@ -229,14 +240,18 @@ class FuseboxWorker(Worker):
                 return
             count = min(remaining, count)
         if self.allow_pick_jobs and self.claimable() > 0:
-            job_ids = await self.pool.zrangebyscore(
-                self.queue_name,
-                min=float("-inf"),
-                start=self._queue_read_offset,
-                num=count,
-                max=timestamp_ms(),
-            )
-            await self.start_jobs(job_ids)
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(
+                    self.queue_name,
+                    min=float("-inf"),
+                    start=self._queue_read_offset,
+                    num=count,
+                    max=timestamp_ms(),
+                )
+                if self.lane_keys is not None:  # the same round trip: are there lines in lanes?
+                    pipe.exists(self.lane_keys.lanes)
+                got = await pipe.execute()
+            await self.start_jobs(got[0], lanes=len(got) > 1 and bool(got[1]))
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, t in list(self.tasks.items()):  # as arq does: a task that ended during the poll
@@ -408,6 +423,8 @@ def build_worker(
         reconcile_seconds=wc.reconcile_seconds,
         claim_ahead=wc.claim_ahead,
         wake_key=settings.keys.wake,
+        lane_keys=settings.keys,
+        lane_window=wc.lane_window,
         **params,
     )
     worker.redis_label = redact_url(settings.redis_url or "")

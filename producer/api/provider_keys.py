@@ -42,6 +42,9 @@ class TenantSettings(BaseModel):
     allow_fleet_keys: bool | None = Field(
         None, description="may the tenant's jobs use the deployment's keys where it has none of its own"
     )
+    weight: int | None = Field(
+        None, ge=1, le=1000, description="the tenant's share of workers among tenants' batch lines"
+    )
 
 
 def _target(caller: Tenant, tenant: str | None) -> str:

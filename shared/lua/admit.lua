@@ -9,7 +9,9 @@
 -- ARGV[11] retry hint ms while forced open, ARGV[12] events stream max length,
 -- ARGV[13] waiter id ('' = the caller will not defer): a saturated scope keeps a virtual line of
 -- deferred jobs and tells each to come back about when its turn comes, so a deep backlog does not
--- spin through the queue being refused over and over.
+-- spin through the queue being refused over and over. ARGV[14] '1': the waiter is a single
+-- (interactive) job: it does not queue behind the batch lines waiting, only for the next free slot
+-- (a freed slot calls the earliest waiter back, settle.lua, so it goes first).
 -- Returns {1, gen, probe 1/0, limit generation, effective limit, in flight} when admitted,
 -- {0, reason, retry_ms} when not.
 --#include _gate.lua
@@ -66,6 +68,7 @@ if inflight >= limit then
     redis.call('ZREMRANGEBYSCORE', W, '-inf', fmt(now - 2000))
     local ahead = redis.call('ZCOUNT', W, fmt(now), '+inf')
     if redis.call('ZSCORE', W, waiter) then ahead = ahead - 1 end
+    if ARGV[14] == '1' then ahead = 0 end
     -- slots free at about limit / latency per ms: come back when the jobs ahead have had theirs
     wait = math.max(wait, (ahead + 1) * lat / limit)
     redis.call('ZADD', W, fmt(now + wait), waiter)

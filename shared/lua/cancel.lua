@@ -2,7 +2,7 @@
 -- error result; jobs already running finish normally. Called once per chunk of job ids found by
 -- ZSCAN, then once with none to settle the end state.
 -- KEYS[1] arq queue, KEYS[2] results hash, KEYS[3] done list, KEYS[4] batch hash, KEYS[5] ids hash,
--- KEYS[6] finalize job key
+-- KEYS[6] finalize job key, KEYS[7] the batch's lane (lines not claimed yet)
 -- ARGV[1] arq job key prefix, ARGV[2] batch id, ARGV[3] reason ('cancelled'|'expired'),
 -- ARGV[4] message, ARGV[5] now, ARGV[6] finalize job id, ARGV[7] finalize payload, then job ids.
 -- Returns {removed, status}; removed = -1 when the batch had already ended.
@@ -17,7 +17,7 @@ local removed = 0
 local plen = #ARGV[2] + 2
 for i = 8, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZREM', KEYS[1], id) == 1 then
+  if redis.call('ZREM', KEYS[1], id) == 1 or redis.call('ZREM', KEYS[7], id) == 1 then
     redis.call('DEL', ARGV[1] .. id)
     local cid = string.sub(id, plen)
     local idx = redis.call('HGET', KEYS[5], cid)

@@ -2,16 +2,22 @@
 -- WATCH, EXISTS, ZSCORE, MULTI/EXEC). Same rule as arq: a job is ours if it is due and no worker
 -- holds its in-progress key. The key we set is a short lease naming this worker, renewed by its
 -- heartbeat (heartbeat.lua) while the job runs, so a dead worker's jobs come back in one lease.
--- KEYS[1] queue zset; ARGV[1] in-progress key prefix, ARGV[2] lease ms, ARGV[3] now ms,
+-- Then, with slots left, batch lines from the tenants' lanes: the arq queue (single jobs, deferred
+-- and retried jobs) always goes first, and lanes take turns by smooth weighted round robin.
+-- KEYS[1] queue zset, KEYS[2] set of non-empty lanes, KEYS[3] lane weights hash,
+-- KEYS[4] round robin credits hash
+-- ARGV[1] in-progress key prefix, ARGV[2] lease ms, ARGV[3] now ms,
 -- ARGV[4] how many to claim at most (the worker's free slots), ARGV[5] owner (worker id),
--- ARGV[6..] candidate job ids, due first, minus those this worker runs already: all of them are
+-- ARGV[6] lane key prefix, ARGV[7] lane window (lines one tenant may have out per unit of weight;
+-- 0 = take nothing from lanes), ARGV[8] suffix of a lane's out set,
+-- ARGV[9..] candidate job ids, due first, minus those this worker runs already: all of them are
 -- scanned, since jobs other workers are running (long calls, jobs waiting in a worker) keep their
 -- old scores and sit at the head of the queue.
 -- Returns a flat list {id, score, id, score, ...} of claimed jobs.
 local out = {}
 local now = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
-for i = 6, #ARGV do
+for i = 9, #ARGV do
   if #out >= 2 * want then break end
   local id = ARGV[i]
   local ip = ARGV[1] .. id
@@ -24,4 +30,89 @@ for i = 6, #ARGV do
     end
   end
 end
+
+local need = want - #out / 2
+local window = tonumber(ARGV[7])
+if need <= 0 or window <= 0 then return out end
+local names = redis.call('SMEMBERS', KEYS[2])
+if #names == 0 then return out end
+table.sort(names)  -- ties go the same way in every call
+
+-- A tenant's lines out (claimed from its lane, still in the queue: running, waiting or deferred) are
+-- bounded by window * weight. Behind a saturated provider each tenant then holds a share of the
+-- waiting lines proportional to its weight, so the provider's slots go to tenants at their weights;
+-- and a tenant whose lines cannot run (budget, open breaker) stops taking turns, not everyone.
+local function lines_out(okey, bound)
+  local n = redis.call('ZCARD', okey)
+  if n < bound then return n end
+  -- at the bound: drop the oldest entries that have left the queue (finished), rotate live ones
+  local olds = redis.call('ZRANGE', okey, 0, math.max(16, 2 * need) - 1)
+  for _, id in ipairs(olds) do
+    if redis.call('ZSCORE', KEYS[1], id) then
+      redis.call('ZADD', okey, now, id)
+    else
+      redis.call('ZREM', okey, id)
+      n = n - 1
+    end
+  end
+  return n
+end
+
+local lanes = {}
+for _, name in ipairs(names) do
+  local w = math.max(1, tonumber(redis.call('HGET', KEYS[3], name) or '1') or 1)
+  local key = ARGV[6] .. name
+  if redis.call('EXISTS', key) == 0 then
+    -- empty: it leaves the rotation and banks no credit
+    redis.call('SREM', KEYS[2], name)
+    redis.call('HDEL', KEYS[4], name)
+  else
+    local okey = key .. ARGV[8]
+    local bound = window * w
+    local n = lines_out(okey, bound)
+    if n < bound then
+      local cur = tonumber(redis.call('HGET', KEYS[4], name) or '0') or 0
+      lanes[#lanes + 1] = {name = name, w = w, key = key, okey = okey, bound = bound, n = n, cur = cur}
+    end
+  end
+end
+
+local taken = 0
+while taken < need and #lanes > 0 do
+  local total, best = 0, nil
+  for _, l in ipairs(lanes) do
+    l.cur = l.cur + l.w
+    total = total + l.w
+    if best == nil or l.cur > best.cur then best = l end
+  end
+  best.cur = best.cur - total
+  local head = redis.call('ZRANGE', best.key, 0, 0, 'WITHSCORES')
+  local id, score = head[1], head[2]
+  local drop = id == nil
+  if id then
+    redis.call('ZREM', best.key, id)
+    if not redis.call('ZSCORE', KEYS[1], id) then  -- never in both: a line in the queue runs from there
+      -- from here on an ordinary arq job: finish, retry, lease expiry and reconciliation as usual
+      redis.call('ZADD', KEYS[1], score, id)
+      redis.call('SET', ARGV[1] .. id, ARGV[5], 'PX', ARGV[2])
+      redis.call('ZADD', best.okey, now, id)
+      best.n = best.n + 1
+      out[#out + 1] = id
+      out[#out + 1] = score
+      taken = taken + 1
+    end
+    drop = redis.call('EXISTS', best.key) == 0
+    if drop then
+      redis.call('SREM', KEYS[2], best.name)
+      redis.call('HDEL', KEYS[4], best.name)
+    end
+  end
+  if drop or best.n >= best.bound then
+    if not drop then redis.call('HSET', KEYS[4], best.name, best.cur) end
+    for i, l in ipairs(lanes) do
+      if l == best then table.remove(lanes, i) break end
+    end
+  end
+end
+for _, l in ipairs(lanes) do redis.call('HSET', KEYS[4], l.name, l.cur) end
 return out

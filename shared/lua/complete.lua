@@ -1,15 +1,18 @@
 -- Record one job's result exactly once; counters and usage move in the same atomic step.
 -- KEYS[1] results hash (batch) or result key (single job), KEYS[2] done list, KEYS[3] batch hash,
 -- KEYS[4] usage minute hash, KEYS[5] arq queue, KEYS[6] finalize job key, KEYS[7] (single jobs)
--- notify list: an API process waiting for this job BLPOPs it, so nobody polls
+-- notify list: an API process waiting for this job BLPOPs it, so nobody polls; (batch lines) the
+-- lane's out set (claim.lua): an answered line no longer counts against its tenant's window
 -- ARGV[1] index, ARGV[2] result payload, ARGV[3] '1' ok / '0' failed, ARGV[4] now (unix s),
 -- ARGV[5] finalize job id, ARGV[6] finalize payload, ARGV[7] usage key TTL s, ARGV[8] result TTL s
 -- (single jobs), ARGV[9] cost usd, ARGV[10..12] prompt, completion and cached tokens,
 -- ARGV[13] usage dimensions 'provider|model|tenant|batch', ARGV[14] latency bucket, ARGV[15] error
--- class ('' = ok): the minute bucket's fields are '<dimensions>|<metric>' (see shared/usage.py).
+-- class ('' = ok): the minute bucket's fields are '<dimensions>|<metric>' (see shared/usage.py),
+-- ARGV[16] job id.
 -- Returns {written, status}: written=0 means a re-run job already recorded it (nothing counted again).
 --#include _finish.lua
 local single = KEYS[2] == ''
+if not single and KEYS[7] then redis.call('ZREM', KEYS[7], ARGV[16]) end
 if single then
   if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[8]) then return {0, false} end
 elseif redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then

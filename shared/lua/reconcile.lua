@@ -6,10 +6,12 @@
 -- twice. Every state a line passes through (queued, running, deferred, answered, cancelled) has a
 -- job key or a result, each written atomically with the other changes, so "neither" means lost.
 -- KEYS[1] specs hash, KEYS[2] ids hash, KEYS[3] results hash, KEYS[4] arq queue, KEYS[5] batch hash,
--- KEYS[6] done list, KEYS[7] requeued hash, KEYS[8] finalize job key, KEYS[9] active batches set
+-- KEYS[6] done list, KEYS[7] requeued hash, KEYS[8] finalize job key, KEYS[9] active batches set,
+-- KEYS[10] the batch's lane (lines waiting for their turn), KEYS[11] set of non-empty lanes
 -- ARGV[1] HSCAN cursor, ARGV[2] HSCAN count, ARGV[3] arq job key prefix, ARGV[4] in-progress key
 -- prefix, ARGV[5] batch id, ARGV[6] now ms, ARGV[7] job expiry ms, ARGV[8] max requeues per line,
--- ARGV[9] finalize job id, ARGV[10] finalize payload, ARGV[11] now (unix s)
+-- ARGV[9] finalize job id, ARGV[10] finalize payload, ARGV[11] now (unix s), ARGV[12] lane name
+-- A line queued again goes back to its lane, so it takes its tenant's turn like any other.
 -- Returns {next cursor, dropped, requeued, relinked, failed, status}; cursor '0' = done.
 --#include _finish.lua
 local status = redis.call('HGET', KEYS[5], 'status')
@@ -41,9 +43,12 @@ for i = 1, #kv, 2 do
     redis.call('HDEL', KEYS[1], cid)
     dropped = dropped + 1
   elseif redis.call('EXISTS', ARGV[3] .. id) == 1 then
-    -- the job exists but nothing will run it: neither queued nor held by a worker
-    if not redis.call('ZSCORE', KEYS[4], id) and redis.call('EXISTS', ARGV[4] .. id) == 0 then
-      redis.call('ZADD', KEYS[4], now_ms, id)
+    -- the job exists but nothing will run it: neither queued (in the queue or its lane) nor held by
+    -- a worker
+    if not redis.call('ZSCORE', KEYS[4], id) and not redis.call('ZSCORE', KEYS[10], id)
+      and redis.call('EXISTS', ARGV[4] .. id) == 0 then
+      redis.call('ZADD', KEYS[10], now_ms, id)
+      redis.call('SADD', KEYS[11], ARGV[12])
       relinked = relinked + 1
     end
   else
@@ -66,7 +71,8 @@ for i = 1, #kv, 2 do
       redis.call('HDEL', KEYS[1], cid)
     else
       redis.call('SET', ARGV[3] .. id, payload, 'PX', ARGV[7])
-      redis.call('ZADD', KEYS[4], now_ms, id)
+      redis.call('ZADD', KEYS[10], now_ms, id)
+      redis.call('SADD', KEYS[11], ARGV[12])
       requeued = requeued + 1
     end
   end

@@ -3,15 +3,15 @@
 -- completion can finish it early; seal.lua then moves it to in_progress and the last line
 -- finalizes it again. Every step may run again after an interrupted retry.
 -- KEYS[1] batch hash, KEYS[2] results hash, KEYS[3] done list, KEYS[4] retry set (hash idx -> 1),
--- KEYS[5] scratch list for the compacted done list, KEYS[6] arq queue, KEYS[7] ids hash,
+-- KEYS[5] scratch list for the compacted done list, KEYS[6] the batch's lane, KEYS[7] ids hash,
 -- KEYS[8] expiry zset, KEYS[9] specs hash (custom_id -> payload, for reconciliation),
--- KEYS[10] set of active batches
+-- KEYS[10] set of active batches, KEYS[11] set of non-empty lanes
 -- ARGV[1] step, ARGV[2] now (unix s), then per step:
 --   begin:   ARGV[3] batch id -> {outcome, status}; outcome 'begun'|'resumed'|'busy'|'missing'
 --   mark:    ARGV[3..] line indexes to retry (kept only if their stored result is a failure) -> n
 --   compact: ARGV[3] start, ARGV[4] count -> next start, or -1 when the done list was swapped
 --   requeue: ARGV[3] now ms, ARGV[4] job expiry ms, ARGV[5] arq job key prefix, ARGV[6] batch id,
---            then triples (index, custom_id, job payload) -> lines queued
+--            ARGV[7] lane name, then triples (index, custom_id, job payload) -> lines queued
 --   finish:  lines still marked but not queued get their done entry back -> n
 local function failed(idx)
   local r = redis.call('HGET', KEYS[2], idx)
@@ -97,7 +97,7 @@ end
 
 if step == 'requeue' then
   local n = 0
-  for i = 7, #ARGV, 3 do
+  for i = 8, #ARGV, 3 do
     local idx, cid, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local owner = redis.call('HGET', KEYS[7], cid)
     -- A line rejected at submission and fixed in the file since has no id yet; a custom_id that
@@ -113,7 +113,11 @@ if step == 'requeue' then
       n = n + 1
     end
   end
-  if n > 0 then redis.call('SADD', KEYS[10], ARGV[6]) end
+  if n > 0 then
+    redis.call('SADD', KEYS[10], ARGV[6])
+    redis.call('SADD', KEYS[11], ARGV[7])
+    redis.call('HSET', KEYS[1], 'lane', ARGV[7])
+  end
   return n
 end
 

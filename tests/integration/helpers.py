@@ -50,7 +50,10 @@ def arq_worker(
     settings: Any, pool: Any, functions: list[Function], cls: type[Worker] = FuseboxWorker, **options: Any
 ) -> Worker:
     """An arq worker on the namespace's queue with Fusebox's job codec, no signal handlers, no kept
-    results; ``options`` are the test's own Worker arguments."""
+    results; ``options`` are the test's own Worker arguments. A FuseboxWorker also takes batch lines
+    from the namespace's lanes."""
+    if issubclass(cls, FuseboxWorker):
+        options = {"lane_keys": settings.keys, "lane_window": settings.file.worker.lane_window, **options}
     return cls(
         functions=functions, queue_name=settings.keys.queue, redis_pool=pool, handle_signals=False,
         keep_result=0, job_serializer=codec.arq_serializer, job_deserializer=codec.arq_deserializer,

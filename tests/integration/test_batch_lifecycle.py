@@ -92,8 +92,9 @@ async def test_cancel_keeps_partial_results_and_answers_every_line(settings, red
     ok = [r for r in results if r.ok]
     assert len(cancelled) == removed and len(ok) + len(cancelled) == 300
     assert final.completed == len(ok) and final.failed == len(cancelled)
-    queued = [m for m in await redis.zrange(s.keys.queue, 0, -1) if m.decode().startswith(sub.batch_id)]
-    assert queued == []
+    for zset in (s.keys.queue, s.keys.lane(None)):
+        queued = [m for m in await redis.zrange(zset, 0, -1) if m.decode().startswith(sub.batch_id)]
+        assert queued == []
     # cancelling again changes nothing
     assert (await client.cancel(sub.batch_id))[1] == "cancelled"
 

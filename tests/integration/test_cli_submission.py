@@ -66,8 +66,9 @@ async def test_a_submission_failing_midway_leaves_no_half_batch(settings, redis)
     obj = await client.batch("b-midway")
     assert obj["status"] == "failed", obj
     assert "disk went away" in obj["failure_reason"]
-    queued = [m for m in await redis.zrange(settings.keys.queue, 0, -1) if m.startswith(b"b-midway:")]
-    assert queued == []  # nothing of the half-batch is left to run
+    for zset in (settings.keys.queue, settings.keys.lane(None)):
+        queued = [m for m in await redis.zrange(zset, 0, -1) if m.startswith(b"b-midway:")]
+        assert queued == []  # nothing of the half-batch is left to run
 
 
 def test_sync_client_connect_and_wait_timeout_on_an_unknown_id(settings):

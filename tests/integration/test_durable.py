@@ -70,7 +70,8 @@ async def test_acknowledged_submission_survives_a_kill_9(tmp_path: Path, namespa
         counts = await client.counts(sub.batch_id)
         assert counts is not None and (counts.status, counts.total) == ("in_progress", 300)
         queued = await redis.zrange(settings.keys.queue, 0, -1)
-        assert {f"{sub.batch_id}:c{i}".encode() for i in range(300)} <= set(queued)
+        lane = await redis.zrange(settings.keys.lane(None), 0, -1)
+        assert {f"{sub.batch_id}:c{i}".encode() for i in range(300)} <= set(lane)
         assert job.encode() in queued
     finally:
         await redis.aclose()

@@ -40,7 +40,7 @@ async def test_resubmitting_a_batch_creates_no_second_job(settings, redis):
     again = await client.submit_batch(batch_lines(50, content="hello {i}"), batch_id="b-same")
     assert (first.queued, first.skipped) == (50, 0)
     assert (again.queued, again.skipped, again.resumed) == (0, 50, True)
-    assert await redis.zcard(settings.keys.queue) == 50
+    assert await redis.zcard(settings.keys.lane(None)) == 50  # batch lines wait in their lane
 
 
 async def test_transient_failures_are_retried_and_counted_once(settings, redis):

@@ -45,7 +45,7 @@ def test_lines_whose_jobs_vanished_are_queued_again_and_answered_once(redis_url:
         sub = st.submit(chat_lines(n, "r"))
         gone = [f"{sub.batch_id}:c{i}" for i in range(0, n, n // lost)][:lost]
         st.run(r.delete(*(ARQ_JOB + j for j in gone)))
-        st.run(r.zrem(k.queue, *gone))
+        st.run(r.zrem(k.lane(None), *gone))  # batch lines wait in their tenant's lane
         for _ in range(2):
             st.start_worker()
         st.wait(sub.batch_id, timeout=60)
@@ -70,17 +70,24 @@ async def test_reconcile_drops_answered_lines_relinks_jobs_and_bounds_requeues(s
     res = JobResult(id=f"{bid}:c0", status_code=200, custom_id="c0", batch_id=bid, line=0)
     await store.complete(res)
     await redis.delete(ARQ_JOB + f"{bid}:c0", ARQ_JOB + f"{bid}:c1")
-    await redis.zrem(k.queue, f"{bid}:c0", f"{bid}:c1", f"{bid}:c2")
+    lane = k.lane(None)  # no tenant: the default lane, where the batch's lines wait for their turn
+    await redis.zrem(lane, f"{bid}:c0", f"{bid}:c1", f"{bid}:c2")
     p = await rec.reconcile(bid)
     assert (p.dropped, p.requeued, p.relinked, p.failed) == (1, 1, 1, 0)
-    assert await redis.zscore(k.queue, f"{bid}:c1") is not None
+    assert await redis.zscore(lane, f"{bid}:c1") is not None  # queued again in its lane
     assert await redis.exists(ARQ_JOB + f"{bid}:c1")
-    assert await redis.zscore(k.queue, f"{bid}:c2") is not None
+    assert await redis.zscore(lane, f"{bid}:c2") is not None
+    # a job in the arq queue (claimed from its lane, then lost its lease) is not relinked
+    await redis.zrem(lane, f"{bid}:c3")
+    await redis.zadd(k.queue, {f"{bid}:c3": 1})
+    assert (await rec.reconcile(bid)).relinked == 0
+    await redis.zrem(k.queue, f"{bid}:c3")
+    await redis.zadd(lane, {f"{bid}:c3": 1})
     assert sorted(await redis.hkeys(k.batch_specs(bid))) == [b"c1", b"c2", b"c3"]
     # a line lost again and again ends with an error, so the batch can end
     for _ in range(MAX_REQUEUES):
         await redis.delete(ARQ_JOB + f"{bid}:c1")
-        await redis.zrem(k.queue, f"{bid}:c1")
+        await redis.zrem(lane, f"{bid}:c1")
         p = await rec.reconcile(bid)
     assert (p.requeued, p.failed) == (0, 1)
     counts = await store.counts(bid)

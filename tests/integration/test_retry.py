@@ -167,6 +167,7 @@ async def test_an_interrupted_retry_completes_when_run_again(settings, redis, ou
             60_000,
             ARQ_JOB,
             sub.batch_id,
+            "-",  # the batch's lane (no tenant)
             specs[0].line,
             specs[0].custom_id,
             Store.job_payload(specs[0]),

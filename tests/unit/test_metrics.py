@@ -8,6 +8,7 @@ import fakeredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics
+from shared.keys import Keys
 from shared.metrics import FleetState, QueueState, read_queue, render_fleet, workers_wanted
 
 
@@ -109,6 +110,21 @@ async def test_read_queue_splits_due_and_scheduled() -> None:
     assert q.oldest_due_age_s == 5.0
     empty = await read_queue(r, "nothing", now=now)
     assert (empty.due, empty.scheduled, empty.oldest_due_age_s) == (0, 0, 0.0)
+
+
+async def test_read_queue_counts_batch_lines_waiting_in_lanes_as_due() -> None:
+    r = fakeredis.FakeAsyncRedis()
+    k = Keys("t")
+    now = 1_000_000.0
+    await r.zadd(k.queue, {"a": (now - 5) * 1000, "c": (now + 30) * 1000})
+    await r.zadd(k.lane("ta"), {"x": (now - 60) * 1000, "y": now * 1000})
+    await r.zadd(k.lane(None), {"z": (now - 1) * 1000})
+    await r.sadd(k.lanes, "ta", "-", "gone")  # an emptied lane stays in the set until a claim drops it
+    q = await read_queue(r, k.queue, now=now, keys=k)
+    assert (q.due, q.scheduled, q.lanes) == (4, 1, {"-": 1, "ta": 2})
+    assert q.oldest_due_age_s == 60.0  # the oldest line waiting in a lane
+    text = render_fleet(FleetState(q, [], worker_slots=10)).decode()
+    assert 'fusebox_lane_jobs{tenant="ta"} 2.0' in text and 'fusebox_queue_jobs{state="due"} 4.0' in text
 
 
 def test_process_metrics_follow_prometheus_conventions() -> None:

@@ -1,0 +1,40 @@
+"""In-worker waiting: a freed slot wakes interactive jobs before batch lines, each in arrival order."""
+
+from __future__ import annotations
+
+import asyncio
+
+from worker.local_lines import LocalLines
+
+
+async def test_a_freed_slot_wakes_interactive_waiters_first() -> None:
+    lines = LocalLines(per_scope_cap=10)
+    woken: list[str] = []
+
+    async def wait(name: str, first: bool) -> None:
+        if await lines.wait(["p"], timeout=5, first=first) is not None:
+            woken.append(name)
+
+    tasks = [
+        asyncio.create_task(wait(name, first))
+        for name, first in (("batch1", False), ("batch2", False), ("job1", True), ("job2", True))
+    ]
+    await asyncio.sleep(0)
+    assert lines.waiting == 4 and lines.has_room(["p"])
+    for _ in range(4):
+        lines.release("p")
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert woken == ["job1", "job2", "batch1", "batch2"]
+    assert lines.waiting == 0
+
+
+async def test_both_kinds_of_waiters_count_against_the_cap() -> None:
+    lines = LocalLines(per_scope_cap=2)
+    t1 = asyncio.create_task(lines.wait(["p"], timeout=5, first=True))
+    t2 = asyncio.create_task(lines.wait(["p"], timeout=5))
+    await asyncio.sleep(0)
+    assert not lines.has_room(["p"])
+    lines.release("p")
+    lines.release("p")
+    assert await t1 == "p" and await t2 == "p"
