@@ -77,6 +77,7 @@ def settings(redis_url: str, namespace: str, tmp_path, sim: SimulatorProcess, fl
         },
         "retry": {"max_attempts": 1},
         "worker": {"max_jobs": 8},
+        "api": {"provider_allow_hosts": ["127.0.0.1"]},  # tenants' own entries point at the simulator
     }
     return Settings(redis_url=redis_url, namespace=namespace, data_dir=tmp_path / "d").with_file(
         FileConfig.model_validate(cfg)
