@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from producer.api.auth import ApiContext
 from producer.batch_input import Validator
+from shared.byok.entries import own_entries
 from shared.schema import CHAT_URL, URL_KINDS, JobResult, JobSpec, OutputLine, RequestError
 from shared.store import ENDED
 
@@ -71,7 +72,8 @@ async def submit_from_file(ctx: ApiContext, batch_id: str, file_id: str, endpoin
     renewed = time.monotonic()
     try:
         kind = URL_KINDS[endpoint]
-        v = Validator(batch_id, ctx.router, store.cfg.max_line_bytes, tenant=tenant)
+        own = await own_entries(ctx.redis, ctx.settings.keys, tenant)
+        v = Validator(batch_id, ctx.router, store.cfg.max_line_bytes, tenant=tenant, own=own)
         jobs: list[JobSpec] = []
         rejected: list[JobResult] = []
         total = accepted = 0

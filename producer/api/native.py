@@ -47,7 +47,7 @@ class UsageList(BaseModel):
 async def create_job(ctx: Ctx, tenant: TenantDep, req: CreateJob) -> dict[str, Any]:
     kind = "chat" if req.type == "chat" else "embed"
     parsed = jobs.parse(kind, req.body)
-    jobs.check_model(ctx, parsed.model)
+    await jobs.check_model(ctx, parsed.model, tenant.name)
     if req.webhook_url:
         try:
             await check_url(req.webhook_url, ctx.settings.file.webhooks.allow_hosts)

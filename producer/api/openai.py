@@ -324,7 +324,7 @@ async def _run(request: Request, ctx: Ctx, tenant: TenantDep, kind: str, body: A
             param="stream",
         )
     req = jobs.parse(kind, body)
-    jobs.check_model(ctx, req.model)
+    await jobs.check_model(ctx, req.model, tenant.name)
     spec = await jobs.enqueue(ctx, tenant, req)
     res = await jobs.wait(ctx, spec.id, ctx.settings.file.api.sync_timeout_s, request.is_disconnected)
     if res is None:

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from shared.byok.adapters import build, check_entry
 from shared.byok.crypto import KeyRing, MasterKeyError
+from shared.byok.entries import serving
 from shared.byok.store import TenantKey, require_ring
 from shared.config import ProviderConfig
 from shared.keys import Keys
@@ -129,18 +130,18 @@ class TenantKeys:
             view = await self.view(tenant)
         except MasterKeyError as e:
             return _refused("master_key_unavailable", str(e), 500)
-        own = {n: k for n, k in view.keys.items() if k.entry is not None and n not in router.providers}
-        if own and model:
-            prefix, sep, rest = model.partition("/")
-            if sep and rest and prefix in own:
-                targets = [(own[prefix], rest)]
-            else:
-                targets = [(k, model) for n, k in sorted(own.items()) if k.entry and model in k.entry.models]
-            if targets:
-                return await self._own_entries(tenant, targets)
+        entries = {n: k.entry for n, k in view.keys.items()}
+        fleet = router.providers
+        targets = serving(entries, model, skip=fleet)
+        if targets:
+            return await self._own_entries(tenant, [(view.keys[n], m) for n, m in targets])
         try:
             candidates = router.candidates(model)
         except RequestError as e:
+            # An entry replacing a fleet provider's endpoint may list models the fleet does not serve.
+            targets = serving(entries, model)
+            if targets:
+                return await self._own_entries(tenant, [(view.keys[n], m) for n, m in targets])
             return _refused(e.code, e.message, 400)
         if not view.keys and view.allow_fleet_keys:
             return Routed(candidates, {})
