@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -178,6 +179,13 @@ async def set_cap(
         await redis.delete(keys.batch_paused(batch_id))
     target = f"tenant:{tenant}" if tenant else f"batch:{batch_id}"
     await audit.record(redis, keys, actor=actor, action="budget.set", target=target, details={"usd": usd})
+
+
+def batch_fields(info: dict[str, str]) -> dict[str, Any]:
+    """Fusebox's own fields of a batch (``Store.batch_info``), under ``fusebox`` in every API family's
+    batch object, whose own status fields keep their documented values: ``paused`` says why its
+    lines wait (its spend cap) while they do, else null; ``budget_usd`` is its cap, if any."""
+    return {"paused": info.get("paused"), "budget_usd": _f(info.get(BATCH_CAP))}
 
 
 async def spent(redis: Redis, keys: Keys, *, tenant: str | None = None, batch_id: str | None = None) -> float:
