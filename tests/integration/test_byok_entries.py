@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from shared.store import JOB_FUNCTION
 from shared.tenants import create_key
 from tests.conftest import PYTHON, subprocess_env
 from tests.integration.api_fixtures import serve
-from tests.integration.helpers import stop_processes
+from tests.integration.helpers import byok_config, stop_processes
 
 FLEET_ENV = "FUSEBOX_TEST_BYOK_ENTRY_FLEET_KEY"
 FLEET_MODEL = "gpt-4o-mini"
@@ -84,21 +84,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 @pytest.fixture
 def config(sim: SimulatorProcess) -> dict[str, Any]:
-    return {
-        "providers": {
-            "openai": {
-                "type": "openai",
-                "base_url": sim.url_for("openai"),
-                "api_key_env": FLEET_ENV,
-                "models": [FLEET_MODEL],
-            }
-        },
-        # Every scope trips after 3 failures in a row, tenants' own entries included.
-        "breaker": {"minimum_calls": 3, "consecutive_failures": 3, "wait_open_seconds": 600},
-        "retry": {"max_attempts": 1},
-        "worker": {"max_jobs": 8},
-        "api": {"provider_allow_hosts": ["127.0.0.1"]},  # the simulator stands in for in-cluster servers
-    }
+    return byok_config(sim.url_for("openai"), FLEET_ENV, [FLEET_MODEL])
 
 
 @pytest.fixture
@@ -113,15 +99,6 @@ def config_file(tmp_path: Path, config: dict[str, Any]) -> Path:
     p = tmp_path / "fusebox.toml"
     p.write_text(to_toml(config) + "\n")
     return p
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[FuseboxClient]:
-    c = FuseboxClient.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 def _cli(
