@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from shared import codec
+from shared.byok.entries import NONE, OwnEntries
 from shared.keys import job_id_for
 from shared.router import Router
 from shared.schema import (
@@ -54,10 +55,15 @@ class Validator:
     max_line_bytes: int = MAX_LINE_BYTES
     tenant: str | None = None
     seen: dict[str, int] = field(default_factory=dict)
+    own: OwnEntries = NONE  # the tenant's own provider entries: they serve the models they list
 
     def check_model(self, model: str) -> None:
         if self.router is not None:
-            self.router.resolve(model)  # validation must not advance round-robin state
+            try:
+                self.router.resolve(model)  # validation must not advance round-robin state
+            except RequestError:
+                if not self.own.serves(model):
+                    raise
 
     def parse_jsonl(self, raw: bytes | str, lineno: int, index: int) -> JobSpec | JobResult:
         """One OpenAI Batch line -> JobSpec, or a rejected JobResult."""

@@ -16,11 +16,12 @@ from arq.connections import ArqRedis
 from producer.batch_input import Validator, numbered_lines
 from shared import codec, durability, routing_table
 from shared.batch_retry import BatchBusy, BatchRetry, RetryOutcome
+from shared.byok.entries import own_entries
 from shared.config import Settings
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
 from shared.router import Router
-from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec
+from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec, RequestError
 from shared.ssrf import check_url
 from shared.store import ENDED, JOB_FUNCTION, BatchCounts, Store
 from shared.usage import UsageRow, read_usage
@@ -125,7 +126,11 @@ class FuseboxClient:
         ``webhook`` gets a signed ``job.completed`` / ``job.failed`` summary when it ends.
         """
         req = ChatRequest.from_body(body) if kind == "chat" else EmbeddingRequest.from_body(body)
-        (await self.model_router()).resolve(req.model)
+        try:
+            (await self.model_router()).resolve(req.model)
+        except RequestError:
+            if not (await own_entries(self.redis, self.settings.keys, tenant)).serves(req.model):
+                raise
         await self.check_durable()
         if webhook:
             await self.check_webhook_url(webhook)
@@ -188,7 +193,8 @@ class FuseboxClient:
         sub = Submission(batch_id)
         router = await self.model_router()
         sub.resumed = not await self.store.create_batch(batch_id, fields)
-        v = Validator(batch_id, router, self.settings.file.batches.max_line_bytes, tenant=tenant)
+        own = await own_entries(self.redis, self.settings.keys, tenant)
+        v = Validator(batch_id, router, self.settings.file.batches.max_line_bytes, tenant=tenant, own=own)
         jobs: list[JobSpec] = []
         rejected: list[JobResult] = []
 
@@ -241,8 +247,9 @@ class FuseboxClient:
         if not failed and not resuming:
             return RetryOutcome(batch_id, status=(await r.check())[0])
         info = await self.store.batch_info(batch_id)
+        own = await own_entries(self.redis, self.settings.keys, info.get("tenant"))
         v = Validator(batch_id, await self.model_router(), self.settings.file.batches.max_line_bytes,
-                      tenant=info.get("tenant"))  # fmt: skip
+                      tenant=info.get("tenant"), own=own)  # fmt: skip
         specs: dict[int, JobSpec] = {}
         for item in _parsed(v, lines, prompts):
             want = failed.get(item.line, _ABSENT)

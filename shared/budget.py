@@ -10,8 +10,10 @@ once it is warm, and a raised cap takes effect within ``ttl`` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -44,6 +46,28 @@ class Reservation:
     counters: tuple[str, ...] = ()
     amount: float = 0.0
     reason: str = ""  # when refused: which cap, what was spent
+
+
+class Hold:
+    """One call's reservation, settled exactly once: by the call's real cost, or refunded in full
+    (``release``) when the call never happened or was cut off (cancelled, timed out, an error
+    between reserving and calling). The executor releases it in a ``finally``, so no path keeps it."""
+
+    __slots__ = ("budgets", "done", "reservation")
+
+    def __init__(self, budgets: Budgets, reservation: Reservation) -> None:
+        self.budgets, self.reservation, self.done = budgets, reservation, False
+
+    async def settle(self, actual: float) -> None:
+        if self.done:
+            return
+        self.done = True  # before the round trip: a reply lost to a cancel must not be counted twice
+        await self.budgets.settle(self.reservation, actual)
+
+    async def release(self) -> None:
+        """Refund the whole estimate unless settled; shielded, so a second cancel cannot cut it off."""
+        if not self.done:
+            await asyncio.shield(self.settle(0.0))
 
 
 def _f(v: bytes | str | None) -> float | None:
@@ -98,8 +122,9 @@ class Budgets:
             names.append(f"batch {batch_id}'s budget")
         if not counters:
             return Reservation(True)
+        note = [self.keys.batch_paused(batch_id)] if batch_id is not None and caps.batch is not None else []
         res = await self._script(
-            keys=counters, args=["reserve", repr(amount), COUNTER_TTL_S, *map(repr, limits)]
+            keys=[*counters, *note], args=["reserve", repr(amount), COUNTER_TTL_S, *map(repr, limits)]
         )
         if int(res[0]) == 1:
             return Reservation(True, tuple(counters), amount)
@@ -109,6 +134,13 @@ class Budgets:
             f"{names[i]} is spent: ${spent:.4f} of ${limits[i]:.4f} (this call is estimated at ${amount:.4f})"
         )
         return Reservation(False, reason=why)
+
+    async def hold(
+        self, tenant: str | None, batch_id: str | None, caps: Caps, amount: float
+    ) -> Hold | Reservation:
+        """Reserve ``amount``: a Hold to settle or release, or the refused Reservation (its reason)."""
+        r = await self.reserve(tenant, batch_id, caps, amount)
+        return Hold(self, r) if r.ok else r
 
     async def settle(self, r: Reservation, actual: float) -> None:
         """Replace the reservation by the real cost (0 for a failed call)."""
@@ -147,6 +179,13 @@ async def set_cap(
         await redis.delete(keys.batch_paused(batch_id))
     target = f"tenant:{tenant}" if tenant else f"batch:{batch_id}"
     await audit.record(redis, keys, actor=actor, action="budget.set", target=target, details={"usd": usd})
+
+
+def batch_fields(info: dict[str, str]) -> dict[str, Any]:
+    """Fusebox's own fields of a batch (``Store.batch_info``), under ``fusebox`` in every API family's
+    batch object, whose own status fields keep their documented values: ``paused`` says why its
+    lines wait (its spend cap) while they do, else null; ``budget_usd`` is its cap, if any."""
+    return {"paused": info.get("paused"), "budget_usd": _f(info.get(BATCH_CAP))}
 
 
 async def spent(redis: Redis, keys: Keys, *, tenant: str | None = None, batch_id: str | None = None) -> float:

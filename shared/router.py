@@ -319,13 +319,17 @@ class Router:
         k = _key(candidate)
         self._cand_busy[k] = self._cand_busy.get(k, 0) + 1
 
-    def finished(self, candidate: Candidate, latency_ms: float, ok: bool) -> None:
+    def finished(self, candidate: Candidate, latency_ms: float, ok: bool, observed: bool = True) -> None:
         """A call started with ``started`` ended. ``ok`` False when the provider was at fault (5xx,
-        timeout, 429); a request's own 4xx is ``ok`` as far as routing is concerned."""
+        timeout, 429); a request's own 4xx is ``ok`` as far as routing is concerned. ``observed``
+        False: the call was cut off (cancelled), so its latency says nothing about the provider."""
         name = candidate.provider.name
+        self.in_call = max(self.in_call - 1, 0)
         self._busy[name] = max(self._busy.get(name, 0) - 1, 0)
         k = _key(candidate)
         self._cand_busy[k] = max(self._cand_busy.get(k, 0) - 1, 0)
+        if not observed:
+            return
         now = self.clock()
         seen = self._latency.get(k)
         fresh = seen is not None and now - seen.at < self.stale_after_s

@@ -286,7 +286,8 @@ class Store:
             pipe.get(self.keys.batch_paused(batch_id))
             raw, paused = await pipe.execute()
         out = {k.decode(): v.decode() for k, v in raw.items()}
-        if raw and paused is not None:
+        # A note left by a line that waited just before the batch ended is no longer true.
+        if raw and paused is not None and out.get("status") in ("validating", "in_progress", "finalizing"):
             out["paused"] = paused.decode()
         return out
 

@@ -15,35 +15,28 @@ import time
 from dataclasses import dataclass
 
 import httpx
-import msgspec
 from arq import Retry
-from arq.jobs import serialize_job
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec, metrics
-from shared.budget import Budgets, Caps, Reservation
-from shared.byok.crypto import MasterKeyError
-from shared.byok.resolver import TenantKeys
+from shared.budget import Budgets, Caps, Hold
+from shared.byok.resolver import Routed, TenantKeys
 from shared.errors import ErrorClass, ProviderError
-from shared.keys import ARQ_JOB
 from shared.providers.base import ProviderResponse
-from shared.resilience import Admission, Gate, RedisUnavailable, outcome_of
+from shared.resilience import Admission, Gate, outcome_of
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
-from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError, Usage
-from shared.scripts import ScriptCall, run_pipelined
-from shared.store import JOB_FUNCTION, Store
-from shared.tokens import estimate_messages, estimate_text
-from shared.webhook_delivery import enqueue_webhook
-from shared.webhooks import job_event
+from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
+from shared.scripts import ScriptCall
+from shared.store import Store
+from worker import spend
 from worker.attempts import INTERNAL, failed_attempts, spent, spent_error
 from worker.local_lines import LocalLines
+from worker.outcome import Deferred, Outcome, come_back_in, info, ms_since, result_of
+from worker.results import REDIS_DOWN as _REDIS_DOWN
+from worker.results import carry_attempts, write_result
 
 log = logging.getLogger("fusebox.executor")
 
-DEFAULT_OUTPUT_ESTIMATE = 256  # tokens reserved for a reply whose request sets no max_tokens
 MAX_DEFER_S = 60.0
 LOCAL_WAIT_S = 0.5  # a job waiting in the worker re-checks the gate at least this often
 MAX_LOCAL_ROUNDS = 20
@@ -52,29 +45,17 @@ MAX_LOCAL_ROUNDS = 20
 INTERNAL_TRIES = 5
 INTERNAL_BACKOFF_S = 0.5
 REDIS_RETRY_S = 1.0  # a job cut off by a Redis error runs again after this
-_REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
 BUDGET_RECHECK_S = 5.0  # a batch line waiting for its budget checks again this often
 
 
 @dataclass(slots=True)
-class Outcome:
-    response: ProviderResponse | None
-    candidate: Candidate | None
-    error: ErrorInfo | None
-    settle: ScriptCall | None = None  # the last attempt's settle, sent with the result write
-    scope: str | None = None  # the gate scope that settle frees a slot of
-    admission: Admission | None = None  # the call that settle ends
+class Call:
+    """One admitted call's end (``resp`` or ``err``), or the admission that refused it (``adm.ok`` False)."""
 
-
-class Deferred(Exception):
-    """Every candidate refused admission (saturated / open), or failed this round: come back in ``delay``
-    seconds. ``error`` is the line's answer if it may not come back (arq's last try)."""
-
-    def __init__(self, delay: float, reasons: list[str], error: ErrorInfo | None = None) -> None:
-        super().__init__(f"all candidates unavailable ({', '.join(reasons)}); retry in {delay:.2f}s")
-        self.delay = delay
-        self.error = error
-        self.reasons = reasons
+    adm: Admission
+    resp: ProviderResponse | None = None
+    err: ProviderError | None = None
+    latency: float = 0.0
 
 
 class Executor:
@@ -143,13 +124,8 @@ class Executor:
         self, spec: JobSpec, job_try: int, attempts: list[Attempt], deadline: float | None
     ) -> JobResult | None:
         started = time.perf_counter()
-        refused: ErrorInfo | None = None
-        try:
-            candidates = self.router.candidates(spec.req().model)
-        except RequestError as e:
-            refused = ErrorInfo(code=e.code, message=e.message, status=400)
-        else:
-            candidates, owners, refused = await self._own_keys(spec, candidates)
+        routed = await self._route(spec)
+        candidates, owners, refused = routed.candidates, routed.owners, routed.error
         if refused is not None:
             outcome = Outcome(None, None, refused)
         else:
@@ -172,33 +148,13 @@ class Executor:
             self.local.release(outcome.scope)
         return result
 
+    def _result(self, spec: JobSpec, outcome: Outcome, attempts: list[Attempt], started: float) -> JobResult:
+        return result_of(self.router, spec, outcome, attempts, started)
+
     async def _write(
         self, spec: JobSpec, result: JobResult, settle: ScriptCall | None, adm: Admission | None = None
     ) -> None:
-        """Store the result exactly once, with the last attempt's settle in the same round trip. A settle
-        that fails (a script error) never costs the result; its lease is released before the next admit."""
-        calls = [c for c in (settle, self.store.complete_call(result, spec.tenant)) if c is not None]
-        try:
-            replies = await run_pipelined(self.store.redis, calls, raise_on_error=False)
-        except (OSError, RedisConnectionError, RedisTimeoutError) as e:
-            if adm is not None:
-                self.gate.unsettled(adm)
-            # the worker re-queues the job once Redis answers again (FuseboxWorker._reap_tasks)
-            raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
-        if settle is not None and isinstance(replies[0], Exception):
-            log.error("job %s: settling its call failed: %s", spec.id, replies[0])
-            if adm is not None:
-                self.gate.unsettled(adm)
-        if isinstance(replies[-1], Exception):
-            raise replies[-1]
-        written, _ = self.store.completed(replies[-1])
-        if written and spec.webhook:
-            try:
-                await self._job_webhook(spec.webhook, result)
-            except _REDIS_DOWN:
-                raise
-            except Exception as e:  # the result is stored: running the job again would not resend it
-                log.error("job %s: its webhook could not be queued: %s: %s", spec.id, type(e).__name__, e)
+        await write_result(self.store, self.gate, spec, result, settle, adm)
 
     async def _internal_error(
         self, spec: JobSpec, job_try: int, attempts: list[Attempt], exc: Exception, why: str = ""
@@ -213,61 +169,24 @@ class Executor:
             await self._carry(spec, attempts)
             raise Retry(defer=delay) from None
         log.error("job %s failed %d times (%s): answered with internal_error", spec.id, n, what, exc_info=exc)
-        info = ErrorInfo(
+        err = ErrorInfo(
             code="internal_error", message=why or f"internal error ({type(exc).__name__})",
             error_class=INTERNAL, status=500,
         )  # fmt: skip
-        result = self._result(spec, Outcome(None, None, info), attempts, time.perf_counter())
+        result = self._result(spec, Outcome(None, None, err), attempts, time.perf_counter())
         await self._write(spec, result, None)
         return result
 
-    def _estimate(self, spec: JobSpec) -> int:
-        if spec.request is not None:
-            return estimate_messages(spec.request.messages) + (
-                spec.request.output_limit() or DEFAULT_OUTPUT_ESTIMATE
-            )
-        assert spec.embed is not None
-        return sum(estimate_text(t) for t in spec.embed.texts())
-
-    async def _own_keys(
-        self, spec: JobSpec, candidates: list[Candidate]
-    ) -> tuple[list[Candidate], dict[str, str], ErrorInfo | None]:
-        """The candidates with the tenant's own keys swapped in, the providers called with them
-        (-> the tenant, whose per-key gate scope they use), or the error if no key may be used.
-        Jobs without a tenant, or of tenants with no keys that may use the fleet's, are untouched;
-        the tenant's records are cached in the worker (TenantKeys.ttl), so no round trip per job."""
-        if spec.tenant is None or self.tenant_keys is None:
-            return candidates, {}, None
+    async def _route(self, spec: JobSpec) -> Routed:
+        """The job's candidates: the tenant's own entries and keys (shared/byok/resolver.py), or the
+        fleet's route for jobs without a tenant or when tenants' keys are not configured."""
+        model = spec.req().model
+        if spec.tenant is not None and self.tenant_keys is not None:
+            return await self.tenant_keys.route(spec.tenant, model, self.router)
         try:
-            view = await self.tenant_keys.view(spec.tenant)
-        except MasterKeyError as e:
-            return (
-                [],
-                {},
-                ErrorInfo(code="master_key_unavailable", message=str(e), error_class="final", status=500),
-            )
-        if not view.keys and view.allow_fleet_keys:
-            return candidates, {}, None
-        out: list[Candidate] = []
-        owners: dict[str, str] = {}
-        missing: list[str] = []
-        for c in candidates:
-            key = view.keys.get(c.provider.name)
-            if key is not None:
-                out.append(Candidate(self.tenant_keys.adapter(spec.tenant, key), c.model))
-                owners[c.provider.name] = spec.tenant
-            elif view.allow_fleet_keys:
-                out.append(c)
-            else:
-                missing.append(c.provider.name)
-        if out:
-            return out, owners, None
-        names = ", ".join(missing)
-        msg = (
-            f"tenant {spec.tenant!r} has no key of its own for {names} and may not use the fleet's keys: "
-            f"store one (PUT /v1/fusebox/provider-keys/{missing[0]}) or allow fleet keys"
-        )
-        return [], {}, ErrorInfo(code="tenant_key_missing", message=msg, error_class="final", status=403)
+            return Routed(self.router.candidates(model), {})
+        except RequestError as e:
+            return Routed([], {}, ErrorInfo(code=e.code, message=e.message, status=400))
 
     async def _call(
         self,
@@ -286,7 +205,7 @@ class Executor:
             if len(candidates) > 1
             else []
         )
-        est = self._estimate(spec)
+        est = spend.estimate_tokens(spec)
         errors: list[ProviderError] = []
         loop = asyncio.get_running_loop()
         # Wait in the worker only through the first third of the run: the call itself needs the rest.
@@ -301,7 +220,7 @@ class Executor:
             )
             if outcome is not None:
                 return outcome
-            delay = _come_back_in(denied)
+            delay = come_back_in(denied)
             full = [d.scope for d in denied if d.reason == "saturated"]
             in_time = wait_until is None or loop.time() < wait_until
             if len(full) == len(denied) and in_time and self.local.has_room(full):
@@ -335,64 +254,18 @@ class Executor:
         every candidate has spent its budget; a batch line then waits for the next round (deferred, with
         a backoff growing per round) until its own attempt/time budget is spent, where a single job fails.
         """
-        req = spec.req()
         last: ProviderError | None = None
         for cand in candidates:
             budget = spent(attempts, candidates, self.policy.max_attempts)[0]
             used = budget.get((cand.provider.name, cand.model), 0)
             for n in range(used, self.policy.max_attempts):
-                resv: Reservation | None = None
-                if caps.any:
-                    resv, refused = await self._reserve(spec, cand, caps)
-                    if refused is not None:
-                        return refused
-                adm = await self.gate.admit(
-                    cand.provider.name,
-                    cand.model,
-                    est,
-                    waiter=spec.id,
-                    other_lines=lines,
-                    owner=owners.get(cand.provider.name),
-                    first=spec.batch_id is None,
-                )
+                call = await self._one_call(spec, cand, est, lines, owners.get(cand.provider.name), caps)
+                if isinstance(call, ErrorInfo):
+                    return Outcome(None, cand, call)  # a single job over its budget
+                adm, resp, err, latency = call.adm, call.resp, call.err, call.latency
                 if not adm.ok:
-                    if resv is not None:
-                        await self.budgets.settle(resv, 0.0)  # type: ignore[union-attr]
                     denied.append(adm)
                     break  # saturated / open: the next candidate, or wait / defer the job
-                self.router.started(cand)
-                t0 = time.perf_counter()
-                resp: ProviderResponse | None = None
-                err: ProviderError | None = None
-                try:
-                    async with self.gate.keepalive(adm):
-                        if isinstance(req, ChatRequest):
-                            resp = await cand.provider.chat(req, cand.model)
-                        else:
-                            resp = await cand.provider.embed(req, cand.model)
-                except ProviderError as e:
-                    err = e
-                except (TimeoutError, OSError, httpx.TransportError) as e:
-                    err = ProviderError(ErrorClass.TRANSIENT, f"{type(e).__name__}: {e}", code="timeout")
-                except BaseException:
-                    # cancelled (shutdown, job timeout): free the slot now, say nothing about health
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(self.gate.settle(adm, "ignored", _ms(t0), 0))
-                    self.local.release(adm.scope)
-                    raise
-                latency = _ms(t0)
-                if resv is not None:  # the real cost replaces the estimate (a failed call costs nothing)
-                    real = self.router.cost(cand, resp.usage, spec.kind) if resp is not None else 0.0
-                    await self.budgets.settle(resv, real or 0.0)  # type: ignore[union-attr]
-                provider_fault = err is not None and err.error_class in (
-                    ErrorClass.TRANSIENT,
-                    ErrorClass.RATE_LIMITED,
-                )
-                self.router.finished(cand, latency, not provider_fault)
-                metrics.record_call(
-                    cand.provider.name, cand.model, 200 if err is None else err.status,
-                    None if err is None else err.error_class.value, latency / 1000,
-                )  # fmt: skip
                 tokens = resp.usage.total_tokens if resp is not None else 0
                 settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens)
                 if resp is not None:
@@ -413,7 +286,7 @@ class Executor:
                     )
                 )
                 if err.error_class is ErrorClass.FINAL:
-                    return Outcome(None, cand, _info(err), settle, adm.scope, adm)
+                    return Outcome(None, cand, info(err), settle, adm.scope, adm)
                 await self._settle(spec, adm, outcome_of(err), latency, tokens)
                 self.local.release(adm.scope)
                 if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
@@ -439,30 +312,81 @@ class Executor:
             if self.policy.may_wait(failed_attempts(attempts), age):
                 rounds = spent(attempts, candidates, self.policy.max_attempts)[1]
                 delay = self.policy.round_delay(rounds)
-                raise Deferred(delay, [f"every candidate failed (round {rounds})"], _info(last))
-        return Outcome(None, None, _info(last))
+                raise Deferred(delay, [f"every candidate failed (round {rounds})"], info(last))
+        return Outcome(None, None, info(last))
 
-    async def _reserve(
-        self, spec: JobSpec, cand: Candidate, caps: Caps
-    ) -> tuple[Reservation | None, Outcome | None]:
-        """Reserve the call's estimated cost against the job's caps. Refused: a batch line waits (its
-        batch shows it is paused, and it runs once the cap is raised); a single job fails."""
-        assert self.budgets is not None
+    async def _one_call(
+        self, spec: JobSpec, cand: Candidate, est: int, lines: list[str], owner: str | None, caps: Caps
+    ) -> Call | ErrorInfo:
+        """Reserve the call's cost (if the job has spend caps), pass the gate, call, reconcile the cost.
+        Whatever ends it early (refused admission, an error, a cancel, job_timeout) refunds the
+        reservation in ``finally``: spend only ever counts the real cost of calls that answered."""
+        hold: Hold | None = None
+        if caps.any:
+            assert self.budgets is not None
+            held = await spend.reserve(self.budgets, self.router, spec, cand, caps, self.budget_recheck_s)
+            if isinstance(held, ErrorInfo):
+                return held
+            hold = held
+        try:
+            name = cand.provider.name
+            adm = await self.gate.admit(
+                name,
+                cand.model,
+                est,
+                waiter=spec.id,
+                other_lines=lines,
+                owner=owner,
+                first=spec.batch_id is None,
+            )
+            if not adm.ok:
+                return Call(adm)
+            call = await self._send(spec, cand, adm)
+            if hold is not None:  # the real cost replaces the estimate (a failed call costs nothing)
+                real = self.router.cost(cand, call.resp.usage, spec.kind) if call.resp is not None else 0.0
+                try:
+                    await hold.settle(real or 0.0)
+                except BaseException:
+                    self.gate.unsettled(adm)  # its lease is released before this worker's next admit
+                    raise
+            return call
+        finally:
+            if hold is not None:
+                await hold.release()
+
+    async def _send(self, spec: JobSpec, cand: Candidate, adm: Admission) -> Call:
+        """The provider call of an admitted job; provider errors and timeouts come back in the Call."""
         req = spec.req()
-        if isinstance(req, ChatRequest):
-            prompt, out = estimate_messages(req.messages), req.output_limit() or DEFAULT_OUTPUT_ESTIMATE
-        else:
-            prompt, out = self._estimate(spec), 0
-        usage = Usage(prompt_tokens=prompt, completion_tokens=out, total_tokens=prompt + out)
-        est = self.router.cost(cand, usage, spec.kind) or 0.0
-        resv = await self.budgets.reserve(spec.tenant, spec.batch_id, caps, est)
-        if resv.ok:
-            return resv, None
-        info = ErrorInfo(code="budget_exceeded", message=resv.reason, error_class="final", status=402)
-        if spec.batch_id is not None:
-            await self.budgets.pause(spec.batch_id, resv.reason)
-            raise Deferred(self.budget_recheck_s, ["budget"], info)
-        return None, Outcome(None, cand, info)
+        self.router.started(cand)
+        t0 = time.perf_counter()
+        resp: ProviderResponse | None = None
+        err: ProviderError | None = None
+        try:
+            async with self.gate.keepalive(adm):
+                if isinstance(req, ChatRequest):
+                    resp = await cand.provider.chat(req, cand.model)
+                else:
+                    resp = await cand.provider.embed(req, cand.model)
+        except ProviderError as e:
+            err = e
+        except (TimeoutError, OSError, httpx.TransportError) as e:
+            err = ProviderError(ErrorClass.TRANSIENT, f"{type(e).__name__}: {e}", code="timeout")
+        except BaseException:
+            # cancelled (shutdown, job timeout) or a bug: free the slot and the token reservation now,
+            # say nothing about health
+            self.router.finished(cand, ms_since(t0), True, observed=False)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.gate.settle(adm, "ignored", ms_since(t0), 0))
+            self.local.release(adm.scope)
+            raise
+        latency = ms_since(t0)
+        fault = err is not None and err.error_class in (ErrorClass.TRANSIENT, ErrorClass.RATE_LIMITED)
+        self.router.finished(cand, latency, not fault)
+        metrics.record_call(
+            cand.provider.name, cand.model, 200 if err is None else err.status,
+            None if err is None else err.error_class.value, latency / 1000,
+        )  # fmt: skip
+        return Call(adm, resp, err, latency)
 
     async def _settle(self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int) -> None:
         """Settle a failed attempt before the next one. A script error here must not end the job: the
@@ -476,61 +400,4 @@ class Executor:
             self.gate.unsettled(adm)
 
     async def _carry(self, spec: JobSpec, attempts: list[Attempt]) -> None:
-        """Rewrite the queued payload so the next run starts with ``attempts``: arq re-runs a deferred
-        job from the payload stored at enqueue, and its result must list every attempt. Only jobs
-        deferred after a failed attempt pay this round trip; if it fails, the job still runs again."""
-        carried = msgspec.structs.replace(spec, prior_attempts=attempts)
-        enqueued_ms = int((spec.submitted_at or time.time()) * 1000)
-        payload = serialize_job(
-            JOB_FUNCTION[spec.kind], (codec.encode_spec(carried),), {}, None, enqueued_ms,
-            serializer=codec.arq_serializer,
-        )  # fmt: skip
-        with contextlib.suppress(RedisError, OSError):
-            # XX: never resurrect a job that is gone; KEEPTTL: the job's expiry stays as enqueued
-            await self.store.redis.set(ARQ_JOB + spec.id, payload, xx=True, keepttl=True)
-
-    async def _job_webhook(self, url: str, result: JobResult) -> None:
-        await enqueue_webhook(self.store.redis, self.store.keys, url, job_event(result), None)
-
-    def _result(self, spec: JobSpec, outcome: Outcome, attempts: list[Attempt], started: float) -> JobResult:
-        cand, resp, err = outcome.candidate, outcome.response, outcome.error
-        cost = 0.0
-        if resp is not None and cand is not None:
-            cost = self.router.cost(cand, resp.usage, spec.kind) or 0.0
-        return JobResult(
-            id=spec.id,
-            status_code=200 if resp is not None else ((err.status if err else None) or 500),
-            body=resp.body if resp is not None else None,
-            error=err,
-            custom_id=spec.custom_id,
-            batch_id=spec.batch_id,
-            line=spec.line,
-            provider=cand.provider.name if cand else None,
-            model=cand.model if cand else None,
-            request_id=resp.request_id if resp is not None else None,
-            attempts=attempts,
-            latency_ms=_ms(started),
-            usage=resp.usage if resp is not None else None,
-            cost_usd=round(cost, 10),
-            completed_at=time.time(),
-        )
-
-
-def _come_back_in(denied: list[Admission]) -> float:
-    """When to retry a job every candidate refused.
-
-    Each saturated candidate put the job in its line and said when its turn comes
-    there; the job waits in all of them at once, so their service rates add up.
-    """
-    lines = [d.retry_in for d in denied if d.reason == "saturated" and d.retry_in > 0]
-    if lines:
-        return 1.0 / sum(1.0 / w for w in lines)
-    return min(d.retry_in for d in denied)
-
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 3)
-
-
-def _info(err: ProviderError) -> ErrorInfo:
-    return ErrorInfo(code=err.code, message=err.message, error_class=err.error_class.value, status=err.status)
+        await carry_attempts(self.store, spec, attempts)

@@ -50,7 +50,10 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     local = wc.local_waiters if wc.local_waiters is not None else max(1, wc.max_jobs // 4)
     store = Store(redis, settings.keys, cfg.batches)
     # Tenants' own provider keys; a malformed master key fails here, at startup (MasterKeyError).
-    own = TenantKeys(redis, settings.keys, KeyRing.from_env(), {n: p.config for n, p in providers.items()})
+    own = TenantKeys(
+        redis, settings.keys, KeyRing.from_env(), {n: p.config for n, p in providers.items()},
+        allow_hosts=cfg.api.provider_allow_hosts,
+    )  # fmt: skip
     budgets = Budgets(redis, settings.keys)
     return Executor(
         store,

@@ -23,6 +23,7 @@ from producer.api import jobs
 from producer.api.auth import ApiContext, Ctx, TenantDep
 from producer.api.errors import ApiError, documented_errors
 from producer.batch_input import Validator
+from shared.byok.entries import own_entries
 from shared.schema import ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
 from shared.store import ENDED
 
@@ -90,7 +91,7 @@ async def create_message(ctx: Ctx, tenant: TenantDep, request: Request) -> Respo
     """Anthropic Messages, run as an interactive job (ahead of batch lines) and answered when done."""
     params = await _json(request, ctx.settings.file.batches.max_line_bytes)
     req = _chat(params)
-    jobs.check_model(ctx, req.model)
+    await jobs.check_model(ctx, req.model, tenant.name)
     spec = await jobs.enqueue(ctx, tenant, req)
     res = await jobs.wait(ctx, spec.id, ctx.settings.file.api.sync_timeout_s)
     if res is None:
@@ -178,7 +179,8 @@ async def create_batch(ctx: Ctx, tenant: TenantDep, request: Request) -> dict[st
         },
     )
     await ctx.redis.zadd(ctx.settings.keys.tenant_message_batches(tenant.name), {batch_id: time.time()})
-    v = Validator(batch_id, ctx.router, store.cfg.max_line_bytes, tenant=tenant.name)
+    own = await own_entries(ctx.redis, ctx.settings.keys, tenant.name)
+    v = Validator(batch_id, ctx.router, store.cfg.max_line_bytes, tenant=tenant.name, own=own)
     rejected_n = 0
     for start in range(0, len(items), CHUNK):
         part = _specs(v, items[start : start + CHUNK], start)

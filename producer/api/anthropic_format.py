@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from shared import budget
 from shared.schema import JobResult, RequestError
 
 # HTTP status -> Anthropic error type (https://docs.anthropic.com/en/api/errors)
@@ -316,4 +317,7 @@ def batch_object(batch_id: str, info: dict[str, str], results_url: str) -> dict[
         "cancel_initiated_at": _iso(info.get("cancelling_at")),
         "archived_at": None,
         "results_url": results_url if ended else None,
+        # processing_status keeps Anthropic's values (a batch at its spend cap is in_progress); why
+        # its lines wait shows here, as in the OpenAI and native batch objects.
+        "fusebox": budget.batch_fields(info),
     }

@@ -20,6 +20,8 @@ from redis.exceptions import RedisError
 
 from producer.api.auth import ApiContext
 from producer.batch_input import Validator
+from shared import budget
+from shared.byok.entries import own_entries
 from shared.schema import CHAT_URL, URL_KINDS, JobResult, JobSpec, OutputLine, RequestError
 from shared.store import ENDED
 
@@ -71,7 +73,8 @@ async def submit_from_file(ctx: ApiContext, batch_id: str, file_id: str, endpoin
     renewed = time.monotonic()
     try:
         kind = URL_KINDS[endpoint]
-        v = Validator(batch_id, ctx.router, store.cfg.max_line_bytes, tenant=tenant)
+        own = await own_entries(ctx.redis, ctx.settings.keys, tenant)
+        v = Validator(batch_id, ctx.router, store.cfg.max_line_bytes, tenant=tenant, own=own)
         jobs: list[JobSpec] = []
         rejected: list[JobResult] = []
         total = accepted = 0
@@ -167,6 +170,7 @@ async def batch_object(ctx: ApiContext, batch_id: str, info: dict[str, str]) -> 
         "cancelled_at": _ts(info, "cancelled_at"),
         "request_counts": {"total": total, "completed": completed, "failed": failed},
         "metadata": json.loads(info["metadata"]) if info.get("metadata") else None,
+        "fusebox": budget.batch_fields(info),
         "usage": {
             "input_tokens": p,
             "input_tokens_details": {"cached_tokens": int(info.get("cached_tokens", 0))},

@@ -17,6 +17,7 @@ import msgspec
 
 from producer.api.auth import ApiContext
 from producer.api.errors import ApiError
+from shared.byok.entries import own_entries
 from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB
 from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec, OutputMeta, RequestError
 from shared.store import JOB_EXPIRY_MS, Store
@@ -41,10 +42,14 @@ def parse(kind: str, body: Any) -> ChatRequest | EmbeddingRequest:
     return req
 
 
-def check_model(ctx: ApiContext, model: str) -> None:
+async def check_model(ctx: ApiContext, model: str, tenant: str | None = None) -> None:
+    """The fleet serves ``model``, or one of ``tenant``'s own provider entries does (read only when
+    the fleet does not: no round trip on the usual path)."""
     try:
         ctx.router.resolve(model)
     except RequestError as e:
+        if tenant is not None and (await own_entries(ctx.redis, ctx.settings.keys, tenant)).serves(model):
+            return
         raise ApiError(
             404 if e.code == "model_not_found" else 400, e.message, code=e.code, param="model"
         ) from None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from producer.api import batches, jobs
 from producer.api.auth import Ctx, TenantDep
 from producer.api.errors import OPENAI_ERRORS, ApiError, not_found
+from shared import budget
 from shared.ssrf import check_url
 from shared.usage import read_usage, totals
 
@@ -36,6 +37,17 @@ class JobObject(BaseModel):
     result: dict[str, Any] | None = None
 
 
+class NativeBatch(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["fusebox.batch"] = "fusebox.batch"
+    status: str
+    request_counts: dict[str, int]
+    paused: str | None = Field(None, description="why its lines wait (its spend cap), while they do")
+    budget_usd: float | None = Field(None, description="its spend cap in USD, if any")
+    spent_usd: float = Field(0.0, description="what its lines have cost so far (reservations included)")
+
+
 class UsageList(BaseModel):
     model_config = ConfigDict(extra="allow")
     object: Literal["list"] = "list"
@@ -47,7 +59,7 @@ class UsageList(BaseModel):
 async def create_job(ctx: Ctx, tenant: TenantDep, req: CreateJob) -> dict[str, Any]:
     kind = "chat" if req.type == "chat" else "embed"
     parsed = jobs.parse(kind, req.body)
-    jobs.check_model(ctx, parsed.model)
+    await jobs.check_model(ctx, parsed.model, tenant.name)
     if req.webhook_url:
         try:
             await check_url(req.webhook_url, ctx.settings.file.webhooks.allow_hosts)
@@ -66,6 +78,24 @@ async def get_job(ctx: Ctx, tenant: TenantDep, job_id: str) -> dict[str, Any]:
     if rec is None:
         raise not_found("job", job_id)
     return await jobs.job_object(ctx, job_id, rec)
+
+
+@router.get("/fusebox/batches/{batch_id}", response_model=NativeBatch)
+async def get_batch(ctx: Ctx, tenant: TenantDep, batch_id: str) -> dict[str, Any]:
+    """A batch of any API family in Fusebox's terms: its status and counts, and whether its lines
+    wait for its spend cap (``paused``, with the reason) and what it has spent."""
+    info = await batches.owned_batch(ctx, tenant.name, batch_id)
+    if info is None:
+        raise not_found("batch", batch_id)
+    total, completed, failed = (int(info.get(k, 0)) for k in ("total", "completed", "failed"))
+    return {
+        "id": batch_id,
+        "status": info.get("status", "validating"),
+        "request_counts": {"total": total, "completed": completed, "failed": failed},
+        **budget.batch_fields(info),
+        "spent_usd": await budget.spent(ctx.redis, ctx.settings.keys, batch_id=batch_id),
+        "api": info.get("api", "openai"),
+    }
 
 
 @router.get(

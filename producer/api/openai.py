@@ -76,6 +76,13 @@ class BatchErrors(_Open):
     data: list[BatchError]
 
 
+class BatchFusebox(_Open):
+    """Fusebox's own fields; ``status`` stays OpenAI's (a batch at its spend cap is in_progress)."""
+
+    paused: str | None = Field(None, description="why the batch's lines wait (its spend cap), while they do")
+    budget_usd: float | None = Field(None, description="the batch's spend cap in USD, if any")
+
+
 class BatchObject(_Open):
     id: str
     object: Literal["batch"] = "batch"
@@ -97,6 +104,7 @@ class BatchObject(_Open):
     cancelled_at: int | None = None
     request_counts: RequestCounts
     metadata: dict[str, str] | None = None
+    fusebox: BatchFusebox | None = None
 
 
 class BatchList(_Open):
@@ -324,7 +332,7 @@ async def _run(request: Request, ctx: Ctx, tenant: TenantDep, kind: str, body: A
             param="stream",
         )
     req = jobs.parse(kind, body)
-    jobs.check_model(ctx, req.model)
+    await jobs.check_model(ctx, req.model, tenant.name)
     spec = await jobs.enqueue(ctx, tenant, req)
     res = await jobs.wait(ctx, spec.id, ctx.settings.file.api.sync_timeout_s, request.is_disconnected)
     if res is None:

@@ -19,6 +19,7 @@ from producer.api.auth import AdminDep, ApiContext, Ctx
 from producer.api.errors import OPENAI_ERRORS, ApiError
 from producer.providers_cmd import describe
 from shared import audit, metrics
+from shared.byok import store as key_store
 from shared.ops_view import batches_in_progress, fleet_state, provider_series
 from shared.providers.base import Provider
 from shared.resilience import Gate
@@ -44,6 +45,33 @@ def _provider(ctx: ApiContext, name: str) -> Provider:
     return p
 
 
+async def _scope_exists(ctx: ApiContext, gate: Gate, name: str) -> None:
+    """A fleet provider's scope, or a tenant's own provider entry (``my-vllm@tenant``)."""
+    if name.split("/")[0].split("@")[0] in ctx.router.providers:
+        return
+    if name.split("/")[0] not in {p.scope for p in await gate.key_scopes()}:
+        raise ApiError(404, f"No provider named '{name}'.", code="not_found", param="name")
+
+
+async def _tenant_entries(ctx: ApiContext) -> list[dict[str, Any]]:
+    """Tenants' own provider entries (a name no fleet provider has), one view per (entry, tenant)
+    named like its breaker scope; never the key (only its masked form)."""
+    redis, keys = ctx.redis, ctx.settings.keys
+    out = []
+    for t in sorted(
+        x.decode() if isinstance(x, bytes) else x for x in await redis.smembers(keys.provider_key_tenants)
+    ):
+        for pname, rec in sorted((await key_store.records(redis, keys, t)).items()):
+            if rec.entry is None or pname in ctx.router.providers:
+                continue
+            out.append({
+                "name": f"{pname}@{t}", "type": rec.entry.type, "tenant": t, "base_url": rec.entry.base_url,
+                "models": list(rec.entry.models), "key": {"required": True, "set": True,
+                "source": "tenant", "masked": rec.masked},
+            })  # fmt: skip
+    return out
+
+
 class ProviderView(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
@@ -66,6 +94,11 @@ async def _views(ctx: ApiContext, gate: Gate, name: str | None = None) -> list[d
             continue
         scopes = [s for s in snaps if s["provider"] == pname]
         out.append({**describe(p, None), "scopes": scopes})
+    for entry in await _tenant_entries(ctx):
+        if name is not None and entry["name"] != name:
+            continue
+        scopes = [s for s in snaps if s["scope"].split("/")[0] == entry["name"]]
+        out.append({**entry, "scopes": scopes})
     return out
 
 
@@ -79,8 +112,11 @@ async def list_providers(ctx: Ctx, request: Request, _: AdminDep) -> list[dict[s
 
 @router.get("/v1/providers/{name}", response_model=ProviderView)
 async def get_provider(ctx: Ctx, request: Request, name: str, _: AdminDep) -> dict[str, Any]:
-    _provider(ctx, name)
-    (view,) = await _views(ctx, gate_of(ctx, request), name.split("/")[0])
+    gate = gate_of(ctx, request)
+    await _scope_exists(ctx, gate, name)
+    scope = name.split("/")[0]  # provider[@tenant]: a fleet provider's view, or a tenant entry's
+    fleet = scope.split("@")[0]
+    (view,) = await _views(ctx, gate, fleet if fleet in ctx.router.providers else scope)
     return view
 
 
@@ -109,8 +145,8 @@ async def force_breaker(
 ) -> dict[str, Any]:
     """open | close pin the breaker until reset; disable lets calls through unrecorded (limits still
     apply); reset returns it to automatic. Audited: actor and reason go to the transition stream."""
-    _provider(ctx, name)
     gate = gate_of(ctx, request)
+    await _scope_exists(ctx, gate, name)
     try:
         if body.action == "reset":
             await gate.reset(name, actor=admin.name, why=body.reason)
@@ -130,8 +166,9 @@ async def force_breaker(
 async def transitions(
     ctx: Ctx, request: Request, name: str, _: AdminDep, limit: int = 50
 ) -> list[dict[str, Any]]:
-    _provider(ctx, name)
-    return await gate_of(ctx, request).transitions(min(max(limit, 1), 500), scope=name)
+    gate = gate_of(ctx, request)
+    await _scope_exists(ctx, gate, name)
+    return await gate.transitions(min(max(limit, 1), 500), scope=name)
 
 
 def _sse(event: str, data: Any, ident: str | None = None) -> bytes:

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from producer.client import FuseboxClient
+from shared.config import Settings
 from shared.simulator import SimulatorServer
 from shared.simulator.config import validate_config
 
@@ -21,3 +23,13 @@ async def sim() -> AsyncIterator[SimulatorServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[FuseboxClient]:
+    """A FuseboxClient on this test's settings (a module may define its own ``client``)."""
+    c = FuseboxClient.connect(settings)
+    try:
+        yield c
+    finally:
+        await c.aclose()

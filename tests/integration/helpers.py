@@ -74,6 +74,20 @@ async def serve_app(app: web.Application, **runner_options: Any) -> AsyncIterato
         await runner.cleanup()
 
 
+def byok_config(fleet_url: str, fleet_key_env: str, models: list[str]) -> dict[str, Any]:
+    """fusebox.toml for the BYOK tests: the fleet's ``openai`` provider on the simulator, one attempt
+    per call, every breaker tripping after 3 failures in a row (tenants' scopes included), and
+    tenants' own entries allowed to point at the simulator on loopback."""
+    fleet = {"type": "openai", "base_url": fleet_url, "api_key_env": fleet_key_env, "models": models}
+    return {
+        "providers": {"openai": fleet},
+        "breaker": {"minimum_calls": 3, "consecutive_failures": 3, "wait_open_seconds": 600},
+        "retry": {"max_attempts": 1},
+        "worker": {"max_jobs": 8},
+        "api": {"provider_allow_hosts": ["127.0.0.1"]},
+    }
+
+
 def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20) -> None:
     """SIGTERM every process still running, wait for each, SIGKILL the ones that do not exit."""
     procs = list(procs)

@@ -33,13 +33,6 @@ def settings(redis_url: str, namespace: str, tmp_path) -> Settings:  # type: ign
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[FuseboxClient]:
-    c = FuseboxClient.connect(settings)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
 async def worker(settings: Settings, redis: Any) -> AsyncIterator[Any]:
     w = build_worker(settings, redis, handle_signals=False)
     ex = w.ctx[CTX_KEY]

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import secrets
 import string
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from shared.redact import redact
 from shared.resilience import Gate
 from shared.simulator import SimulatorProcess
 from shared.simulator.config import validate_config
+from tests.integration.helpers import byok_config
 from worker.jobs import CTX_KEY
 from worker.settings import build_worker
 
@@ -65,19 +66,7 @@ def fleet_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def settings(redis_url: str, namespace: str, tmp_path, sim: SimulatorProcess, fleet_key: str) -> Settings:  # type: ignore[no-untyped-def]
-    cfg = {
-        "providers": {
-            "openai": {
-                "type": "openai",
-                "base_url": sim.url_for("openai"),
-                "api_key_env": FLEET_ENV,
-                "models": [MODEL],
-                "breaker": {"minimum_calls": 3, "consecutive_failures": 3, "wait_open_seconds": 600},
-            }
-        },
-        "retry": {"max_attempts": 1},
-        "worker": {"max_jobs": 8},
-    }
+    cfg = byok_config(sim.url_for("openai"), FLEET_ENV, [MODEL])
     return Settings(redis_url=redis_url, namespace=namespace, data_dir=tmp_path / "d").with_file(
         FileConfig.model_validate(cfg)
     )
@@ -87,15 +76,6 @@ async def _start_worker(settings: Settings, redis: Any) -> tuple[Any, asyncio.Ta
     w = build_worker(settings, redis, handle_signals=False)
     w.ctx[CTX_KEY].tenant_keys.ttl = 0.05  # see key changes at once
     return w, asyncio.create_task(w.async_run())
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[FuseboxClient]:
-    c = FuseboxClient.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def _run(client: FuseboxClient, tenant: str | None, n: int) -> list[Any]:

@@ -1,0 +1,48 @@
+"""What the gate answers: an Admission (or RedisUnavailable), and what a call's end means to a breaker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.errors import ErrorClass, ProviderError
+from shared.gate_policy import Policy
+
+Outcome = Literal["success", "failure", "rate_limited", "ignored"]
+Reason = Literal["open", "forced_open", "saturated", "rate_limited", "half_open_busy"]
+OUTCOMES: frozenset[str] = frozenset({"success", "failure", "rate_limited", "ignored"})
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis could not be reached, so no provider call may be admitted (Fusebox never fails open)."""
+
+
+@dataclass(slots=True)
+class Admission:
+    """The gate's answer. When ``ok``, the call holds ``lease`` until ``settle``."""
+
+    ok: bool
+    provider: str
+    model: str | None
+    scope: str
+    reason: Reason | None = None
+    retry_in: float = 0.0  # seconds; a hint for deferring when not ok
+    lease: str = ""
+    probe: bool = False  # a half-open probe: its outcome decides whether the breaker closes
+    generation: int = 0  # breaker generation at admission; outcomes from older ones are fenced off
+    limit_generation: int = 0
+    limit: int = 0  # effective concurrency limit at admission
+    in_flight: int = 0
+    est_tokens: int = 0
+    policy: Policy | None = field(default=None, repr=False)
+
+
+def outcome_of(err: ProviderError | None) -> Outcome:
+    """What a provider call's result means to the breaker: only the provider's fault counts."""
+    if err is None:
+        return "success"
+    if err.error_class is ErrorClass.RATE_LIMITED:
+        return "rate_limited"
+    if err.error_class is ErrorClass.TRANSIENT:
+        return "failure"
+    return "ignored"  # the user's request (400, context length, auth) says nothing about health

@@ -1,0 +1,75 @@
+"""Where a run of a job ends up in Redis: its result (exactly once, with the last call's settle in the
+same round trip, then its webhook), or, for a job that runs again, the attempts carried to that run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import msgspec
+from arq.jobs import serialize_job
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import codec
+from shared.keys import ARQ_JOB
+from shared.resilience import Admission, Gate, RedisUnavailable
+from shared.schema import Attempt, JobResult, JobSpec
+from shared.scripts import ScriptCall, run_pipelined
+from shared.store import JOB_FUNCTION, Store
+from shared.webhook_delivery import enqueue_webhook
+from shared.webhooks import job_event
+
+log = logging.getLogger("fusebox.executor")
+REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
+
+
+async def write_result(
+    store: Store,
+    gate: Gate,
+    spec: JobSpec,
+    result: JobResult,
+    settle: ScriptCall | None,
+    adm: Admission | None,
+) -> None:
+    """Store the result exactly once, with the last attempt's settle in the same round trip. A settle
+    that fails (a script error) never costs the result; its lease is released before the next admit."""
+    calls = [c for c in (settle, store.complete_call(result, spec.tenant)) if c is not None]
+    try:
+        replies = await run_pipelined(store.redis, calls, raise_on_error=False)
+    except (OSError, RedisConnectionError, RedisTimeoutError) as e:
+        if adm is not None:
+            gate.unsettled(adm)
+        # the worker re-queues the job once Redis answers again (FuseboxWorker._reap_tasks)
+        raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
+    if settle is not None and isinstance(replies[0], Exception):
+        log.error("job %s: settling its call failed: %s", spec.id, replies[0])
+        if adm is not None:
+            gate.unsettled(adm)
+    if isinstance(replies[-1], Exception):
+        raise replies[-1]
+    written, _ = store.completed(replies[-1])
+    if written and spec.webhook:
+        try:
+            await enqueue_webhook(store.redis, store.keys, spec.webhook, job_event(result), None)
+        except REDIS_DOWN:
+            raise
+        except Exception as e:  # the result is stored: running the job again would not resend it
+            log.error("job %s: its webhook could not be queued: %s: %s", spec.id, type(e).__name__, e)
+
+
+async def carry_attempts(store: Store, spec: JobSpec, attempts: list[Attempt]) -> None:
+    """Rewrite the queued payload so the next run starts with ``attempts``: arq re-runs a deferred
+    job from the payload stored at enqueue, and its result must list every attempt. Only jobs
+    deferred after a failed attempt pay this round trip; if it fails, the job still runs again."""
+    carried = msgspec.structs.replace(spec, prior_attempts=attempts)
+    enqueued_ms = int((spec.submitted_at or time.time()) * 1000)
+    payload = serialize_job(
+        JOB_FUNCTION[spec.kind], (codec.encode_spec(carried),), {}, None, enqueued_ms,
+        serializer=codec.arq_serializer,
+    )  # fmt: skip
+    with contextlib.suppress(RedisError, OSError):
+        # XX: never resurrect a job that is gone; KEEPTTL: the job's expiry stays as enqueued
+        await store.redis.set(ARQ_JOB + spec.id, payload, xx=True, keepttl=True)
