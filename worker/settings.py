@@ -101,6 +101,7 @@ class FuseboxWorker(Worker):
         self._poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
         self.claim_ahead = claim_ahead
         self.wake_key = wake_key
+        self.burst_mode = self.burst  # see _poll_iteration
         # Batch lines wait in per-tenant lanes (shared/keys.py); None: this worker takes none from them.
         self.lane_keys = lane_keys if lane_window > 0 else None
         self.lane_window = lane_window
@@ -213,6 +214,27 @@ class FuseboxWorker(Worker):
                 t.cancel()
 
     async def _poll_iteration(self) -> None:
+        # arq's burst mode ends once its queue is empty, but batch lines may still wait in the tenants'
+        # lanes: arq's check is switched off and switched on for one poll when ours says we are done.
+        self.burst = False
+        await self._poll_once()
+        if self.burst_mode and await self._burst_done():
+            self.burst = True
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started():
+            return True
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.zcard(self.queue_name)  # running jobs stay in it until they finish
+                if self.lane_keys is not None:
+                    pipe.exists(self.lane_keys.lanes)
+                got = await pipe.execute()
+        except _REDIS_DOWN:
+            return False
+        return not any(got)
+
+    async def _poll_once(self) -> None:
         self._reap_tasks()
         self._woken = False  # a token from here on means jobs this poll may not have seen
         try:
@@ -237,7 +259,7 @@ class FuseboxWorker(Worker):
         """arq's poll, reading the queue only when we would claim something (arq reads up to
         ``queue_read_limit`` ids every poll while it has any free slot)."""
         count = self.queue_read_limit
-        if self.burst and self.max_burst_jobs >= 0:
+        if self.burst_mode and self.max_burst_jobs >= 0:
             remaining = self.max_burst_jobs - self._jobs_started()
             if remaining < 1:
                 return
