@@ -33,11 +33,12 @@ from shared.resilience import Admission, Gate, RedisUnavailable, outcome_of
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
 from shared.schema import Attempt, ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError, Usage
-from shared.scripts import ScriptCall, run_pipelined
+from shared.scripts import ScriptCall
 from shared.store import JOB_FUNCTION, Store
 from shared.tokens import estimate_messages, estimate_text
 from shared.webhook_delivery import enqueue_webhook
 from shared.webhooks import job_event
+from worker import group_commit
 from worker.attempts import INTERNAL, failed_attempts, spent, spent_error
 from worker.local_lines import LocalLines
 
@@ -179,7 +180,7 @@ class Executor:
         that fails (a script error) never costs the result; its lease is released before the next admit."""
         calls = [c for c in (settle, self.store.complete_call(result, spec.tenant)) if c is not None]
         try:
-            replies = await run_pipelined(self.store.redis, calls, raise_on_error=False)
+            replies = await group_commit.script_group(self.store.redis).run(calls)
         except (OSError, RedisConnectionError, RedisTimeoutError) as e:
             if adm is not None:
                 self.gate.unsettled(adm)
