@@ -10,7 +10,8 @@ latency and records how many requests it holds at once. Its ceiling is concurren
   processes -> results, for each N in ``--workers`` (provider max_concurrency = the mock's 40).
 
 CPU ms per request sums every process involved except the mock: the client process for the
-peers; for Fusebox the workers, Redis (Valkey) and the submitter (this process).
+peers; for Fusebox the workers, Redis (Valkey) and the submitter (this process). For Fusebox it
+also prints the Redis commands and client reads (INFO stats: about one per round trip) per request.
 
 Usage: python bench/peers.py [-n 3000] [--workers 1,2,4] [--latency-ms 50] [--concurrency 40]
 LiteLLM runs from its own venv (.venv-litellm, or PEERS_LITELLM_PYTHON); without one it is skipped.
@@ -214,6 +215,15 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def redis_counts(url: str) -> tuple[int, int]:
+    """(commands processed, client reads): the second is close to the round trips clients made."""
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        st = r.info("stats")
+    return int(st["total_commands_processed"]), int(st.get("total_reads_processed", 0))
+
+
 def fusebox(
     mock: Mock, redis_url: str, redis_pid: int | None, n: int, conc: int, workers: int
 ) -> dict[str, Any]:
@@ -267,11 +277,13 @@ def fusebox(
         mock.reset()
         pids = [p.pid for p in procs] + ([redis_pid] if redis_pid else [])
         cpu0 = {pid: cpu_s(pid) for pid in pids}
+        cmds0, reads0 = redis_counts(redis_url)
         self0 = time.process_time()
         lines = chat_lines(n, "mock/" + MODEL, "m")
         t_submit, secs, counts = loop.run_until_complete(batch(lines))
         cpu_self = time.process_time() - self0
         cpu = {pid: cpu_s(pid) - c for pid, c in cpu0.items()}
+        cmds1, reads1 = redis_counts(redis_url)
         st = mock.stats()
         assert counts.completed == n, f"fusebox completed {counts} of {n}"
         worker_cpu = sum(cpu[p.pid] for p in procs)
@@ -283,6 +295,7 @@ def fusebox(
             "max_inflight": st["max"],
             "calls": st["count"],
             "first_call_ms": (st["first"] - t_submit) * 1000 if st["first"] else None,
+            "redis_per_req": ((cmds1 - cmds0) / n, (reads1 - reads0) / n),
         }
     finally:
         loop.run_until_complete(client.aclose())
@@ -379,6 +392,8 @@ def main() -> None:
             detail = ", ".join(f"{k} {v * 1000 / args.n:.2f}" for k, v in p.items())
             if r.get("first_call_ms") is not None:
                 detail += f"; submit->first call {r['first_call_ms']:.0f} ms"
+            if "redis_per_req" in r:  # all clients' (workers and submitter), per request
+                detail += "; Redis per req: {:.1f} commands, {:.1f} reads".format(*r["redis_per_req"])
         print(
             f"{name:<28} {rps:7.0f} {rps / ceiling:7.2f} {r['cpu'] * 1000 / args.n:10.2f} "
             f"{r['max_inflight']:>13}  {detail}"

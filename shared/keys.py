@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 
 ARQ_JOB = job_key_prefix
 ARQ_IN_PROGRESS = in_progress_key_prefix
 ARQ_RESULT = result_key_prefix
 ARQ_RETRY = retry_key_prefix
+ARQ_ABORT_JOBS = abort_jobs_ss
 
 
 @dataclass(frozen=True, slots=True)

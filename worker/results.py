@@ -17,10 +17,11 @@ from shared import codec
 from shared.keys import ARQ_JOB
 from shared.resilience import Admission, Gate, RedisUnavailable
 from shared.schema import Attempt, JobResult, JobSpec
-from shared.scripts import ScriptCall, run_pipelined
+from shared.scripts import ScriptCall
 from shared.store import JOB_FUNCTION, Store
 from shared.webhook_delivery import enqueue_webhook
 from shared.webhooks import job_event
+from worker import group_commit
 
 log = logging.getLogger("fusebox.executor")
 REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError, RedisUnavailable)
@@ -38,7 +39,7 @@ async def write_result(
     that fails (a script error) never costs the result; its lease is released before the next admit."""
     calls = [c for c in (settle, store.complete_call(result, spec.tenant)) if c is not None]
     try:
-        replies = await run_pipelined(store.redis, calls, raise_on_error=False)
+        replies = await group_commit.script_group(store.redis).run(calls)
     except (OSError, RedisConnectionError, RedisTimeoutError) as e:
         if adm is not None:
             gate.unsettled(adm)

@@ -30,6 +30,7 @@ from shared.resilience import Gate, RedisUnavailable
 from shared.retry import RetryPolicy
 from shared.router import Router
 from shared.store import Store
+from worker import group_commit
 from worker.batch_jobs import BATCH_FUNCTIONS, STORE_KEY, batch_cron
 from worker.executor import Executor
 from worker.jobs import CTX_KEY, chat, embed
@@ -175,7 +176,7 @@ class FuseboxWorker(Worker):
     async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         assert self.leases is not None
         self.leases.finishing(job_id)
-        await super().finish_job(job_id, *args, **kwargs)
+        await group_commit.finish_job(self.pool, self.queue_name, job_id, *args, **kwargs)
         self.leases.finished(job_id)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:

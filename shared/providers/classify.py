@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import httpx
 import msgspec
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from shared.errors import ErrorClass, ProviderError
 from shared.redact import MAX_MESSAGE, MAX_SCAN
@@ -208,7 +209,8 @@ def classify_exception(provider: str, exc: BaseException, *, secret: str | None 
     """A transport failure (no HTTP answer): timeouts and connection errors are transient."""
     root = transport_cause(exc)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL) or isinstance(
-        root, httpx.UnsupportedProtocol | httpx.InvalidURL | aiohttp.InvalidURL
+        root,
+        httpx.UnsupportedProtocol | httpx.InvalidURL | aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError,
     ):
         error_class, code, what = ErrorClass.FINAL, "invalid_base_url", "invalid URL (check base_url)"
     elif _is_timeout(root):
@@ -398,7 +400,7 @@ def redact(text: str, secret: str | None = None) -> str:
 def _lower(headers: Mapping[str, str] | None) -> Mapping[str, str]:
     if headers is None:
         return {}
-    if isinstance(headers, httpx.Headers):  # already case-insensitive
+    if isinstance(headers, httpx.Headers | CIMultiDictProxy | CIMultiDict):  # already case-insensitive
         return headers
     return {k.lower(): v for k, v in headers.items()}
 

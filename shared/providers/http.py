@@ -1,8 +1,7 @@
-"""HTTP plumbing every adapter shares: keys, one pooled client per provider, the call path, health.
+"""HTTP plumbing every adapter shares: keys, one pooled caller per provider, the call path, health.
 
-Production traffic runs over ``httpx_aiohttp.AiohttpTransport``: httpx's own
-transport (httpcore) costs ~10x the CPU per request at high concurrency (see
-design.md). Tests hand in an ``httpx.MockTransport`` instead.
+Production traffic goes straight through aiohttp; tests hand in an ``httpx.MockTransport``
+instead (see shared/providers/transport.py).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from shared.config import ConfigError, ProviderConfig
 from shared.errors import ErrorClass, ProviderError
 from shared.providers import classify, embedding
 from shared.providers.base import Health, Provider, ProviderResponse
+from shared.providers.transport import Caller, Reply, make_caller
 from shared.redact import SECRET_NAME, redact, register_secret
 from shared.schema import EmbeddingRequest
 
@@ -92,32 +92,6 @@ def load_secret(
     return None
 
 
-# -- client ---------------------------------------------------------------
-
-
-def make_client(
-    cfg: ProviderConfig,
-    *,
-    base_url: str,
-    headers: Mapping[str, str],
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """One keep-alive client per provider; its pool is as large as the provider's concurrency limit."""
-    limits = httpx.Limits(max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency)
-    if transport is None:
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers=dict(headers),
-        timeout=httpx.Timeout(cfg.timeout),
-        limits=limits,
-        transport=transport,
-        follow_redirects=False,
-    )
-
-
 # -- shared adapter base --------------------------------------------------
 
 
@@ -166,7 +140,7 @@ class HTTPProvider(Provider):
         env_hint = cfg.api_key_env or (key_envs[0] if key_envs else "api_key_env")
         self._key_hint = f"api_key_file {cfg.api_key_file}" if cfg.api_key_file else env_hint
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: Caller | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models = frozenset(cfg.models)
         self._secret = self.key.reveal() if self.key else None
@@ -208,8 +182,8 @@ class HTTPProvider(Provider):
             )
 
     @property
-    def http(self) -> httpx.AsyncClient:
-        """The shared client, made on first use in the running loop (an aiohttp session is loop-bound)."""
+    def http(self) -> Caller:
+        """The shared caller, made on first use in the running loop (an aiohttp session is loop-bound)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             headers = {"content-type": "application/json", "accept": "application/json"}
@@ -219,7 +193,7 @@ class HTTPProvider(Provider):
             )
             if self._secret:
                 headers.update(self.auth_headers(self._secret))
-            self._client = make_client(
+            self._client = make_caller(
                 self.config, base_url=self.base_url, headers=headers, transport=self._transport
             )
             self._loop = loop
@@ -239,25 +213,23 @@ class HTTPProvider(Provider):
         payload: Any = None,
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         """One request; transport failures come back as classified ProviderErrors, never raw."""
         content = encode_json(payload) if payload is not None else None
         try:
-            if timeout is None:
-                return await self.http.request(method, url, content=content, params=params)
             return await self.http.request(method, url, content=content, params=params, timeout=timeout)
         except _TRANSPORT_ERRORS as e:
             raise classify.classify_exception(self.name, e, secret=self._secret) from None
 
     async def post_json(
         self, url: str, payload: Any, *, params: Mapping[str, str] | None = None
-    ) -> tuple[dict[str, Any], httpx.Response]:
+    ) -> tuple[dict[str, Any], Reply]:
         """POST, then the decoded JSON object of a 2xx answer; anything else raises a ProviderError."""
         self._require_key()
         resp = await self.send("POST", url, payload=payload, params=params)
         return self.decode(resp), resp
 
-    def decode(self, resp: httpx.Response) -> dict[str, Any]:
+    def decode(self, resp: Reply) -> dict[str, Any]:
         if not 200 <= resp.status_code < 300:
             raise self.error(resp.status_code, resp.content, resp.headers)
         if resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream":
@@ -281,7 +253,7 @@ class HTTPProvider(Provider):
             self.name, status, body, headers, dialect=self.dialect, secret=self._secret
         )
 
-    def unexpected_stream(self, detail: str, resp: httpx.Response) -> ProviderError:
+    def unexpected_stream(self, detail: str, resp: Reply) -> ProviderError:
         """A streamed (SSE) answer to a job: final, never retried (every retry is a billed generation)."""
         return ProviderError(
             ErrorClass.FINAL,
@@ -291,7 +263,7 @@ class HTTPProvider(Provider):
             request_id=classify.request_id(resp.headers),
         )
 
-    def malformed(self, detail: str, resp: httpx.Response | None = None) -> ProviderError:
+    def malformed(self, detail: str, resp: Reply | None = None) -> ProviderError:
         rid = classify.request_id(resp.headers) if resp is not None else None
         return classify.malformed(self.name, detail, request_id=rid)
 
@@ -333,7 +305,7 @@ class HTTPProvider(Provider):
         except Exception as e:  # health reports, never raises
             return Health(ok=False, detail=redact(f"{type(e).__name__}: {e}", self._secret))
 
-    def health_detail(self, resp: httpx.Response) -> str:
+    def health_detail(self, resp: Reply) -> str:
         try:
             data = decode_json(resp.content)
         except msgspec.DecodeError:

@@ -20,6 +20,7 @@ from shared.errors import ProviderError
 from shared.providers import classify, openai_rules
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider
+from shared.providers.transport import Reply
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
 
 # Azure's GA surfaces: "v1" (GA since August 2025; no api-version, the deployment goes in "model")
@@ -116,7 +117,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def _post_chat(
         self, url: str, body: dict[str, Any], params: Mapping[str, str] | None, model: str
-    ) -> tuple[dict[str, Any], httpx.Response]:
+    ) -> tuple[dict[str, Any], Reply]:
         """POST a chat body; a 400 naming a field we can fix is fixed and sent again (not billed)."""
         self._require_key()
         for _ in range(len(openai_rules.DROPPABLE) + 1):
@@ -131,7 +132,7 @@ class OpenAIProvider(HTTPProvider):
             return self._assemble(resp), resp
         return self.decode(resp), resp
 
-    def _assemble(self, resp: httpx.Response) -> dict[str, Any]:
+    def _assemble(self, resp: Reply) -> dict[str, Any]:
         # Never retried: the generation behind a stream is billed whether or not we can read it.
         try:
             return openai_rules.assemble_chat_stream(resp.content)
@@ -169,7 +170,7 @@ class OpenAIProvider(HTTPProvider):
             data["usage"] = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
         return ProviderResponse(body=data, usage=usage, request_id=classify.request_id(resp.headers))
 
-    def _no_result(self, data: dict[str, Any], resp: httpx.Response, detail: str) -> ProviderError:
+    def _no_result(self, data: dict[str, Any], resp: Reply, detail: str) -> ProviderError:
         # Some gateways (OpenRouter) answer 200 with an error object when the upstream model failed.
         err = data.get("error")
         if err:

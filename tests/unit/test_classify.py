@@ -1218,6 +1218,13 @@ def _mapped(exc: Exception, cause: BaseException | None = None) -> Exception:
             F,
             "invalid_base_url",
         ),
+        # the production caller's own (aiohttp) exceptions, raised directly
+        (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), T, "timeout"),
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host"), T, "timeout"),
+        (aiohttp.ServerDisconnectedError(), T, "connection_error"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), T, "connection_error"),
+        (aiohttp.InvalidUrlClientError("example.invalid/v1/chat/completions"), F, "invalid_base_url"),
+        (aiohttp.NonHttpUrlClientError("ftp://example.invalid/v1"), F, "invalid_base_url"),
     ],
 )
 def test_exceptions(exc: BaseException, error_class: ErrorClass, code: str) -> None:

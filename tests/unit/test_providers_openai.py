@@ -9,8 +9,8 @@ import pytest
 
 from shared.config import ProviderConfig
 from shared.errors import ErrorClass, ProviderError
-from shared.providers.http import make_client
 from shared.providers.openai import PRESETS, AzureOpenAIProvider, OpenAIProvider
+from shared.providers.transport import AiohttpCaller, make_caller
 from shared.schema import ChatRequest, EmbeddingRequest, Usage
 from tests.unit.wire import Wire
 
@@ -509,21 +509,22 @@ async def test_one_client_per_provider_reused_across_calls() -> None:
     assert p._client is None
 
 
-async def test_make_client_pool_timeout_and_production_transport() -> None:
-    from httpx_aiohttp import AiohttpTransport
-
+async def test_production_caller_pool_timeout_and_headers() -> None:
     cfg = ProviderConfig(type="openai", max_concurrency=37, timeout=12.5)
-    client = make_client(cfg, base_url="https://api.openai.com/v1", headers={"x-a": "1"})
+    caller = make_caller(cfg, base_url="https://api.openai.com/v1", headers={"X-A": "1"})
     try:
-        transport = client._transport
-        assert isinstance(transport, AiohttpTransport)
-        assert transport.limits.max_connections == 37
-        assert transport.limits.max_keepalive_connections == 37
-        assert client.timeout.read == 12.5 and client.timeout.connect == 12.5
-        assert client.headers["x-a"] == "1"
-        assert str(client.base_url) == "https://api.openai.com/v1/"
+        assert isinstance(caller, AiohttpCaller)
+        assert caller.session.connector is not None and caller.session.connector.limit == 37
+        assert (caller.timeout.total, caller.timeout.connect) == (None, 12.5)
+        assert (caller.timeout.sock_connect, caller.timeout.sock_read) == (12.5, 12.5)
+        assert caller.session.headers["x-a"] == "1"
+        assert str(caller.url("chat/completions")) == "https://api.openai.com/v1/chat/completions"
+        assert (
+            str(caller.url("models", {"api-version": "x y"}))
+            == "https://api.openai.com/v1/models?api-version=x+y"
+        )
     finally:
-        await client.aclose()
+        await caller.aclose()
 
 
 def test_serves_only_configured_models() -> None:
@@ -559,7 +560,9 @@ async def test_production_transport_over_loopback() -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         cfg = ProviderConfig(type="openai", base_url=f"http://127.0.0.1:{port}/v1", max_concurrency=2)
-        p = OpenAIProvider("openai", cfg, env={"OPENAI_API_KEY": KEY})  # no transport: AiohttpTransport
+        p = OpenAIProvider(
+            "openai", cfg, env={"OPENAI_API_KEY": KEY}
+        )  # no transport: the production aiohttp caller
         resp = await p.chat(chat_request(), "gpt-4o")
         assert resp.request_id == "req_loop" and resp.usage.cached_tokens == 1024
         assert seen[0][0] == "/v1/chat/completions" and seen[0][1] == f"Bearer {KEY}"

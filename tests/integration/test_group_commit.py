@@ -1,0 +1,104 @@
+"""Grouped finishing leaves Redis exactly as arq's own ``finish_job`` does, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import uuid
+from typing import Any
+
+import pytest
+from arq import Worker
+
+from shared.keys import ARQ_ABORT_JOBS, ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RESULT, ARQ_RETRY
+from worker import group_commit
+
+
+async def seed(redis: Any, queue: str, job_id: str) -> None:
+    await redis.set(ARQ_JOB + job_id, b"job", px=86_400_000)
+    await redis.set(ARQ_RETRY + job_id, b"1", ex=88_400)
+    await redis.set(ARQ_IN_PROGRESS + job_id, b"1", px=60_000)
+    await redis.zadd(queue, {job_id: 1000})
+    await redis.zadd(ARQ_ABORT_JOBS, {job_id: 1})
+
+
+async def state(redis: Any, queue: str, job_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for prefix in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS, ARQ_RESULT):
+        ttl = await redis.pttl(prefix + job_id)
+        out[prefix] = (await redis.get(prefix + job_id), ttl if ttl < 0 else round(ttl, -4))
+    out["queue"] = await redis.zscore(queue, job_id)
+    out["abort"] = await redis.zscore(ARQ_ABORT_JOBS, job_id)
+    return out
+
+
+CASES = [  # finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress
+    (True, b"result", 3600.0, False, None, None),
+    (True, b"result", 3600.0, True, None, None),
+    (True, None, 3600.0, False, None, None),
+    (False, None, 3600.0, False, 2500, None),
+    (False, None, 3600.0, False, None, None),
+    (True, b"result", 60.0, False, None, 30.0),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_grouped_finish_matches_arq(redis: Any, case: tuple[Any, ...]) -> None:
+    queue = "fbtest-queue-" + uuid.uuid4().hex[:8]
+    theirs, ours = (uuid.uuid4().hex for _ in range(2))
+    try:
+        for job_id in (theirs, ours):
+            await seed(redis, queue, job_id)
+        await Worker.finish_job(types.SimpleNamespace(pool=redis, queue_name=queue), theirs, *case)  # type: ignore[arg-type]
+        await group_commit.finish_job(redis, queue, ours, *case)
+        assert await state(redis, queue, ours) == await state(redis, queue, theirs)
+    finally:
+        for job_id in (theirs, ours):
+            await redis.delete(*(p + job_id for p in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS, ARQ_RESULT)))
+            await redis.zrem(ARQ_ABORT_JOBS, job_id)
+        await redis.delete(queue)
+
+
+async def test_many_jobs_finish_in_one_transaction(redis: Any) -> None:
+    queue = "fbtest-queue-" + uuid.uuid4().hex[:8]
+    ids = [uuid.uuid4().hex for _ in range(20)]
+    try:
+        for job_id in ids:
+            await seed(redis, queue, job_id)
+        group = group_commit.finish_group(redis)
+        before = group.flushes
+        await asyncio.gather(
+            *(
+                group_commit.finish_job(redis, queue, j, True, j.encode(), 60.0, False, None, None)
+                for j in ids
+            )
+        )
+        assert group.flushes == before + 1
+        assert await redis.zcard(queue) == 0
+        assert [await redis.get(ARQ_RESULT + j) for j in ids] == [j.encode() for j in ids]
+        assert not any([await redis.exists(ARQ_JOB + j) for j in ids])
+    finally:
+        for job_id in ids:
+            await redis.delete(*(p + job_id for p in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS, ARQ_RESULT)))
+            await redis.zrem(ARQ_ABORT_JOBS, job_id)
+        await redis.delete(queue)
+
+
+async def test_an_error_reaches_only_the_job_it_belongs_to(redis: Any) -> None:
+    queue = "fbtest-queue-" + uuid.uuid4().hex[:8]
+    good, bad = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        await seed(redis, queue, good)
+        await redis.set(queue + "-notazset", b"x")
+        ok, wrong = await asyncio.gather(
+            group_commit.finish_job(redis, queue, good, True, b"r", 60.0, False, None, None),
+            group_commit.finish_job(redis, queue + "-notazset", bad, True, b"r", 60.0, False, None, None),
+            return_exceptions=True,
+        )
+        assert ok is None and "WRONGTYPE" in str(wrong)
+        assert await redis.get(ARQ_RESULT + good) == b"r" and await redis.zcard(queue) == 0
+    finally:
+        for job_id in (good, bad):
+            await redis.delete(*(p + job_id for p in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS, ARQ_RESULT)))
+            await redis.zrem(ARQ_ABORT_JOBS, job_id)
+        await redis.delete(queue, queue + "-notazset")
