@@ -1,0 +1,336 @@
+"""Fusebox's arq worker: batched claims, job leases, priority lanes, drain on SIGTERM, Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from functools import partial
+from signal import Signals
+from typing import Any
+
+from arq import Worker
+from arq.utils import timestamp_ms
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import scripts
+from shared.keys import ARQ_IN_PROGRESS, LANE_OUT_SUFFIX, Keys
+from shared.resilience import RedisUnavailable
+from worker import group_commit
+from worker.batch_jobs import STORE_KEY
+from worker.jobs import CTX_KEY
+from worker.lease import Leases
+from worker.reconcile import Reconciler
+
+log = logging.getLogger("fusebox.worker")
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisUnavailable, ConnectionError, OSError)
+
+
+class FuseboxWorker(Worker):
+    """arq's worker with these changes: it claims jobs in batches (one round trip, not four per job);
+    a running job holds a short lease renewed by a heartbeat, not arq's job_timeout + 10 s key
+    (worker/lease.py); SIGTERM/SIGINT give running jobs a grace period, then re-queue the rest and
+    release their leases; it reconciles batches (worker/reconcile.py); and it survives a Redis
+    outage: it stops taking jobs, says so, and resumes.
+
+    arq's own loop dies on the first connection error. Jobs that were running when
+    Redis went away are not lost: their leases are released once Redis answers (or expire).
+    """
+
+    redis_label = ""
+    _down_since: float | None = None
+    _claim: AsyncScript | None = None
+
+    def __init__(
+        self,
+        *args: Any,
+        lease_seconds: float = 10.0,
+        shutdown_grace: float = 0.0,
+        reconcile_seconds: float = 30.0,
+        claim_ahead: int | None = None,
+        wake_key: str | None = None,
+        lane_keys: Keys | None = None,
+        lane_window: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        # We sleep between polls ourselves (``_idle``), so a wake-up token cuts the sleep short;
+        # arq's own poll loop then never sleeps.
+        self._poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
+        self.claim_ahead = claim_ahead
+        self.wake_key = wake_key
+        self.burst_mode = self.burst  # see _poll_iteration
+        # Batch lines wait in per-tenant lanes (shared/keys.py); None: this worker takes none from them.
+        self.lane_keys = lane_keys if lane_window > 0 else None
+        self.lane_window = lane_window
+        self._waker: asyncio.Future[None] | None = None
+        self._woken = False
+        self.leases = Leases(self.pool, self.queue_name, lease_seconds) if self._pool is not None else None
+        self._lease_s = lease_seconds
+        self.shutdown_grace = shutdown_grace
+        self.reconcile_seconds = reconcile_seconds
+        self._draining = False
+        self._orphans: set[str] = set()
+        self._side_tasks: list[asyncio.Task[None]] = []
+
+    def claimable(self) -> int:
+        """How many jobs to claim now: free slots, but no more than ``claim_ahead`` jobs whose fate is not
+        known yet (claimed, not yet in a provider call nor in a local line for a full provider). Claims
+        then follow the rate jobs start at instead of grabbing ``max_jobs`` at once (a burst of 200
+        admits, refusals and deferrals for a provider with 40 slots), and no worker hoards jobs another
+        could run. Jobs in a local line do not count: a full provider must not stop this worker from
+        reaching another provider's jobs further down the queue."""
+        free = self.max_jobs - self.job_counter
+        executor = self.ctx.get(CTX_KEY)
+        if self.claim_ahead is None or executor is None:
+            return free
+        known = min(executor.router.in_call + executor.local.waiting, self.job_counter)
+        return min(free, self.claim_ahead - (self.job_counter - known))
+
+    async def start_jobs(self, job_ids: list[bytes], lanes: bool = False) -> None:
+        """Claim every job we have a free slot for in one Lua call (arq: four round trips per job): due
+        jobs of the queue first, then, if ``lanes`` may hold lines, batch lines by the tenants' weights."""
+        free = self.claimable()
+        lanes = lanes and self.lane_keys is not None
+        if free <= 0 or not (job_ids or lanes):
+            return
+        assert self.leases is not None
+        # A job this worker still runs is never started again: Redis may have lost its lease (a
+        # restart from a stale AOF), and a second run of one job id in one worker breaks arq's
+        # bookkeeping (KeyError in run_job, a deferral turned into a failure, the line lost).
+        ids = [j for j in job_ids if j.decode() not in self.tasks]
+        if not ids and not lanes:
+            return
+        if self._claim is None:
+            self._claim = scripts.load(self.pool, "claim")
+        k = self.lane_keys
+        claimed = await self._claim(
+            keys=[self.queue_name, *((k.lanes, k.lane_weights, k.lane_turns) if k else ("", "", ""))],
+            args=[
+                ARQ_IN_PROGRESS, self.leases.lease_ms, timestamp_ms(), free, self.leases.owner,
+                k.lane_prefix if k else "", self.lane_window if lanes else 0, LANE_OUT_SUFFIX, *ids,
+            ],
+        )  # fmt: skip
+        for i in range(0, len(claimed), 2):
+            job_id = claimed[i].decode()
+            await self.sem.acquire()  # never waits: we claimed no more than the free slots
+            self.job_counter += 1
+            self.leases.claimed(job_id)
+            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(partial(self._job_done, job_id))
+            self.tasks[job_id] = task
+
+    def _job_done(self, job_id: str, _: asyncio.Task[None]) -> None:
+        """Here, not when the task is reaped (arq's poll loop may reap it first): stop renewing its lease,
+        and if arq could not record the job's end (Redis went away, or it was cancelled before its
+        finish), release the lease once Redis answers, so the job runs again now."""
+        assert self.leases is not None
+        self.leases.finishing(job_id)
+        if job_id in self.leases.held:
+            self._orphans.add(job_id)
+
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+        assert self.leases is not None
+        self.leases.finishing(job_id)
+        await group_commit.finish_job(self.pool, self.queue_name, job_id, *args, **kwargs)
+        self.leases.finished(job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        assert self.leases is not None
+        self.leases.finishing(job_id)
+        await super().finish_failed_job(job_id, result_data)
+        self.leases.finished(job_id)
+
+    async def main(self) -> None:
+        # arq's startup talks to Redis first thing and dies if it cannot: wait for it instead.
+        delay = 0.2
+        while self._pool is not None:
+            try:
+                await self._pool.ping()
+                break
+            except _REDIS_DOWN as e:
+                if delay == 0.2:
+                    log.error(
+                        "Redis %s is unreachable (%s): waiting for it before starting", self.redis_label, e
+                    )
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        if self.leases is None:  # built from redis_settings: the pool exists only now
+            self.leases = Leases(self.pool, self.queue_name, self._lease_s)
+        self._side_tasks = [self.loop.create_task(self.leases.heartbeat())]
+        if self.wake_key:
+            self._side_tasks.append(self.loop.create_task(self._listen_wake(self.wake_key)))
+        store = self.ctx.get(STORE_KEY)
+        if store is not None:  # a worker that runs Fusebox's jobs (not a bare FuseboxWorker in tests)
+            reconciler = Reconciler(self.pool, store, self.leases.owner, self.reconcile_seconds)
+            self._side_tasks.append(self.loop.create_task(reconciler.run()))
+        try:
+            await super().main()
+        finally:
+            for t in self._side_tasks:
+                t.cancel()
+
+    async def _poll_iteration(self) -> None:
+        # arq's burst mode ends once its queue is empty, but batch lines may still wait in the tenants'
+        # lanes: arq's check is switched off and switched on for one poll when ours says we are done.
+        self.burst = False
+        await self._poll_once()
+        if self.burst_mode and await self._burst_done():
+            self.burst = True
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started():
+            return True
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.zcard(self.queue_name)  # running jobs stay in it until they finish
+                if self.lane_keys is not None:
+                    pipe.exists(self.lane_keys.lanes)
+                got = await pipe.execute()
+        except _REDIS_DOWN:
+            return False
+        return not any(got)
+
+    async def _poll_once(self) -> None:
+        self._reap_tasks()
+        self._woken = False  # a token from here on means jobs this poll may not have seen
+        try:
+            if self._orphans:
+                await self._release_orphans()
+            await self._poll_queue()
+        except _REDIS_DOWN as e:
+            loop = asyncio.get_running_loop()
+            if self._down_since is None:
+                self._down_since = loop.time()
+                log.error(
+                    "Redis %s is unreachable (%s): not taking jobs until it is back", self.redis_label, e
+                )
+            await asyncio.sleep(min(2.0, 0.2 + (loop.time() - self._down_since) / 10))
+            return
+        if self._down_since is not None:
+            log.warning("Redis %s is back: taking jobs again", self.redis_label)
+            self._down_since = None
+        await self._idle()
+
+    async def _poll_queue(self) -> None:
+        """arq's poll, reading the queue only when we would claim something (arq reads up to
+        ``queue_read_limit`` ids every poll while it has any free slot)."""
+        count = self.queue_read_limit
+        if self.burst_mode and self.max_burst_jobs >= 0:
+            remaining = self.max_burst_jobs - self._jobs_started()
+            if remaining < 1:
+                return
+            count = min(remaining, count)
+        if self.allow_pick_jobs and self.claimable() > 0:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(
+                    self.queue_name,
+                    min=float("-inf"),
+                    start=self._queue_read_offset,
+                    num=count,
+                    max=timestamp_ms(),
+                )
+                if self.lane_keys is not None:  # the same round trip: are there lines in lanes?
+                    pipe.exists(self.lane_keys.lanes)
+                got = await pipe.execute()
+            await self.start_jobs(got[0], lanes=len(got) > 1 and bool(got[1]))
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, t in list(self.tasks.items()):  # as arq does: a task that ended during the poll
+            if t.done():
+                del self.tasks[job_id]
+                t.result()
+        await self.heart_beat()
+
+    async def _idle(self) -> None:
+        """Sleep until the next poll: ``poll_delay``, or less if a wake-up token arrives."""
+        if self._woken:
+            return
+        fut = self._waker = self.loop.create_future()
+        timer = self.loop.call_later(self._poll_s, _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waker = None
+
+    async def _listen_wake(self, key: str) -> None:
+        """BLPOP the wake-up list (one connection of the pool) and cut the current sleep short."""
+        while True:
+            try:
+                got = await self.pool.blpop([key], timeout=1)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis down: the poll loop reports it; polling on the clock still works
+                await asyncio.sleep(1.0)
+                continue
+            if got is not None:
+                self._woken = True
+                if self._waker is not None:
+                    _wake(self._waker)
+
+    def _reap_tasks(self) -> None:
+        """Collect finished job tasks here: arq re-raises their errors one per poll, stalling the loop."""
+        for job_id, t in list(self.tasks.items()):
+            if not t.done():
+                continue
+            del self.tasks[job_id]
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None and not isinstance(exc, _REDIS_DOWN):
+                log.error("job %s: %s: %s", job_id, type(exc).__name__, exc)
+
+    async def _release_orphans(self) -> None:
+        assert self.leases is not None
+        ids = list(self._orphans)
+        n = await self.leases.release(ids)
+        self._orphans.difference_update(ids)
+        if n:
+            log.warning("re-queued %d jobs whose end could not be recorded (Redis outage)", n)
+
+    # -- shutdown ------------------------------------------------------------
+    def handle_sig(self, signum: Signals) -> None:
+        """First SIGTERM/SIGINT: take no new jobs, give running ones ``shutdown_grace`` seconds to
+        finish, then cancel the rest (arq re-queues each and deletes its lease). A second signal, or
+        arq's own close, cancels at once."""
+        sig = Signals(signum)
+        running = sum(not t.done() for t in self.tasks.values())
+        if self._draining or sig == signal.SIGUSR1 or self.shutdown_grace <= 0 or not running:
+            super().handle_sig(signum)
+            return
+        self._draining = True
+        self.allow_pick_jobs = False
+        log.warning(
+            "shutdown on %s: taking no new jobs; %d running get %.0fs to finish (signal again to stop now)",
+            sig.name,
+            running,
+            self.shutdown_grace,
+        )
+        self.loop.create_task(self._drain(sig))
+
+    async def _drain(self, sig: Signals) -> None:
+        pending = [t for t in self.tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.shutdown_grace)
+        super().handle_sig(sig)
+
+    async def close(self) -> None:
+        if self._pool is not None and self.leases is not None:
+            if not self._handle_signals:
+                super().handle_sig(signal.SIGUSR1)
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            self._reap_tasks()
+            # Leases whose finish never ran (cancelled early, Redis errors): give the jobs back now.
+            with contextlib.suppress(*_REDIS_DOWN):
+                n = await self.leases.release(self.leases.held | self._orphans)
+                if n:
+                    log.warning("released %d job leases at shutdown: those jobs run again now", n)
+        await super().close()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
