@@ -215,13 +215,16 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def redis_counts(url: str) -> tuple[int, int]:
-    """(commands processed, client reads): the second is close to the round trips clients made."""
+def redis_counts(url: str) -> tuple[int, int, dict[str, int]]:
+    """(commands processed, client reads, calls by command): reads are close to the round trips
+    clients made; commands and calls by command include those run inside Lua scripts."""
     import redis
 
     with redis.Redis.from_url(url) as r:
         st = r.info("stats")
-    return int(st["total_commands_processed"]), int(st.get("total_reads_processed", 0))
+        cs = r.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in cs.items()}
+    return int(st["total_commands_processed"]), int(st.get("total_reads_processed", 0)), calls
 
 
 def fusebox(
@@ -277,13 +280,14 @@ def fusebox(
         mock.reset()
         pids = [p.pid for p in procs] + ([redis_pid] if redis_pid else [])
         cpu0 = {pid: cpu_s(pid) for pid in pids}
-        cmds0, reads0 = redis_counts(redis_url)
+        cmds0, reads0, calls0 = redis_counts(redis_url)
         self0 = time.process_time()
         lines = chat_lines(n, "mock/" + MODEL, "m")
         t_submit, secs, counts = loop.run_until_complete(batch(lines))
         cpu_self = time.process_time() - self0
         cpu = {pid: cpu_s(pid) - c for pid, c in cpu0.items()}
-        cmds1, reads1 = redis_counts(redis_url)
+        cmds1, reads1, calls1 = redis_counts(redis_url)
+        by_cmd = {c: (k - calls0.get(c, 0)) / n for c, k in calls1.items() if k > calls0.get(c, 0)}
         st = mock.stats()
         assert counts.completed == n, f"fusebox completed {counts} of {n}"
         worker_cpu = sum(cpu[p.pid] for p in procs)
@@ -296,6 +300,7 @@ def fusebox(
             "calls": st["count"],
             "first_call_ms": (st["first"] - t_submit) * 1000 if st["first"] else None,
             "redis_per_req": ((cmds1 - cmds0) / n, (reads1 - reads0) / n),
+            "by_command": dict(sorted(by_cmd.items(), key=lambda kv: -kv[1])),
         }
     finally:
         loop.run_until_complete(client.aclose())
@@ -325,6 +330,9 @@ def main() -> None:
     ap.add_argument("--peers", default="aiohttp,litellm", help="comma list; empty for Fusebox only")
     ap.add_argument("--worker", action="append", default=[], help="[worker] setting KEY=VALUE (repeatable)")
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    ap.add_argument(
+        "--commands", action="store_true", help="also print Fusebox's Redis calls per request by command"
+    )
     ap.add_argument("--serve-mock", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
@@ -398,6 +406,9 @@ def main() -> None:
             f"{name:<28} {rps:7.0f} {rps / ceiling:7.2f} {r['cpu'] * 1000 / args.n:10.2f} "
             f"{r['max_inflight']:>13}  {detail}"
         )
+        if args.commands and r.get("by_command"):
+            top = [f"{c} {v:.2f}" for c, v in r["by_command"].items() if v >= 0.05]
+            print("  Redis calls per req by command: " + ", ".join(top))
         if r["max_inflight"] > args.concurrency:
             print(f"  !! {name} exceeded the provider's limit of {args.concurrency}")
 

@@ -136,7 +136,7 @@ def render_process() -> bytes:
 @dataclass(slots=True)
 class QueueState:
     due: int  # jobs whose run-at has come (waiting for a worker), batch lines in lanes included
-    scheduled: int  # deferred jobs, run-at in the future
+    scheduled: int  # deferred jobs (run-at in the future) and running ones (parked, claim.lua)
     oldest_due_age_s: float  # how long the oldest due job has waited (0 when none)
     lanes: dict[str, int] = field(default_factory=dict)  # batch lines waiting in each tenant's lane
 

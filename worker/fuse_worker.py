@@ -116,10 +116,11 @@ class FuseboxWorker(Worker):
         )  # fmt: skip
         for i in range(0, len(claimed), 2):
             job_id = claimed[i].decode()
+            score = int(float(claimed[i + 1]))
             await self.sem.acquire()  # never waits: we claimed no more than the free slots
             self.job_counter += 1
-            self.leases.claimed(job_id)
-            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            self.leases.claimed(job_id, score)
+            task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             task.add_done_callback(partial(self._job_done, job_id))
             self.tasks[job_id] = task
@@ -136,7 +137,8 @@ class FuseboxWorker(Worker):
     async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         assert self.leases is not None
         self.leases.finishing(job_id)
-        await group_commit.finish_job(self.pool, self.queue_name, job_id, *args, **kwargs)
+        score = self.leases.scores.get(job_id)  # the job is parked in the queue meanwhile (claim.lua)
+        await group_commit.finish_job(self.pool, self.queue_name, job_id, *args, **kwargs, score=score)
         self.leases.finished(job_id)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -225,13 +227,16 @@ class FuseboxWorker(Worker):
             if remaining < 1:
                 return
             count = min(remaining, count)
-        if self.allow_pick_jobs and self.claimable() > 0:
+        free = self.claimable() if self.allow_pick_jobs else 0
+        if free > 0:
             async with self.pool.pipeline(transaction=False) as pipe:
+                # Running jobs are parked past now (claim.lua): the due range holds jobs to take, so a
+                # few more than we would claim do (the extra: jobs another worker took meanwhile).
                 pipe.zrangebyscore(
                     self.queue_name,
                     min=float("-inf"),
                     start=self._queue_read_offset,
-                    num=count,
+                    num=min(count, 2 * free + 8),
                     max=timestamp_ms(),
                 )
                 if self.lane_keys is not None:  # the same round trip: are there lines in lanes?

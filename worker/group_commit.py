@@ -121,8 +121,11 @@ def finish_job_commands(
     keep_result_forever: bool,
     incr_score: int | None,
     keep_in_progress: float | None,
+    score: int | None = None,
 ) -> list[tuple[Any, ...]]:
-    """arq 0.28's ``Worker.finish_job`` transaction, command for command."""
+    """arq 0.28's ``Worker.finish_job`` transaction, command for command, except for a job claimed
+    at ``score`` and parked meanwhile (claim.lua): a retry goes to ``score + incr_score`` (where
+    arq's ZINCRBY takes it from an unparked score) and a job to run again returns to ``score``."""
     cmds: list[tuple[Any, ...]] = []
     delete_keys = []
     in_progress_key = ARQ_IN_PROGRESS + job_id
@@ -137,8 +140,12 @@ def finish_job_commands(
         delete_keys += [ARQ_RETRY + job_id, ARQ_JOB + job_id]
         cmds.append(("ZREM", ARQ_ABORT_JOBS, job_id))
         cmds.append(("ZREM", queue_name, job_id))
+    elif incr_score and score is not None:
+        cmds.append(("ZADD", queue_name, score + incr_score, job_id))
     elif incr_score:
         cmds.append(("ZINCRBY", queue_name, incr_score, job_id))
+    elif score is not None:  # arq leaves the score alone: the job runs again at once
+        cmds.append(("ZADD", queue_name, "XX", score, job_id))
     if delete_keys:
         cmds.append(("DEL", *delete_keys))
     return cmds

@@ -40,13 +40,17 @@ class Leases:
         self.live: set[str] = set()
         # jobs whose lease may still exist: claimed, and arq's finish (which deletes it) not yet done
         self.held: set[str] = set()
+        # the queue score each held job was claimed at (the queue holds it parked meanwhile, claim.lua)
+        self.scores: dict[str, int] = {}
         self._beat = scripts.load(redis, "heartbeat")
         self._release = scripts.load(redis, "release")
         self._warned = False
 
-    def claimed(self, job_id: str) -> None:
+    def claimed(self, job_id: str, score: int | None = None) -> None:
         self.live.add(job_id)
         self.held.add(job_id)
+        if score is not None:
+            self.scores[job_id] = score
 
     def finishing(self, job_id: str) -> None:
         """arq is about to record the job's end: from now on its lease must not be renewed or re-taken."""
@@ -55,6 +59,7 @@ class Leases:
     def finished(self, job_id: str) -> None:
         """arq's finish deleted the lease (or kept it on purpose, for a cron job)."""
         self.held.discard(job_id)
+        self.scores.pop(job_id, None)
 
     async def renew(self) -> tuple[int, int, list[str]]:
         ids = list(self.live)
@@ -91,7 +96,10 @@ class Leases:
         todo = list(ids)
         if not todo:
             return 0
-        n = int(await self._release(keys=[], args=[self.owner, ARQ_IN_PROGRESS, *todo]))
+        pairs = [x for j in todo for x in (j, self.scores.get(j, ""))]
+        n = int(await self._release(keys=[self.queue], args=[self.owner, ARQ_IN_PROGRESS, *pairs]))
         self.held.difference_update(todo)
         self.live.difference_update(todo)
+        for j in todo:
+            self.scores.pop(j, None)
         return n

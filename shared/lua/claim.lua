@@ -2,6 +2,12 @@
 -- WATCH, EXISTS, ZSCORE, MULTI/EXEC). Same rule as arq: a job is ours if it is due and no worker
 -- holds its in-progress key. The key we set is a short lease naming this worker, renewed by its
 -- heartbeat (heartbeat.lua) while the job runs, so a dead worker's jobs come back in one lease.
+-- A running job is parked: its queue score becomes its lease's end (the heartbeat moves it on), so
+-- the due range holds only jobs a worker could take and polls do not re-read every running job.
+-- The worker keeps the score it claimed the job at and writes the job's next score from that
+-- (worker/group_commit.py), as arq's ZINCRBY would have. If a dead worker's lease lapses, the
+-- job is due again by then. A running job found in the due range (its score lowered by a
+-- settle's call-back, or never parked) is parked here to its lease's end.
 -- Then, with slots left, batch lines from the tenants' lanes: the arq queue (single jobs, deferred
 -- and retried jobs) always goes first, and lanes take turns by smooth weighted round robin.
 -- KEYS[1] queue zset, KEYS[2] set of non-empty lanes, KEYS[3] lane weights hash,
@@ -10,24 +16,27 @@
 -- ARGV[4] how many to claim at most (the worker's free slots), ARGV[5] owner (worker id),
 -- ARGV[6] lane key prefix, ARGV[7] lane window (lines one tenant may have out per unit of weight;
 -- 0 = take nothing from lanes), ARGV[8] suffix of a lane's out set,
--- ARGV[9..] candidate job ids, due first, minus those this worker runs already: all of them are
--- scanned, since jobs other workers are running (long calls, jobs waiting in a worker) keep their
--- old scores and sit at the head of the queue.
--- Returns a flat list {id, score, id, score, ...} of claimed jobs.
+-- ARGV[9..] candidate job ids, due first, minus those this worker runs already.
+-- Returns a flat list {id, score, id, score, ...} of claimed jobs, each with the score it had.
 local out = {}
 local now = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
+local parked = now + tonumber(ARGV[2])
 for i = 9, #ARGV do
   if #out >= 2 * want then break end
   local id = ARGV[i]
   local ip = ARGV[1] .. id
-  if redis.call('EXISTS', ip) == 0 then
+  local ttl = redis.call('PTTL', ip)
+  if ttl == -2 then
     local score = redis.call('ZSCORE', KEYS[1], id)
     if score and tonumber(score) <= now then
       redis.call('SET', ip, ARGV[5], 'PX', ARGV[2])
+      redis.call('ZADD', KEYS[1], 'XX', parked, id)
       out[#out + 1] = id
       out[#out + 1] = score
     end
+  elseif ttl > 0 then
+    redis.call('ZADD', KEYS[1], 'XX', 'GT', now + ttl, id)
   end
 end
 
@@ -93,7 +102,7 @@ while taken < need and #lanes > 0 do
     redis.call('ZREM', best.key, id)
     if not redis.call('ZSCORE', KEYS[1], id) then  -- never in both: a line in the queue runs from there
       -- from here on an ordinary arq job: finish, retry, lease expiry and reconciliation as usual
-      redis.call('ZADD', KEYS[1], score, id)
+      redis.call('ZADD', KEYS[1], parked, id)
       redis.call('SET', ARGV[1] .. id, ARGV[5], 'PX', ARGV[2])
       redis.call('ZADD', best.okey, now, id)
       best.n = best.n + 1

@@ -1,12 +1,16 @@
 -- Drop the in-progress leases a worker still holds (shutdown, jobs cut off by a Redis outage) so
--- those jobs run again at once; a lease that names another worker is left alone.
--- ARGV[1] owner (worker id), ARGV[2] in-progress key prefix, ARGV[3..] job ids.
+-- those jobs run again at once; a lease that names another worker is left alone. A released job
+-- leaves its parking place (claim.lua) for the score it was claimed at, so it is due again now.
+-- KEYS[1] queue zset; ARGV[1] owner (worker id), ARGV[2] in-progress key prefix,
+-- ARGV[3..] pairs of job id and the score it was claimed at ('' = unknown: leave it).
 -- Returns how many leases were dropped.
 local n = 0
-for i = 3, #ARGV do
-  local ip = ARGV[2] .. ARGV[i]
+for i = 3, #ARGV, 2 do
+  local id, score = ARGV[i], ARGV[i + 1]
+  local ip = ARGV[2] .. id
   if redis.call('GET', ip) == ARGV[1] then
     redis.call('DEL', ip)
+    if score ~= '' then redis.call('ZADD', KEYS[1], 'XX', score, id) end
     n = n + 1
   end
 end

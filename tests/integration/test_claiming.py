@@ -74,3 +74,53 @@ async def test_enqueue_pushes_a_few_wake_up_tokens_and_the_list_stays_bounded(se
     for _ in range(10):
         await client.submit_batch(lines)
     assert await redis.llen(settings.keys.wake) == 16
+
+
+async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_released(
+    settings: Settings, redis
+):
+    """A claimed job's queue score is its lease's end (polls then read only jobs to take); the
+    heartbeat moves it on; a release puts it back at its score; a lapsed lease leaves it due."""
+    from arq.utils import timestamp_ms
+
+    from shared import scripts
+    from shared.keys import LANE_OUT_SUFFIX
+    from worker.lease import Leases
+
+    q, ns = settings.keys.queue, settings.namespace
+    a, b, c = (f"{ns}-{x}" for x in "abc")
+    now = timestamp_ms()
+    await redis.zadd(q, {a: now - 5000, b: now - 4000, c: now - 3000})
+    claim = scripts.load(redis, "claim")
+
+    async def claim_as(owner: str, ids: list[str], lease_ms: int = 10_000) -> list[tuple[str, int]]:
+        got = await claim(
+            keys=[q, "", "", ""],
+            args=[ARQ_IN_PROGRESS, lease_ms, timestamp_ms(), 2, owner, "", 0, LANE_OUT_SUFFIX, *ids],
+        )
+        return [(got[i].decode(), int(float(got[i + 1]))) for i in range(0, len(got), 2)]
+
+    assert await claim_as("w1", [a, b]) == [(a, now - 5000), (b, now - 4000)]  # the scores they had
+    due = [m.decode() for m in await redis.zrangebyscore(q, "-inf", timestamp_ms())]
+    assert due == [c]  # a and b are parked at their leases' end
+    assert timestamp_ms() + 9000 < await redis.zscore(q, a) <= timestamp_ms() + 10_000
+    # a running job back in the due range (a settle's call-back lowered it) is parked again, not taken
+    await redis.zadd(q, {a: now - 5000})
+    assert await claim_as("w2", [a, c]) == [(c, now - 3000)]
+    assert await redis.zscore(q, a) > timestamp_ms() + 9000 and await redis.get(ARQ_IN_PROGRESS + a) == b"w1"
+    leases = Leases(redis, q, 10.0, owner="w1")
+    leases.claimed(a, now - 5000)
+    leases.claimed(b, now - 4000)
+    await redis.zadd(q, {a: timestamp_ms() + 100})
+    assert (await leases.renew())[0] == 2
+    assert await redis.zscore(q, a) > timestamp_ms() + 9000  # the heartbeat moved it on
+    assert await leases.release([a]) == 1
+    assert await redis.zscore(q, a) == now - 5000 and not await redis.exists(ARQ_IN_PROGRESS + a)
+    # a dead worker's lease lapses no later than its job is due again: another worker takes it
+    await redis.delete(ARQ_IN_PROGRESS + b)
+    lapsed = timestamp_ms() - 1
+    await redis.zadd(q, {b: lapsed})  # as when the lease ran out
+    assert await claim_as("w2", [b]) == [(b, lapsed)]
+    assert await redis.get(ARQ_IN_PROGRESS + b) == b"w2"
+    await redis.delete(*(ARQ_IN_PROGRESS + x for x in (a, b, c)))
+    await redis.zrem(q, a, b, c)

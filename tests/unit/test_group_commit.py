@@ -117,3 +117,12 @@ def test_finish_commands_follow_arq() -> None:
     ]
     cmds = group_commit.finish_job_commands("q", "j1", False, None, 3600, False, 1500, None)
     assert cmds == [("ZINCRBY", "q", 1500, "j1"), ("DEL", "arq:in-progress:j1")]
+
+
+def test_finish_commands_of_a_parked_job_start_from_its_claimed_score() -> None:
+    # claimed at 1000 and parked meanwhile: a retry lands where arq's ZINCRBY would have put it
+    cmds = group_commit.finish_job_commands("q", "j1", False, None, 3600, False, 1500, None, score=1000)
+    assert cmds == [("ZADD", "q", 2500, "j1"), ("DEL", "arq:in-progress:j1")]
+    # cancelled to run again: back at its score, due at once (arq leaves the score alone)
+    cmds = group_commit.finish_job_commands("q", "j1", False, None, 3600, False, None, None, score=1000)
+    assert cmds == [("ZADD", "q", "XX", 1000, "j1"), ("DEL", "arq:in-progress:j1")]
