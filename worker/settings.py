@@ -20,6 +20,7 @@ from shared.resilience import Gate
 from shared.retry import RetryPolicy
 from shared.router import Router
 from shared.store import Store
+from worker import group_commit
 from worker.batch_jobs import BATCH_FUNCTIONS, STORE_KEY, batch_cron
 from worker.executor import Executor
 from worker.fuse_worker import FuseboxWorker
@@ -32,6 +33,7 @@ def build_executor(settings: Settings, redis: ArqRedis) -> Executor:
     providers = build_providers(cfg)
     router = Router(providers, cfg)
     gate = Gate(redis, settings.keys, cfg, {name: p.config for name, p in providers.items()})
+    gate.grouped = group_commit.script_group(redis).run  # admits of jobs woken together: one round trip
     wc = cfg.worker
     local = wc.local_waiters if wc.local_waiters is not None else max(1, wc.max_jobs // 4)
     store = Store(redis, settings.keys, cfg.batches)

@@ -28,7 +28,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -75,6 +75,9 @@ class Gate(GateOps):
         self._renew = scripts.load(redis, "renew")
         self._force = scripts.load(redis, "gate_force")
         self._snapshot = scripts.load(redis, "gate_snapshot")
+        # Set by a worker: sends script calls made in one loop iteration together (worker/group_commit.py),
+        # so the admits of jobs woken together share one round trip; each admit stays its own script.
+        self.grouped: Callable[[list[ScriptCall]], Awaitable[list[Any]]] | None = None
 
     # -- configuration -----------------------------------------------------
     def policy(self, provider: str, model: str | None = None, owner: str | None = None) -> Policy:
@@ -149,18 +152,21 @@ class Gate(GateOps):
         scope = pol.scope
         k = self.keys
         lease = f"{self._prefix}:{next(self._ids)}"
-        res = await self._call(
-            self._admit,
-            [
-                k.gate_state(scope),
-                k.gate_leases(scope),
-                k.gate_probes(scope),
-                k.breaker_events,
-                k.gate_waiting(scope),
-                *(k.gate_waiting(s) for s in other_lines if s != scope),
-            ],
-            [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter, "1" if first else "0"],
-        )
+        keys = [
+            k.gate_state(scope),
+            k.gate_leases(scope),
+            k.gate_probes(scope),
+            k.breaker_events,
+            k.gate_waiting(scope),
+            *(k.gate_waiting(s) for s in other_lines if s != scope),
+        ]
+        args = [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter, "1" if first else "0"]
+        if self.grouped is None:
+            res = await self._call(self._admit, keys, args)
+        else:
+            res = (await self._call_cmd(self.grouped([ScriptCall(self._admit, keys, args)])))[0]
+            if isinstance(res, Exception):
+                raise res
         if res[0] == 1:
             return Admission(
                 True,

@@ -102,3 +102,24 @@ async def test_an_error_reaches_only_the_job_it_belongs_to(redis: Any) -> None:
             await redis.delete(*(p + job_id for p in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS, ARQ_RESULT)))
             await redis.zrem(ARQ_ABORT_JOBS, job_id)
         await redis.delete(queue, queue + "-notazset")
+
+
+async def test_admits_made_together_share_one_round_trip_and_keep_the_limit(
+    settings: Any, redis: Any
+) -> None:
+    from shared.config import FileConfig, ProviderConfig
+    from shared.resilience import Gate
+
+    cfg = FileConfig(providers={"p": ProviderConfig(type="simulated", max_concurrency=3)})
+    gate = Gate(redis, settings.keys, cfg)
+    group = group_commit.GroupCommit(
+        lambda calls: group_commit.run_pipelined(redis, calls, raise_on_error=False)
+    )
+    gate.grouped = group.run
+    adms = await asyncio.gather(*(gate.admit("p", None, 10, waiter=f"j{i}") for i in range(5)))
+    assert group.flushes == 1 and group.callers == 5
+    assert [a.ok for a in adms] == [True, True, True, False, False]  # each admit is its own decision
+    assert {a.reason for a in adms[3:]} == {"saturated"} and all(a.retry_in > 0 for a in adms[3:])
+    for a in adms[:3]:
+        await gate.settle(a, "success", 10.0, 10)
+    assert (await gate.admit("p", None, 10)).ok
