@@ -203,6 +203,13 @@ class Stack:
         """Breaker transitions of ``scope``, oldest first."""
         return list(reversed(self.run(self.gate.transitions(count, scope))))
 
+    def probes_since(self, scope: str, gen: int, per_half_open: int) -> int:
+        """Upper bound on the probe calls ``scope`` admitted after generation ``gen``: each half-open
+        admits at most ``per_half_open``. Read after the simulator's counts, it covers every probe that
+        could be in them (on a slow machine an open wait may end before the counts are read)."""
+        evs = self.transitions(scope)
+        return per_half_open * sum(1 for ev in evs if ev["to"] == "half_open" and int(ev["gen"]) > gen)
+
     def results(self, batch_id: str) -> list[JobResult | None]:
         """Every line's result in input order (None for a line without one)."""
         assert self.client is not None

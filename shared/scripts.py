@@ -29,9 +29,23 @@ def source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class Script(AsyncScript):
+    """Runs by EVALSHA; a server that lacks the script (restarted, or a failover that moved us to a
+    replica: the script cache is not replicated) gets it by EVAL, which always runs and caches it.
+    redis-py's own SCRIPT LOAD + EVALSHA retry can meet a second server in between and fail again."""
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
+        client = client or self.registered_client
+        keys, args = tuple(keys), tuple(args)
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.script, len(keys), *keys, *args)
+
+
 def load(redis: Redis, name: str) -> AsyncScript:
-    """A script object that runs by EVALSHA and reloads itself after a server restart."""
-    return redis.register_script(source(name))
+    """A script object that runs by EVALSHA and falls back to EVAL where the server lacks it."""
+    return Script(redis, source(name))
 
 
 class ScriptCall(NamedTuple):
@@ -46,16 +60,15 @@ async def run_pipelined(
     """Several script calls in ONE round trip (EVALSHA each, in order, not atomic together).
 
     redis-py's own pipelined scripts check SCRIPT EXISTS on every execute, an extra
-    round trip; here a script the server lacks (it restarted) is loaded, and only the
-    calls that were refused for it run again. With ``raise_on_error=False`` a call's
-    error (a script error) is returned in its place, so the others' results still count.
+    round trip; here only the calls refused for a script the server lacks (it restarted,
+    or a failover moved us) run again, by EVAL (see ``Script``). With
+    ``raise_on_error=False`` a call's error (a script error) is returned in its place, so
+    the others' results still count.
     """
     results = await _evalsha_all(redis, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
-        for script in {id(calls[i].script): calls[i].script for i in missing}.values():
-            await redis.script_load(script.script)
-        again = await _evalsha_all(redis, [calls[i] for i in missing])
+        again = await _evalsha_all(redis, [calls[i] for i in missing], by_body=True)
         for i, r in zip(missing, again, strict=True):
             results[i] = r
     if raise_on_error:
@@ -65,8 +78,11 @@ async def run_pipelined(
     return results
 
 
-async def _evalsha_all(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def _evalsha_all(redis: Redis, calls: Sequence[ScriptCall], *, by_body: bool = False) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
         for c in calls:
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            if by_body:
+                pipe.eval(c.script.script, len(c.keys), *c.keys, *c.args)
+            else:
+                pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
         return list(await pipe.execute(raise_on_error=False))

@@ -37,6 +37,9 @@ max_jobs = 8
 poll_delay = 0.01
 # A job whose end was lost with the primary runs again once its in-progress key expires.
 job_timeout = 3
+# A failover can split one job's writes between the two primaries (its result on the old one, lost;
+# its end on the new one): reconciliation queues such lines again, checked often here.
+reconcile_seconds = 2
 [simulated]
 latency_ms = 60
 """
@@ -172,7 +175,7 @@ async def _run_through_failover(topology: Topology, namespace: str, tmp_path: Pa
         at_failover = await _done(client, sub.batch_id)  # answered by the promoted replica
         assert at_failover < n, "the batch ended before the failover; it tests nothing"
 
-        counts = await client.wait_batch(sub.batch_id, timeout=60, poll=0.2)
+        counts = await client.wait_batch(sub.batch_id, timeout=120, poll=0.2)
         assert topology.master_port() == topology.replica
         assert (counts.status, counts.total, counts.completed, counts.failed) == ("completed", n, n, 0)
         ids = [r.custom_id async for r in client.results(sub.batch_id) if r is not None]
