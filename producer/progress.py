@@ -11,6 +11,7 @@ import time
 from typing import Any, TextIO
 
 _open: list[Progress] = []
+REDRAW_S = 0.2  # the bar is redrawn at most this often
 
 
 def close_all() -> None:
@@ -27,6 +28,7 @@ class Progress:
         self.t0 = time.monotonic()
         self.base: int | None = None
         self._last = 0.0
+        self._drawn = 0.0
         self._bar: Any = None
         self._task: Any = None
 
@@ -65,7 +67,9 @@ class Progress:
             console=console,
             transient=False,
             expand=False,
-            refresh_per_second=5,
+            # Redrawn by update(), in this thread: rich's refresh thread and its lock could leave the
+            # bar's stop() waiting forever when Ctrl-C lands mid-redraw (seen under load).
+            auto_refresh=False,
         )
         self._bar.start()
         self._task = self._bar.add_task("submitting", total=None, failed=0)
@@ -77,6 +81,10 @@ class Progress:
                 self._start()
             desc = "running" if total else "submitting"
             self._bar.update(self._task, completed=done, total=total, failed=failed, description=desc)
+            now = time.monotonic()
+            if force or now - self._drawn >= REDRAW_S:
+                self._drawn = now
+                self._bar.refresh()
             return
         now = time.monotonic()
         if not force and now - self._last < self.interval:
