@@ -75,6 +75,23 @@ def _read_until(fd: int, deadline: float, stop: bytes | None = None) -> bytes:
     return out
 
 
+def _terminal_signals() -> None:
+    """In the child: Ctrl-C as a shell gives it. A test runner's worker process may ignore SIGINT
+    (seen in an xdist worker late in the suite: /proc SigIgn had it), and an ignored signal stays
+    ignored across exec, so the child would never see the keypress."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _sig_state(pid: int) -> str:
+    try:
+        return " ".join(
+            ln.strip() for ln in open(f"/proc/{pid}/status") if ln.startswith(("SigBlk", "SigIgn"))
+        )
+    except OSError:
+        return "?"
+
+
 def test_progress_fits_80_columns_and_ctrl_c_gets_its_own_line(settings, tmp_path: Path):
     n = 400
     lines = [
@@ -95,6 +112,7 @@ def test_progress_fits_80_columns_and_ctrl_c_gets_its_own_line(settings, tmp_pat
     proc = subprocess.Popen(
         [PYTHON, "-m", "producer.cli", "run", str(src), "-o", str(tmp_path / "out.jsonl")],
         stdin=slave, stdout=slave, stderr=slave, env=env, cwd=tmp_path, start_new_session=True,
+        preexec_fn=_terminal_signals,
     )  # fmt: skip
     os.close(slave)
     try:
@@ -106,9 +124,12 @@ def test_progress_fits_80_columns_and_ctrl_c_gets_its_own_line(settings, tmp_pat
         try:
             rc = proc.wait(60)
         except subprocess.TimeoutExpired:  # say where it hangs: faulthandler dumps every thread's stack
+            sigs = _sig_state(proc.pid)
             proc.send_signal(signal.SIGABRT)
             raw += _read_until(master, time.monotonic() + 5)
-            pytest.fail("no exit after Ctrl-C:\n" + _CSI.sub(b"", raw).decode(errors="replace")[-6000:])
+            pytest.fail(
+                f"no exit after Ctrl-C ({sigs}):\n" + _CSI.sub(b"", raw).decode(errors="replace")[-6000:]
+            )
         raw += _read_until(master, time.monotonic() + 0.5)  # what it wrote after the message
     finally:
         if proc.poll() is None:
