@@ -117,6 +117,11 @@ class FuseboxWorker(Worker):
         for i in range(0, len(claimed), 2):
             job_id = claimed[i].decode()
             score = int(float(claimed[i + 1]))
+            if job_id in self.tasks:
+                # A line from a lane that this worker already runs: after a failover the new primary
+                # may still hold it in its lane (the claim was lost with the old one). Its run goes on;
+                # a second run of one id in one worker breaks arq's bookkeeping.
+                continue
             await self.sem.acquire()  # never waits: we claimed no more than the free slots
             self.job_counter += 1
             self.leases.claimed(job_id, score)

@@ -12,7 +12,8 @@ from arq.worker import func
 from producer.client import FuseboxClient
 from shared import codec
 from shared.config import Settings
-from shared.keys import ARQ_IN_PROGRESS
+from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB
+from tests.integration.helpers import arq_worker
 from worker.jobs import CTX_KEY
 from worker.settings import FuseboxWorker
 
@@ -124,3 +125,32 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     assert await redis.get(ARQ_IN_PROGRESS + b) == b"w2"
     await redis.delete(*(ARQ_IN_PROGRESS + x for x in (a, b, c)))
     await redis.zrem(q, a, b, c)
+
+
+async def test_a_lane_line_this_worker_already_runs_is_not_started_twice(settings: Settings, redis) -> None:
+    """After a failover the new primary may hold a running line in its lane again (the claim went
+    with the old primary): claiming it must not start a second run of that id in this worker."""
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def job(ctx: dict[str, Any], *args: Any) -> None:
+        started.append(ctx["job_id"])
+        await release.wait()
+
+    w = arq_worker(settings, redis, [func(job, name="job")], max_jobs=5)
+    keys = settings.keys
+    job_id = "b1:line-0"
+    # an arq job record: its try, function, args, kwargs and enqueue time
+    await redis.set(ARQ_JOB + job_id, codec.arq_serializer({"t": 1, "f": "job", "a": (), "k": {}, "et": 1}))
+    running = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+    w.tasks[job_id] = running  # this worker runs it already
+    await redis.zadd(keys.lane("t"), {job_id: 1})
+    await redis.sadd(keys.lanes, "t")
+    try:
+        await w.start_jobs([], lanes=True)
+        await asyncio.sleep(0.05)
+        assert started == [] and w.tasks[job_id] is running and w.job_counter == 0
+        assert await redis.zscore(keys.queue, job_id) is not None  # claimed: it left the lane
+    finally:
+        running.cancel()
+        release.set()
