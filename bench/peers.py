@@ -23,11 +23,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -255,9 +257,12 @@ def fusebox(
     )
     env[KEY_ENV] = "sk-peers-" + "x" * 16
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    from shared.embedded import free_port
+
+    ports = [free_port() for _ in range(workers)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "worker"],
+            [sys.executable, "-m", "producer.cli", "worker", "--metrics-port", str(ports[i])],
             env=env,
             stdout=open(tmp / f"worker-{i}.log", "wb"),  # open while the worker lives
             stderr=subprocess.STDOUT,
@@ -289,6 +294,7 @@ def fusebox(
         cmds1, reads1, calls1 = redis_counts(redis_url)
         by_cmd = {c: (k - calls0.get(c, 0)) / n for c, k in calls1.items() if k > calls0.get(c, 0)}
         st = mock.stats()
+        deferrals = sum((deferrals_by_reason(port) for port in ports), Counter[str]())
         assert counts.completed == n, f"fusebox completed {counts} of {n}"
         worker_cpu = sum(cpu[p.pid] for p in procs)
         redis_cpu = cpu.get(redis_pid, 0.0) if redis_pid else 0.0
@@ -300,6 +306,7 @@ def fusebox(
             "calls": st["count"],
             "first_call_ms": (st["first"] - t_submit) * 1000 if st["first"] else None,
             "redis_per_req": ((cmds1 - cmds0) / n, (reads1 - reads0) / n),
+            "deferrals": {k: v / n for k, v in deferrals.most_common()},
             "by_command": dict(sorted(by_cmd.items(), key=lambda kv: -kv[1])),
         }
     finally:
@@ -312,6 +319,18 @@ def fusebox(
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def deferrals_by_reason(port: int) -> Counter[str]:
+    """A worker's job deferrals so far (re-queued to arq instead of run now), by reason."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    got: Counter[str] = Counter()
+    for m in re.finditer(r'^fusebox_job_deferrals_total\{reason="([^"]*)"\} (\S+)$', text, re.M):
+        got[m.group(1)] += int(float(m.group(2)))
+    return got
 
 
 def _version(name: str) -> str:
@@ -409,6 +428,8 @@ def main() -> None:
         if args.commands and r.get("by_command"):
             top = [f"{c} {v:.2f}" for c, v in r["by_command"].items() if v >= 0.05]
             print("  Redis calls per req by command: " + ", ".join(top))
+        if r.get("deferrals"):
+            print("  deferrals per req: " + ", ".join(f"{k} {v:.2f}" for k, v in r["deferrals"].items()))
         if r["max_inflight"] > args.concurrency:
             print(f"  !! {name} exceeded the provider's limit of {args.concurrency}")
 

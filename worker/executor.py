@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass
+from collections import Counter
 
 import httpx
 from arq import Retry
@@ -31,7 +31,7 @@ from shared.store import Store
 from worker import spend
 from worker.attempts import INTERNAL, failed_attempts, spent, spent_error
 from worker.local_lines import LocalLines
-from worker.outcome import Deferred, Outcome, come_back_in, info, ms_since, result_of
+from worker.outcome import Call, Deferred, Outcome, come_back_in, info, ms_since, result_of
 from worker.results import REDIS_DOWN as _REDIS_DOWN
 from worker.results import carry_attempts, write_result
 
@@ -40,22 +40,16 @@ log = logging.getLogger("fusebox.executor")
 MAX_DEFER_S = 60.0
 LOCAL_WAIT_S = 0.5  # a job waiting in the worker re-checks the gate at least this often
 MAX_LOCAL_ROUNDS = 20
+# A job finding its providers' local lines full waits this long for a place before it is deferred: long
+# enough for a line that drains at the provider's pace, short enough that jobs of other providers further
+# down the queue are still reached quickly (jobs waiting for room hold back this worker's claims).
+ROOM_WAIT_S = 0.05
 # An unexpected error (a bug, a script error) re-runs the job this many times at most, with backoff, before
 # the line is answered with an ``internal_error``: never deleted without a result.
 INTERNAL_TRIES = 5
 INTERNAL_BACKOFF_S = 0.5
 REDIS_RETRY_S = 1.0  # a job cut off by a Redis error runs again after this
 BUDGET_RECHECK_S = 5.0  # a batch line waiting for its budget checks again this often
-
-
-@dataclass(slots=True)
-class Call:
-    """One admitted call's end (``resp`` or ``err``), or the admission that refused it (``adm.ok`` False)."""
-
-    adm: Admission
-    resp: ProviderResponse | None = None
-    err: ProviderError | None = None
-    latency: float = 0.0
 
 
 class Executor:
@@ -82,6 +76,7 @@ class Executor:
         self.policy = policy
         self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
         self.local = LocalLines(local_waiters)
+        self.calling: Counter[str] = Counter()  # this worker's provider calls in flight, by gate scope
         self.job_timeout = job_timeout
 
     async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
@@ -197,14 +192,10 @@ class Executor:
         deadline: float | None,
     ) -> Outcome:
         # The job may stand in every candidate's line; admitted anywhere, it leaves them all.
-        lines = (
-            [
-                self.gate.policy(c.provider.name, c.model, owners.get(c.provider.name)).scope
-                for c in candidates
-            ]
-            if len(candidates) > 1
-            else []
-        )
+        scopes = [
+            self.gate.policy(c.provider.name, c.model, owners.get(c.provider.name)).scope for c in candidates
+        ]
+        lines = scopes if len(candidates) > 1 else []
         est = spend.estimate_tokens(spec)
         errors: list[ProviderError] = []
         loop = asyncio.get_running_loop()
@@ -213,6 +204,13 @@ class Executor:
         caps = Caps()
         if self.budgets is not None and (spec.tenant is not None or spec.batch_id is not None):
             caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
+        first = spec.batch_id is None
+        if self.local.queued(scopes) and self.local.has_room(scopes) and self._calling_on(scopes):
+            # Jobs of this worker already wait for every candidate and its calls there will wake them: the
+            # gate would refuse this one too (a round trip for nothing), so it joins them.
+            freed = await self.local.wait(scopes, LOCAL_WAIT_S, first=first)
+            if freed is not None:
+                candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self._try_candidates(
@@ -223,10 +221,13 @@ class Executor:
             delay = come_back_in(denied)
             full = [d.scope for d in denied if d.reason == "saturated"]
             in_time = wait_until is None or loop.time() < wait_until
-            if len(full) == len(denied) and in_time and self.local.has_room(full):
+            if len(full) == len(denied) and in_time and await self.local.wait_room(full, ROOM_WAIT_S):
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
-                freed = await self.local.wait(full, min(delay, LOCAL_WAIT_S), first=spec.batch_id is None)
+                # While calls of this worker run on these scopes, their ends wake it in turn; re-asking the
+                # gate sooner only takes a slot another worker's waiter was woken for.
+                timeout = LOCAL_WAIT_S if self._calling_on(full) else min(delay, LOCAL_WAIT_S)
+                freed = await self.local.wait(full, timeout, first=first)
                 if freed is not None:  # try the candidate that just freed a slot first
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
                 continue
@@ -234,6 +235,9 @@ class Executor:
             delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
             raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])
         raise Deferred(0.05, ["still saturated after waiting in this worker"])
+
+    def _calling_on(self, scopes: list[str]) -> bool:
+        return any(self.calling[s] for s in scopes)
 
     async def _try_candidates(
         self,
@@ -361,6 +365,7 @@ class Executor:
         t0 = time.perf_counter()
         resp: ProviderResponse | None = None
         err: ProviderError | None = None
+        self.calling[adm.scope] += 1
         try:
             async with self.gate.keepalive(adm):
                 if isinstance(req, ChatRequest):
@@ -379,6 +384,8 @@ class Executor:
                 await asyncio.shield(self.gate.settle(adm, "ignored", ms_since(t0), 0))
             self.local.release(adm.scope)
             raise
+        finally:
+            self.calling[adm.scope] -= 1
         latency = ms_since(t0)
         fault = err is not None and err.error_class in (ErrorClass.TRANSIENT, ErrorClass.RATE_LIMITED)
         self.router.finished(cand, latency, not fault)

@@ -6,6 +6,11 @@ worker already wait for that provider, waits here: woken as soon as a call of
 this worker on that provider ends, or when the gate said its turn should come.
 That saves the arq round trips of a deferral for jobs that would run a moment later.
 Single (interactive) jobs are woken before batch lines: a freed slot goes to them first.
+
+A job that finds the line full waits briefly for room (``wait_room``) before it is deferred: a
+worker claiming a little faster than its share of the provider drains would otherwise turn
+every job past the cap back to arq (a full arq round of Redis work each). Jobs waiting for room
+count as undecided, so they stop the worker claiming more (fuse_worker.claimable) until they move.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ class LocalLines:
         self.waiting = 0  # jobs waiting here now, all scopes
         self._waiters: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)
         self._first: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)  # interactive
+        self._room: defaultdict[str, deque[asyncio.Future[None]]] = defaultdict(deque)  # for has_room
 
     def has_room(self, scopes: Sequence[str]) -> bool:
         return all(len(self._waiters[s]) + len(self._first[s]) < self.cap for s in scopes)
+
+    def queued(self, scopes: Sequence[str]) -> bool:
+        """Whether jobs of this worker wait in the line of every one of ``scopes``."""
+        return all(self._waiters.get(s) or self._first.get(s) for s in scopes)
 
     async def wait(self, scopes: Sequence[str], timeout: float, first: bool = False) -> str | None:
         """Until a call on one of ``scopes`` ends in this worker (-> that scope), or ``timeout`` (-> None).
@@ -43,6 +53,37 @@ class LocalLines:
             for s in scopes:
                 with contextlib.suppress(ValueError):
                     lines[s].remove(fut)
+                self._wake_room(s)
+
+    async def wait_room(self, scopes: Sequence[str], timeout: float) -> bool:
+        """Until every line of ``scopes`` has room (-> True), or ``timeout`` (-> False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.has_room(scopes):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            fut: asyncio.Future[None] = loop.create_future()
+            for s in scopes:
+                self._room[s].append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except TimeoutError:
+                return self.has_room(scopes)
+            finally:
+                for s in scopes:
+                    with contextlib.suppress(ValueError):
+                        self._room[s].remove(fut)
+        return True
+
+    def _wake_room(self, scope: str) -> None:
+        """A place in ``scope``'s line freed: the longest-waiting job for room may take it."""
+        q = self._room.get(scope)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
     def release(self, scope: str) -> None:
         """A slot of ``scope`` just freed: wake the longest-waiting interactive job for it, else the

@@ -15,6 +15,16 @@ from shared.scripts import ScriptCall
 
 
 @dataclass(slots=True)
+class Call:
+    """One admitted call's end (``resp`` or ``err``), or the admission that refused it (``adm.ok`` False)."""
+
+    adm: Admission
+    resp: ProviderResponse | None = None
+    err: ProviderError | None = None
+    latency: float = 0.0
+
+
+@dataclass(slots=True)
 class Outcome:
     response: ProviderResponse | None
     candidate: Candidate | None

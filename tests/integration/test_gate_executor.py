@@ -18,7 +18,16 @@ from redis.exceptions import ResponseError
 
 import worker.executor as executor_mod
 from producer.client import FuseboxClient
-from shared.config import BreakerConfig, FileConfig, RetryConfig, Settings, SimulatedConfig, WorkerConfig
+from shared import metrics
+from shared.config import (
+    BreakerConfig,
+    FileConfig,
+    ProviderConfig,
+    RetryConfig,
+    Settings,
+    SimulatedConfig,
+    WorkerConfig,
+)
 from shared.resilience import Gate
 from shared.router import Router
 from shared.schema import JobResult
@@ -223,3 +232,25 @@ async def test_a_job_past_its_job_timeout_is_answered_not_dropped(settings, redi
         assert r.error is not None and r.error.code == "internal_error", r
         assert "job_timeout" in r.error.message
         assert sum(1 for a in r.attempts if a.error_class == "internal") == executor_mod.INTERNAL_TRIES
+
+
+# -- a saturated provider's backlog waits in the worker ----------------------------------------------------
+async def test_jobs_past_the_local_line_wait_for_a_place_instead_of_going_back_through_arq(
+    settings, redis, monkeypatch
+):
+    """Issue 13: a job that finds its provider's local line full waits for a place in it; the old rule
+    deferred it at once (a whole arq round of Redis work per job, most of a batch on 2 workers).
+    The room wait is long here so the property does not depend on this machine's speed."""
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 60.0)
+    cfg = FileConfig(
+        worker=WorkerConfig(local_waiters=2, claim_ahead=6),
+        providers={"tight": ProviderConfig(type="simulated", max_concurrency=2, options={"latency_ms": 5})},
+    )
+    deferred = metrics.DEFERRALS.labels("saturated")
+    before = deferred._value.get()
+    async with _worker(settings, redis, cfg) as (ex, client):
+        sub = await client.submit_batch(batch_lines(40, model="tight/chat"))
+        counts = await client.wait_batch(sub.batch_id, timeout=60)
+        assert ex.local.waiting == 0 and not any(ex.calling.values())
+    assert (counts.completed, counts.failed) == (40, 0)
+    assert deferred._value.get() == before  # none went back to arq for a full line

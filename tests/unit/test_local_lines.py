@@ -38,3 +38,18 @@ async def test_both_kinds_of_waiters_count_against_the_cap() -> None:
     lines.release("p")
     lines.release("p")
     assert await t1 == "p" and await t2 == "p"
+
+
+async def test_a_job_waits_for_room_and_gets_the_place_a_leaving_waiter_frees() -> None:
+    lines = LocalLines(per_scope_cap=1)
+    assert not lines.queued(["p"])
+    held = asyncio.create_task(lines.wait(["p"], timeout=5))
+    await asyncio.sleep(0)
+    assert lines.queued(["p"]) and not lines.queued(["p", "q"]) and not lines.has_room(["p"])
+    assert await lines.wait_room(["p"], timeout=0.01) is False  # nobody left: no room
+    room = asyncio.create_task(lines.wait_room(["p"], timeout=5))
+    await asyncio.sleep(0)
+    assert not room.done()
+    lines.release("p")  # the waiter leaves the line: its place goes to the job waiting for room
+    assert await held == "p"
+    assert await room is True and lines.has_room(["p"])
