@@ -137,10 +137,12 @@ class Executor:
                 )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
+        if outcome.scope is not None:
+            # Woken now, the next job's admit joins the round trip this result's write (with the call's
+            # settle, which frees the slot) goes out in, right behind it: one round trip between calls.
+            self.local.release(outcome.scope)
         await self._write(spec, result, outcome.settle, outcome.admission)
         metrics.record_result(result, spec.kind)
-        if outcome.scope is not None:
-            self.local.release(outcome.scope)
         return result
 
     def _result(self, spec: JobSpec, outcome: Outcome, attempts: list[Attempt], started: float) -> JobResult:
@@ -205,12 +207,17 @@ class Executor:
         if self.budgets is not None and (spec.tenant is not None or spec.batch_id is not None):
             caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
         first = spec.batch_id is None
-        if self.local.queued(scopes) and self.local.has_room(scopes) and self._calling_on(scopes):
+        room_wait = ROOM_WAIT_S
+        if self.local.queued(scopes) and self._calling_on(scopes):
             # Jobs of this worker already wait for every candidate and its calls there will wake them: the
-            # gate would refuse this one too (a round trip for nothing), so it joins them.
-            freed = await self.local.wait(scopes, LOCAL_WAIT_S, first=first)
-            if freed is not None:
-                candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
+            # gate would refuse this one too (a round trip for nothing), so it joins them (once there is
+            # room; if none comes, it asks the gate after all, which says when to come back).
+            if await self.local.wait_room(scopes, room_wait):
+                freed = await self.local.wait(scopes, LOCAL_WAIT_S, first=first)
+                if freed is not None:
+                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
+            else:
+                room_wait = 0.0  # waited for room already
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self._try_candidates(
@@ -221,7 +228,7 @@ class Executor:
             delay = come_back_in(denied)
             full = [d.scope for d in denied if d.reason == "saturated"]
             in_time = wait_until is None or loop.time() < wait_until
-            if len(full) == len(denied) and in_time and await self.local.wait_room(full, ROOM_WAIT_S):
+            if len(full) == len(denied) and in_time and await self.local.wait_room(full, room_wait):
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
                 # While calls of this worker run on these scopes, their ends wake it in turn; re-asking the

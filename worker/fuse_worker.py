@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from contextvars import ContextVar
 from functools import partial
 from signal import Signals
 from typing import Any
@@ -26,6 +27,8 @@ from worker.lease import Leases
 from worker.reconcile import Reconciler
 
 log = logging.getLogger("fusebox.worker")
+# True in a job's task from its start until arq's run_job first reaches for the pool (see pool).
+_STARTING: ContextVar[bool] = ContextVar("fusebox_job_starting", default=False)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisUnavailable, ConnectionError, OSError)
 
 
@@ -129,6 +132,19 @@ class FuseboxWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             task.add_done_callback(partial(self._job_done, job_id))
             self.tasks[job_id] = task
+
+    @property
+    def pool(self) -> Any:
+        # The first thing arq's run_job does with the pool is its start transaction: grouped with the other
+        # jobs starting now (worker/group_commit.py). Every other use gets the pool itself.
+        if _STARTING.get():
+            _STARTING.set(False)
+            return group_commit.StartPool(self._pool)  # type: ignore[arg-type]
+        return self._pool
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        _STARTING.set(True)  # this task's own context: no other job sees it
+        await super().run_job(job_id, score)
 
     def _job_done(self, job_id: str, _: asyncio.Task[None]) -> None:
         """Here, not when the task is reaped (arq's poll loop may reap it first): stop renewing its lease,

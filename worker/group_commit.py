@@ -8,6 +8,9 @@ first caller starts a flush one loop iteration later; everyone who arrives meanw
 flush is in flight) joins the next one. Nothing waits on a timer: alone, a job's write goes out
 on the next iteration, as before.
 
+Jobs starting together (claimed in one call) likewise read their payloads and count their tries
+(arq's first ``run_job`` transaction) in one round trip: ``StartPipeline``.
+
 Semantics are the ungrouped ones: each caller gets its own replies in its own order; a script error
 comes back in its place; a connection error reaches every caller of that flush, as it would have
 reached each alone. arq's transaction stays a transaction (MULTI/EXEC around the whole group,
@@ -156,3 +159,53 @@ async def finish_job(redis: Redis, queue_name: str, job_id: str, *args: Any, **k
     for reply in await finish_group(redis).run(finish_job_commands(queue_name, job_id, *args, **kwargs)):
         if isinstance(reply, Exception):
             raise reply
+
+
+class StartPipeline:
+    """Stands in for the pipeline arq's ``run_job`` opens first (GET the job, INCR and EXPIRE its try
+    count, ZREM its abort mark: one MULTI/EXEC) and sends those commands with the other jobs starting
+    or finishing now, in one transaction. Only the methods arq calls there exist, so a change in arq's
+    ``run_job`` fails loudly here rather than silently going ungrouped."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._cmds: list[tuple[Any, ...]] = []
+
+    async def __aenter__(self) -> StartPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cmds = []
+
+    def get(self, key: str) -> None:
+        self._cmds.append(("GET", key))
+
+    def incr(self, key: str) -> None:
+        self._cmds.append(("INCRBY", key, 1))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._cmds.append(("EXPIRE", key, seconds))
+
+    def zrem(self, key: str, *members: str) -> None:
+        self._cmds.append(("ZREM", key, *members))
+
+    async def execute(self) -> list[Any]:
+        replies = await finish_group(self._redis).run(self._cmds)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+
+class StartPool:
+    """The worker's pool as ``run_job`` sees it on its first access: its ``pipeline`` is a
+    ``StartPipeline``; anything else goes to the real pool."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    def pipeline(self, transaction: bool = True) -> StartPipeline:
+        return StartPipeline(self._redis)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)

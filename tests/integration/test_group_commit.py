@@ -123,3 +123,53 @@ async def test_admits_made_together_share_one_round_trip_and_keep_the_limit(
     for a in adms[:3]:
         await gate.settle(a, "success", 10.0, 10)
     assert (await gate.admit("p", None, 10)).ok
+
+
+@pytest.mark.parametrize("allow_abort", [False, True])
+async def test_jobs_claimed_together_start_in_one_transaction_and_count_their_tries(
+    settings: Any, redis: Any, allow_abort: bool
+) -> None:
+    """arq's start transaction of each job (read it, count its try) goes out with the others starting
+    now (with arq's abort check too, when aborts are allowed); tries still count per job across a retry."""
+    from arq import Retry
+    from arq.worker import func
+
+    from tests.integration.helpers import arq_worker
+
+    tries: dict[str, list[int]] = {}
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        tries.setdefault(raw.decode(), []).append(ctx["job_try"])
+        if ctx["job_try"] == 1:
+            raise Retry(defer=0.01)
+
+    n = 10
+    for i in range(n):
+        await redis.enqueue_job("job", str(i).encode(), _job_id=f"{settings.namespace}-{i}")
+    group = group_commit.finish_group(redis)
+    sends: list[int] = []  # starts (GETs of job payloads) per round trip
+    real_send = group._send
+
+    async def send(cmds: list[tuple[Any, ...]]) -> list[Any]:
+        sends.append(sum(1 for c in cmds if c[0] == "GET"))
+        return await real_send(cmds)
+
+    group._send = send  # type: ignore[method-assign]
+    worker = arq_worker(
+        settings, redis, [func(job, name="job")], poll_delay=0.01, allow_abort_jobs=allow_abort
+    )
+    task = asyncio.create_task(worker.async_run())
+    try:
+        for _ in range(500):
+            if len(tries) == n and all(len(t) == 2 for t in tries.values()) and not worker.tasks:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
+        group._send = real_send  # type: ignore[method-assign]
+    assert tries == {str(i): [1, 2] for i in range(n)}  # every job ran twice: its tries counted 1, 2
+    assert sum(sends) == 2 * n  # every start went through the group...
+    assert sends[0] == n  # ...and the ten claimed together started in one round trip
+    assert not [k async for k in redis.scan_iter(match=f"{ARQ_RETRY}{settings.namespace}-*")]
