@@ -44,6 +44,7 @@ MAX_LOCAL_ROUNDS = 20
 # enough for a line that drains at the provider's pace, short enough that jobs of other providers further
 # down the queue are still reached quickly (jobs waiting for room hold back this worker's claims).
 ROOM_WAIT_S = 0.05
+AHEAD_MIN, AHEAD_STEP = 1 / 16, 1 / 64  # bounds of Executor.ahead_share, and its step back up
 # An unexpected error (a bug, a script error) re-runs the job this many times at most, with backoff, before
 # the line is answered with an ``internal_error``: never deleted without a result.
 INTERNAL_TRIES = 5
@@ -77,6 +78,10 @@ class Executor:
         self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
         self.local = LocalLines(local_waiters)
         self.calling: Counter[str] = Counter()  # this worker's provider calls in flight, by gate scope
+        # How far ahead the worker may claim, as a share of its claim_ahead (fuse_worker.claimable): halved
+        # whenever a job found no place in a local line (claims outran the provider), regained one job at a
+        # time as jobs find places, so a full provider costs a few turned-away jobs, not a stream of them.
+        self.ahead_share = 1.0
         self.job_timeout = job_timeout
 
     async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
@@ -228,7 +233,9 @@ class Executor:
             delay = come_back_in(denied)
             full = [d.scope for d in denied if d.reason == "saturated"]
             in_time = wait_until is None or loop.time() < wait_until
-            if len(full) == len(denied) and in_time and await self.local.wait_room(full, room_wait):
+            may_wait = len(full) == len(denied) and in_time
+            if may_wait and await self.local.wait_room(full, room_wait):
+                self.ahead_share = min(1.0, self.ahead_share + AHEAD_STEP)
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
                 # While calls of this worker run on these scopes, their ends wake it in turn; re-asking the
@@ -238,6 +245,8 @@ class Executor:
                 if freed is not None:  # try the candidate that just freed a slot first
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
                 continue
+            if may_wait:  # no place in this worker's line: it claims too far ahead for now
+                self.ahead_share = max(AHEAD_MIN, self.ahead_share / 2)
             # Nothing can serve it now: re-queue instead of holding this worker slot.
             delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
             raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])

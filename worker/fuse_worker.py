@@ -91,7 +91,8 @@ class FuseboxWorker(Worker):
         if self.claim_ahead is None or executor is None:
             return free
         known = min(executor.router.in_call + executor.local.waiting, self.job_counter)
-        return min(free, self.claim_ahead - (self.job_counter - known))
+        ahead = max(1, round(self.claim_ahead * executor.ahead_share))
+        return min(free, ahead - (self.job_counter - known))
 
     async def start_jobs(self, job_ids: list[bytes], lanes: bool = False) -> None:
         """Claim every job we have a free slot for in one Lua call (arq: four round trips per job): due

@@ -7,6 +7,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from arq.worker import func
 
 from producer.client import FuseboxClient
@@ -18,9 +19,11 @@ from worker.jobs import CTX_KEY
 from worker.settings import FuseboxWorker
 
 
+@pytest.mark.parametrize(("claim_ahead", "share", "bound"), [(5, 1.0, 5), (16, 1 / 16, 1), (16, 0.25, 4)])
 async def test_a_worker_claims_no_more_than_claim_ahead_jobs_that_are_not_running_yet(
-    settings: Settings, redis
+    settings: Settings, redis, claim_ahead: int, share: float, bound: int
 ):
+    """``share``: the executor's ahead_share, cut while jobs find no place in a full provider's line."""
     gate = asyncio.Event()
     started: list[str] = []
 
@@ -30,7 +33,9 @@ async def test_a_worker_claims_no_more_than_claim_ahead_jobs_that_are_not_runnin
 
     for i in range(20):
         await redis.enqueue_job("job", str(i).encode(), _job_id=f"{settings.namespace}-{i}")
-    fake_executor = SimpleNamespace(router=SimpleNamespace(in_call=0), local=SimpleNamespace(waiting=0))
+    fake_executor = SimpleNamespace(
+        router=SimpleNamespace(in_call=0), local=SimpleNamespace(waiting=0), ahead_share=share
+    )
     worker = FuseboxWorker(
         functions=[func(job, name="job")],
         queue_name=settings.keys.queue,
@@ -41,15 +46,15 @@ async def test_a_worker_claims_no_more_than_claim_ahead_jobs_that_are_not_runnin
         job_serializer=codec.arq_serializer,
         job_deserializer=codec.arq_deserializer,
         ctx={CTX_KEY: fake_executor},
-        claim_ahead=5,
+        claim_ahead=claim_ahead,
     )
     task = asyncio.create_task(worker.async_run())
     try:
         for _ in range(30):  # many polls: the bound must hold on every one
             await asyncio.sleep(0.02)
-            assert len(worker.tasks) <= 5
+            assert len(worker.tasks) <= bound
         held = [k async for k in redis.scan_iter(match=f"{ARQ_IN_PROGRESS}{settings.namespace}-*")]
-        assert len(held) == len(worker.tasks) == 5
+        assert len(held) == len(worker.tasks) == bound
         gate.set()
         for _ in range(500):
             if len(started) == 20 and not worker.tasks:

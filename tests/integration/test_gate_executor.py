@@ -254,3 +254,25 @@ async def test_jobs_past_the_local_line_wait_for_a_place_instead_of_going_back_t
         assert ex.local.waiting == 0 and not any(ex.calling.values())
     assert (counts.completed, counts.failed) == (40, 0)
     assert deferred._value.get() == before  # none went back to arq for a full line
+
+
+async def test_jobs_turned_away_by_a_full_local_line_cut_how_far_the_worker_claims_ahead(
+    settings, redis, monkeypatch
+):
+    """A job that finds no place in its provider's local line halves the worker's claim-ahead share;
+    jobs finding places win it back a step at a time."""
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 0.0)  # no wait for room: the line's cap binds at once
+    cfg = FileConfig(
+        worker=WorkerConfig(local_waiters=1, claim_ahead=8),
+        providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 5})},
+    )
+    async with _worker(settings, redis, cfg) as (ex, client):
+        sub = await client.submit_batch(batch_lines(30, model="tight/chat"))
+        lowest = 1.0
+        while (await client.counts(sub.batch_id)).done != 30:
+            lowest = min(lowest, ex.ahead_share)
+            await asyncio.sleep(0.002)
+        counts = await client.wait_batch(sub.batch_id, timeout=60)
+    assert (counts.completed, counts.failed) == (30, 0)
+    assert lowest <= 0.5  # the first claim (8 jobs, 1 slot, a line of 1) turned jobs away
+    assert executor_mod.AHEAD_MIN <= ex.ahead_share <= 1.0
