@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -69,7 +70,36 @@ def run(opts: RunOptions, settings: Settings | None = None) -> int:
             server.stop()
 
 
+class _Interrupt:
+    """Ctrl-C, noted beside asyncio.run's own handler (which cancels the main task). If the cancel is
+    lost (seen once: the bar kept redrawing for a minute after Ctrl-C), the next progress callback
+    ends the run instead, so Ctrl-C always works."""
+
+    GRACE_S = 1.0
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self._prev = signal.getsignal(signal.SIGINT)
+        if callable(self._prev):
+            signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+        assert callable(self._prev)
+        self._prev(signum, frame)
+
+    def restore(self) -> None:
+        if callable(self._prev):
+            signal.signal(signal.SIGINT, self._prev)
+
+    def check(self) -> None:
+        if self.at is not None and time.monotonic() - self.at > self.GRACE_S:
+            raise KeyboardInterrupt
+
+
 async def _run(opts: RunOptions, settings: Settings, url: str, prompts: dict[str, Any] | None) -> int:
+    interrupt = _Interrupt()
     redis = connect(url, settings.keys)
     # The in-process worker is the whole fleet: check models against this process's config.
     client = FuseboxClient(redis, settings, routing="local")
@@ -86,6 +116,7 @@ async def _run(opts: RunOptions, settings: Settings, url: str, prompts: dict[str
     try:
 
         def on_submit(sub: Submission) -> None:
+            interrupt.check()
             if not opts.quiet:
                 progress.update(sub.skipped + sub.rejected, sub.rejected, None)
 
@@ -106,6 +137,7 @@ async def _run(opts: RunOptions, settings: Settings, url: str, prompts: dict[str
             progress = Progress()
 
         def on_progress(c: Any) -> None:
+            interrupt.check()
             if not opts.quiet:
                 progress.update(c.done, c.failed, c.total)
 
@@ -115,6 +147,7 @@ async def _run(opts: RunOptions, settings: Settings, url: str, prompts: dict[str
         progress.close()
         written = await write_results(client, sub.batch_id, opts.output, opts.errors)
     finally:
+        interrupt.restore()
         progress.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
