@@ -40,10 +40,11 @@ log = logging.getLogger("fusebox.executor")
 MAX_DEFER_S = 60.0
 LOCAL_WAIT_S = 0.5  # a job waiting in the worker re-checks the gate at least this often
 MAX_LOCAL_ROUNDS = 20
-# A job finding its providers' local lines full waits this long for a place before it is deferred: long
-# enough for a line that drains at the provider's pace, short enough that jobs of other providers further
-# down the queue are still reached quickly (jobs waiting for room hold back this worker's claims).
-ROOM_WAIT_S = 0.05
+# A job finding its providers' local lines full waits for a place before it is deferred: about until its
+# turn at the pace this worker's calls there end, within these bounds. Long enough for a line that drains
+# at the provider's pace, short enough that jobs of other providers further down the queue are still
+# reached quickly (jobs waiting for room hold back this worker's claims).
+ROOM_WAIT_S, ROOM_WAIT_MAX_S = 0.05, 0.25
 AHEAD_MIN, AHEAD_STEP = 1 / 16, 1 / 64  # bounds of Executor.ahead_share, and its step back up
 # An unexpected error (a bug, a script error) re-runs the job this many times at most, with backoff, before
 # the line is answered with an ``internal_error``: never deleted without a result.
@@ -82,6 +83,7 @@ class Executor:
         # whenever a job found no place in a local line (claims outran the provider), regained one job at a
         # time as jobs find places, so a full provider costs a few turned-away jobs, not a stream of them.
         self.ahead_share = 1.0
+        self._latency: dict[str, float] = {}  # moving mean of this worker's call latency by scope, seconds
         self.job_timeout = job_timeout
 
     async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
@@ -212,12 +214,13 @@ class Executor:
         if self.budgets is not None and (spec.tenant is not None or spec.batch_id is not None):
             caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
         first = spec.batch_id is None
-        room_wait = ROOM_WAIT_S
+        room_wait: float | None = None  # None: as long as _room_wait says
         if self.local.queued(scopes) and self._calling_on(scopes):
             # Jobs of this worker already wait for every candidate and its calls there will wake them: the
             # gate would refuse this one too (a round trip for nothing), so it joins them (once there is
             # room; if none comes, it asks the gate after all, which says when to come back).
-            if await self.local.wait_room(scopes, room_wait):
+            if await self.local.wait_room(scopes, self._room_wait(scopes)):
+                self._placed()
                 freed = await self.local.wait(scopes, LOCAL_WAIT_S, first=first)
                 if freed is not None:
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
@@ -229,13 +232,14 @@ class Executor:
                 spec, candidates, attempts, est, lines, denied, errors, owners, caps
             )
             if outcome is not None:
+                self._placed()
                 return outcome
             delay = come_back_in(denied)
             full = [d.scope for d in denied if d.reason == "saturated"]
             in_time = wait_until is None or loop.time() < wait_until
             may_wait = len(full) == len(denied) and in_time
-            if may_wait and await self.local.wait_room(full, room_wait):
-                self.ahead_share = min(1.0, self.ahead_share + AHEAD_STEP)
+            if may_wait and await self.local.wait_room(full, self._room_wait(full, room_wait)):
+                self._placed()
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
                 # While calls of this worker run on these scopes, their ends wake it in turn; re-asking the
@@ -251,6 +255,19 @@ class Executor:
             delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
             raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])
         raise Deferred(0.05, ["still saturated after waiting in this worker"])
+
+    def _placed(self) -> None:
+        """A job found a place (a slot, or room in a local line): claiming ahead pays again."""
+        self.ahead_share = min(1.0, self.ahead_share + AHEAD_STEP)
+
+    def _room_wait(self, scopes: list[str], fixed: float | None = None) -> float:
+        """How long a job may wait for a place in the local lines of ``scopes``: until about its turn
+        among the jobs already waiting for one, at the pace this worker's calls there end."""
+        if fixed is not None:
+            return fixed
+        pace = min(self._latency.get(s, 0.0) / max(1, self.calling[s]) for s in scopes)
+        turn = (min(self.local.waiting_for_room(s) for s in scopes) + 1) * pace * 1.5
+        return min(ROOM_WAIT_MAX_S, max(ROOM_WAIT_S, turn))
 
     def _calling_on(self, scopes: list[str]) -> bool:
         return any(self.calling[s] for s in scopes)
@@ -403,6 +420,8 @@ class Executor:
         finally:
             self.calling[adm.scope] -= 1
         latency = ms_since(t0)
+        seen = self._latency.get(adm.scope)
+        self._latency[adm.scope] = latency / 1000 if seen is None else 0.9 * seen + 0.1 * latency / 1000
         fault = err is not None and err.error_class in (ErrorClass.TRANSIENT, ErrorClass.RATE_LIMITED)
         self.router.finished(cand, latency, not fault)
         metrics.record_call(

@@ -32,6 +32,9 @@ class LocalLines:
     def has_room(self, scopes: Sequence[str]) -> bool:
         return all(len(self._waiters[s]) + len(self._first[s]) < self.cap for s in scopes)
 
+    def waiting_for_room(self, scope: str) -> int:
+        return sum(1 for f in self._room.get(scope, ()) if not f.done())
+
     def queued(self, scopes: Sequence[str]) -> bool:
         """Whether jobs of this worker wait in the line of every one of ``scopes``."""
         return all(self._waiters.get(s) or self._first.get(s) for s in scopes)

@@ -242,6 +242,7 @@ async def test_jobs_past_the_local_line_wait_for_a_place_instead_of_going_back_t
     deferred it at once (a whole arq round of Redis work per job, most of a batch on 2 workers).
     The room wait is long here so the property does not depend on this machine's speed."""
     monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 60.0)
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 60.0)
     cfg = FileConfig(
         worker=WorkerConfig(local_waiters=2, claim_ahead=6),
         providers={"tight": ProviderConfig(type="simulated", max_concurrency=2, options={"latency_ms": 5})},
@@ -261,7 +262,9 @@ async def test_jobs_turned_away_by_a_full_local_line_cut_how_far_the_worker_clai
 ):
     """A job that finds no place in its provider's local line halves the worker's claim-ahead share;
     jobs finding places win it back a step at a time."""
-    monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 0.0)  # no wait for room: the line's cap binds at once
+    # no wait for room: the line's cap binds at once
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 0.0)
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 0.0)
     cfg = FileConfig(
         worker=WorkerConfig(local_waiters=1, claim_ahead=8),
         providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 5})},

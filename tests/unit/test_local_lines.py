@@ -49,7 +49,7 @@ async def test_a_job_waits_for_room_and_gets_the_place_a_leaving_waiter_frees() 
     assert await lines.wait_room(["p"], timeout=0.01) is False  # nobody left: no room
     room = asyncio.create_task(lines.wait_room(["p"], timeout=5))
     await asyncio.sleep(0)
-    assert not room.done()
+    assert not room.done() and lines.waiting_for_room("p") == 1 and lines.waiting_for_room("q") == 0
     lines.release("p")  # the waiter leaves the line: its place goes to the job waiting for room
     assert await held == "p"
-    assert await room is True and lines.has_room(["p"])
+    assert await room is True and lines.has_room(["p"]) and lines.waiting_for_room("p") == 0
