@@ -39,9 +39,10 @@ class WorkerConfig(_Section):
     # Jobs a worker claims beyond those in a provider call: claiming only what can run soon keeps jobs
     # in the queue for other workers and saves the Redis work of jobs turned away by a full provider.
     claim_ahead: int = Field(16, ge=1)
-    # Batch lines one tenant may have claimed from its lane and not finished (running, waiting for a
-    # provider, deferred), per unit of its weight. Behind a saturated provider tenants then share its
-    # slots at their weights, and one tenant's stuck lines (budget, open breaker) never block others.
+    # Batch lines one tenant may have claimed from its lane and held by a worker (running, or waiting
+    # there for a provider; a line deferred back to the queue no longer counts), per unit of its
+    # weight. Behind a saturated provider tenants then share its slots at their weights, and one
+    # tenant's stuck lines (budget, open breaker) never block others.
     # Raise it if one tenant alone should keep more calls than this in flight.
     lane_window: int = Field(1000, ge=1)
     # arq counts every deferral (saturated provider, long Retry-After) as a try.

@@ -214,18 +214,19 @@ class Executor:
         if self.budgets is not None and (spec.tenant is not None or spec.batch_id is not None):
             caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
         first = spec.batch_id is None
-        room_wait: float | None = None  # None: as long as _room_wait says
+        tried_room = waited_room = False  # looked for a place in a local line; waited for one in vain
         if self.local.queued(scopes) and self._calling_on(scopes):
             # Jobs of this worker already wait for every candidate and its calls there will wake them: the
             # gate would refuse this one too (a round trip for nothing), so it joins them (once there is
             # room; if none comes, it asks the gate after all, which says when to come back).
-            if await self.local.wait_room(scopes, self._room_wait(scopes)):
+            room_wait = self._room_wait(scopes)
+            if await self.local.wait_room(scopes, room_wait):
                 self._placed()
                 freed = await self.local.wait(scopes, LOCAL_WAIT_S, first=first)
                 if freed is not None:
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
             else:
-                room_wait = 0.0  # waited for room already
+                tried_room, waited_room = True, room_wait > 0
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self._try_candidates(
@@ -238,7 +239,8 @@ class Executor:
             full = [d.scope for d in denied if d.reason == "saturated"]
             in_time = wait_until is None or loop.time() < wait_until
             may_wait = len(full) == len(denied) and in_time
-            if may_wait and await self.local.wait_room(full, self._room_wait(full, room_wait)):
+            room_wait = 0.0 if tried_room or not may_wait else self._room_wait(full)
+            if may_wait and await self.local.wait_room(full, room_wait):
                 self._placed()
                 # A few jobs per provider wait here and take a slot the moment one of this worker's
                 # calls ends; the rest go back to arq until about their turn.
@@ -249,7 +251,9 @@ class Executor:
                 if freed is not None:  # try the candidate that just freed a slot first
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
                 continue
-            if may_wait:  # no place in this worker's line: it claims too far ahead for now
+            if may_wait and (waited_room or room_wait > 0):
+                # no place came in the time this worker's line should have made one: it claims too far
+                # ahead for now (a line too slow to wait for at all says nothing about claiming)
                 self.ahead_share = max(AHEAD_MIN, self.ahead_share / 2)
             # Nothing can serve it now: re-queue instead of holding this worker slot.
             delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
@@ -260,14 +264,13 @@ class Executor:
         """A job found a place (a slot, or room in a local line): claiming ahead pays again."""
         self.ahead_share = min(1.0, self.ahead_share + AHEAD_STEP)
 
-    def _room_wait(self, scopes: list[str], fixed: float | None = None) -> float:
+    def _room_wait(self, scopes: list[str]) -> float:
         """How long a job may wait for a place in the local lines of ``scopes``: until about its turn
-        among the jobs already waiting for one, at the pace this worker's calls there end."""
-        if fixed is not None:
-            return fixed
+        among the jobs already waiting for one, at the pace this worker's calls there end; not at all
+        if that is past ROOM_WAIT_MAX_S (a slow provider: the job had better be deferred at once)."""
         pace = min(self._latency.get(s, 0.0) / max(1, self.calling[s]) for s in scopes)
         turn = (min(self.local.waiting_for_room(s) for s in scopes) + 1) * pace * 1.5
-        return min(ROOM_WAIT_MAX_S, max(ROOM_WAIT_S, turn))
+        return 0.0 if turn > ROOM_WAIT_MAX_S else max(ROOM_WAIT_S, turn)
 
     def _calling_on(self, scopes: list[str]) -> bool:
         return any(self.calling[s] for s in scopes)

@@ -47,17 +47,19 @@ local names = redis.call('SMEMBERS', KEYS[2])
 if #names == 0 then return out end
 table.sort(names)  -- ties go the same way in every call
 
--- A tenant's lines out (claimed from its lane, still in the queue: running, waiting or deferred) are
--- bounded by window * weight. Behind a saturated provider each tenant then holds a share of the
--- waiting lines proportional to its weight, so the provider's slots go to tenants at their weights;
--- and a tenant whose lines cannot run (budget, open breaker) stops taking turns, not everyone.
+-- A tenant's lines out (claimed from its lane and held by a worker: running or waiting there for a
+-- provider) are bounded by window * weight. Behind a saturated provider each tenant then holds a share
+-- of the waiting lines proportional to its weight, so the provider's slots go to tenants at their
+-- weights. A line a worker gave back to the queue (deferred: its provider is saturated or open, or its
+-- budget is spent) no longer counts: the same tenant's lines for other providers must not wait behind
+-- it (head-of-line). It comes back from the queue, which goes before the lanes, when it is due.
 local function lines_out(okey, bound)
   local n = redis.call('ZCARD', okey)
   if n < bound then return n end
-  -- at the bound: drop the oldest entries that have left the queue (finished), rotate live ones
+  -- at the bound: drop the oldest entries no worker holds any more (finished, or deferred), rotate the rest
   local olds = redis.call('ZRANGE', okey, 0, math.max(16, 2 * need) - 1)
   for _, id in ipairs(olds) do
-    if redis.call('ZSCORE', KEYS[1], id) then
+    if redis.call('EXISTS', ARGV[1] .. id) == 1 then
       redis.call('ZADD', okey, now, id)
     else
       redis.call('ZREM', okey, id)

@@ -262,9 +262,9 @@ async def test_jobs_turned_away_by_a_full_local_line_cut_how_far_the_worker_clai
 ):
     """A job that finds no place in its provider's local line halves the worker's claim-ahead share;
     jobs finding places win it back a step at a time."""
-    # no wait for room: the line's cap binds at once
-    monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 0.0)
-    monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 0.0)
+    # a 1 ms wait for room: shorter than any call, so the first claim's extra jobs find none
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 0.001)
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 60.0)
     cfg = FileConfig(
         worker=WorkerConfig(local_waiters=1, claim_ahead=8),
         providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 5})},
