@@ -52,7 +52,8 @@ LITELLM_VENV = (
 def serve_mock(port: int, latency_ms: float) -> None:
     from aiohttp import web
 
-    state = {"inflight": 0, "max": 0, "count": 0, "first": 0.0}
+    state = {"inflight": 0, "max": 0, "count": 0, "first": 0.0, "t99": 0.0, "last": 0.0}
+    ends: list[float] = []  # when each call was answered, for the tail
     body = json.dumps(
         {
             "id": "chatcmpl-mock",
@@ -77,13 +78,17 @@ def serve_mock(port: int, latency_ms: float) -> None:
             await asyncio.sleep(latency_ms / 1000)
         finally:
             state["inflight"] -= 1
+            ends.append(time.time())
         return web.Response(body=body, content_type="application/json")
 
     async def stats(request: web.Request) -> web.Response:
+        if ends:
+            state.update(t99=ends[int(len(ends) * 0.99) - 1 if len(ends) >= 100 else -1], last=ends[-1])
         return web.json_response(state)
 
     async def reset(request: web.Request) -> web.Response:
-        state.update(max=0, count=0, first=0.0)
+        state.update(max=0, count=0, first=0.0, t99=0.0, last=0.0)
+        ends.clear()
         return web.json_response(state)
 
     app = web.Application()
@@ -285,6 +290,7 @@ def fusebox(
         mock.reset()
         pids = [p.pid for p in procs] + ([redis_pid] if redis_pid else [])
         cpu0 = {pid: cpu_s(pid) for pid in pids}
+        seen0 = [call_seconds(scrape(port)) for port in ports]
         cmds0, reads0, calls0 = redis_counts(redis_url)
         self0 = time.process_time()
         lines = chat_lines(n, "mock/" + MODEL, "m")
@@ -294,7 +300,11 @@ def fusebox(
         cmds1, reads1, calls1 = redis_counts(redis_url)
         by_cmd = {c: (k - calls0.get(c, 0)) / n for c, k in calls1.items() if k > calls0.get(c, 0)}
         st = mock.stats()
-        deferrals = sum((deferrals_by_reason(port) for port in ports), Counter[str]())
+        texts = [scrape(port) for port in ports]
+        deferrals = sum((deferrals_by_reason(t) for t in texts), Counter[str]())
+        seen = [call_seconds(t) for t in texts]
+        call_s = sum(s for s, _ in seen) - sum(s for s, _ in seen0)
+        call_n = sum(c for _, c in seen) - sum(c for _, c in seen0)
         assert counts.completed == n, f"fusebox completed {counts} of {n}"
         worker_cpu = sum(cpu[p.pid] for p in procs)
         redis_cpu = cpu.get(redis_pid, 0.0) if redis_pid else 0.0
@@ -305,8 +315,11 @@ def fusebox(
             "max_inflight": st["max"],
             "calls": st["count"],
             "first_call_ms": (st["first"] - t_submit) * 1000 if st["first"] else None,
+            # the tail: 99% of the calls answered, the last answered, the batch seen complete (from submit)
+            "tail_s": (st["t99"] - t_submit, st["last"] - t_submit, secs),
             "redis_per_req": ((cmds1 - cmds0) / n, (reads1 - reads0) / n),
             "deferrals": {k: v / n for k, v in deferrals.most_common()},
+            "call_ms": call_s * 1000 / call_n if call_n else None,
             "by_command": dict(sorted(by_cmd.items(), key=lambda kv: -kv[1])),
         }
     finally:
@@ -321,16 +334,33 @@ def fusebox(
                 p.kill()
 
 
-def deferrals_by_reason(port: int) -> Counter[str]:
-    """A worker's job deferrals so far (re-queued to arq instead of run now), by reason."""
+def scrape(port: int) -> str:
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def deferrals_by_reason(text: str) -> Counter[str]:
+    """A worker's job deferrals so far (re-queued to arq instead of run now), by reason."""
     got: Counter[str] = Counter()
     for m in re.finditer(r'^fusebox_job_deferrals_total\{reason="([^"]*)"\} (\S+)$', text, re.M):
         got[m.group(1)] += int(float(m.group(2)))
     return got
+
+
+def call_seconds(text: str) -> tuple[float, float]:
+    """(seconds, calls) a worker's provider calls took so far, as its workers saw them: above the mock's
+    latency when a worker's event loop (or the mock's) is late."""
+    total = count = 0.0
+    for m in re.finditer(
+        r"^fusebox_provider_request_duration_seconds_(sum|count)\{[^}]*\} (\S+)$", text, re.M
+    ):
+        if m.group(1) == "sum":
+            total += float(m.group(2))
+        else:
+            count += float(m.group(2))
+    return total, count
 
 
 def _version(name: str) -> str:
@@ -419,6 +449,10 @@ def main() -> None:
             detail = ", ".join(f"{k} {v * 1000 / args.n:.2f}" for k, v in p.items())
             if r.get("first_call_ms") is not None:
                 detail += f"; submit->first call {r['first_call_ms']:.0f} ms"
+            if r.get("tail_s"):
+                detail += "; 99%/all calls/done at {:.1f}/{:.1f}/{:.1f} s".format(*r["tail_s"])
+            if r.get("call_ms") is not None:
+                detail += f"; calls took {r['call_ms']:.0f} ms"
             if "redis_per_req" in r:  # all clients' (workers and submitter), per request
                 detail += "; Redis per req: {:.1f} commands, {:.1f} reads".format(*r["redis_per_req"])
         print(

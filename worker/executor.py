@@ -307,7 +307,9 @@ class Executor:
                     denied.append(adm)
                     break  # saturated / open: the next candidate, or wait / defer the job
                 tokens = resp.usage.total_tokens if resp is not None else 0
-                settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens)
+                # a job of this worker waiting for this scope takes the slot next (released in _run)
+                handoff = self.local.queued([adm.scope])
+                settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens, handoff)
                 if resp is not None:
                     attempts.append(
                         Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
@@ -327,7 +329,9 @@ class Executor:
                 )
                 if err.error_class is ErrorClass.FINAL:
                     return Outcome(None, cand, info(err), settle, adm.scope, adm)
-                await self._settle(spec, adm, outcome_of(err), latency, tokens)
+                await self._settle(
+                    spec, adm, outcome_of(err), latency, tokens, self.local.queued([adm.scope])
+                )
                 self.local.release(adm.scope)
                 if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
                     break  # this candidate cannot serve it: the next one
@@ -433,11 +437,13 @@ class Executor:
         )  # fmt: skip
         return Call(adm, resp, err, latency)
 
-    async def _settle(self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int) -> None:
+    async def _settle(
+        self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int, handoff: bool
+    ) -> None:
         """Settle a failed attempt before the next one. A script error here must not end the job: the
         breaker misses one outcome, and the lease is released before this worker's next admission."""
         try:
-            await self.gate.settle(adm, outcome, latency, tokens)
+            await self.gate.settle(adm, outcome, latency, tokens, handoff)
         except _REDIS_DOWN:
             raise
         except Exception as e:

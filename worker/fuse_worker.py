@@ -94,19 +94,20 @@ class FuseboxWorker(Worker):
         ahead = max(1, round(self.claim_ahead * executor.ahead_share))
         return min(free, ahead - (self.job_counter - known))
 
-    async def start_jobs(self, job_ids: list[bytes], lanes: bool = False) -> None:
+    async def start_jobs(self, job_ids: list[bytes], lanes: bool = False, read: int = 0) -> None:
         """Claim every job we have a free slot for in one Lua call (arq: four round trips per job): due
-        jobs of the queue first, then, if ``lanes`` may hold lines, batch lines by the tenants' weights."""
+        jobs of the queue first (``job_ids``, or up to ``read`` of them read by the script itself), then,
+        if ``lanes`` may hold lines, batch lines by the tenants' weights."""
         free = self.claimable()
         lanes = lanes and self.lane_keys is not None
-        if free <= 0 or not (job_ids or lanes):
+        if free <= 0 or not (job_ids or lanes or read):
             return
         assert self.leases is not None
         # A job this worker still runs is never started again: Redis may have lost its lease (a
         # restart from a stale AOF), and a second run of one job id in one worker breaks arq's
         # bookkeeping (KeyError in run_job, a deferral turned into a failure, the line lost).
         ids = [j for j in job_ids if j.decode() not in self.tasks]
-        if not ids and not lanes:
+        if not ids and not lanes and not read:
             return
         if self._claim is None:
             self._claim = scripts.load(self.pool, "claim")
@@ -115,16 +116,24 @@ class FuseboxWorker(Worker):
             keys=[self.queue_name, *((k.lanes, k.lane_weights, k.lane_turns) if k else ("", "", ""))],
             args=[
                 ARQ_IN_PROGRESS, self.leases.lease_ms, timestamp_ms(), free, self.leases.owner,
-                k.lane_prefix if k else "", self.lane_window if lanes else 0, LANE_OUT_SUFFIX, *ids,
+                k.lane_prefix if k else "", self.lane_window if lanes else 0, LANE_OUT_SUFFIX,
+                0 if ids else read, *(ids or self._finishing()),
             ],
         )  # fmt: skip
+        self._reap_tasks()  # a task that ended meanwhile: a claim of its job is a new run
+        give_back: list[tuple[str, int]] = []
         for i in range(0, len(claimed), 2):
             job_id = claimed[i].decode()
             score = int(float(claimed[i + 1]))
             if job_id in self.tasks:
-                # A line from a lane that this worker already runs: after a failover the new primary
-                # may still hold it in its lane (the claim was lost with the old one). Its run goes on;
-                # a second run of one id in one worker breaks arq's bookkeeping.
+                # A second run of one id in one worker breaks arq's bookkeeping (KeyError in run_job, a
+                # deferral turned into a failure, the line lost). A job this worker runs already: after a
+                # failover (or a restart from a stale AOF) the primary may have lost its lease, or still
+                # hold it in its lane (the claim was lost with the old one); its run goes on, the lease is
+                # ours again. A job whose run ended during this claim (deferred, and due again already)
+                # while its task winds down: give it back at once (nobody would renew this lease).
+                if job_id not in self.leases.live:
+                    give_back.append((job_id, score))
                 continue
             await self.sem.acquire()  # never waits: we claimed no more than the free slots
             self.job_counter += 1
@@ -133,6 +142,15 @@ class FuseboxWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             task.add_done_callback(partial(self._job_done, job_id))
             self.tasks[job_id] = task
+        if give_back:
+            await self.leases.give_back(give_back)
+
+    def _finishing(self) -> list[str]:
+        """Jobs whose end arq has recorded (their lease is gone, a deferred one may be due again) while
+        their task still runs: not to be claimed by this worker until the task is reaped."""
+        assert self.leases is not None
+        live = self.leases.live
+        return [j for j, t in self.tasks.items() if j not in live and not t.done()]
 
     @property
     def pool(self) -> Any:
@@ -251,20 +269,10 @@ class FuseboxWorker(Worker):
             count = min(remaining, count)
         free = self.claimable() if self.allow_pick_jobs else 0
         if free > 0:
-            async with self.pool.pipeline(transaction=False) as pipe:
-                # Running jobs are parked past now (claim.lua): the due range holds jobs to take, so a
-                # few more than we would claim do (the extra: jobs another worker took meanwhile).
-                pipe.zrangebyscore(
-                    self.queue_name,
-                    min=float("-inf"),
-                    start=self._queue_read_offset,
-                    num=min(count, 2 * free + 8),
-                    max=timestamp_ms(),
-                )
-                if self.lane_keys is not None:  # the same round trip: are there lines in lanes?
-                    pipe.exists(self.lane_keys.lanes)
-                got = await pipe.execute()
-            await self.start_jobs(got[0], lanes=len(got) > 1 and bool(got[1]))
+            # One round trip: claim.lua reads the due range itself. Running jobs are parked past now
+            # (claim.lua), so the due range holds jobs to take; a few extra cover running ones found
+            # there (a worker's job whose score a retry lowered), which it parks again.
+            await self.start_jobs([], lanes=True, read=min(count, free + 8))
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, t in list(self.tasks.items()):  # as arq does: a task that ended during the poll

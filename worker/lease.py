@@ -91,6 +91,12 @@ class Leases:
                 log.warning("%d running jobs were taken over by another worker: %s", len(taken), taken[:5])
                 self.live.difference_update(taken)
 
+    async def give_back(self, claimed: list[tuple[str, int]]) -> int:
+        """Drop leases just taken on jobs (id, score claimed at) this worker must not start now: due again
+        at once. The jobs' own bookkeeping here (an earlier run still winding down) is left alone."""
+        pairs = [x for j, score in claimed for x in (j, score)]
+        return int(await self._release(keys=[self.queue], args=[self.owner, ARQ_IN_PROGRESS, *pairs]))
+
     async def release(self, ids: Iterable[str]) -> int:
         """Delete our leases of ``ids`` (those still ours) so the jobs run again at once."""
         todo = list(ids)

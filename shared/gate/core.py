@@ -41,7 +41,7 @@ from shared.config import FileConfig, ProviderConfig
 from shared.gate.ops import GateOps, _str
 from shared.gate.types import OUTCOMES, Admission, RedisUnavailable
 from shared.gate_policy import Policy, resolve
-from shared.keys import Keys
+from shared.keys import ARQ_IN_PROGRESS, Keys
 from shared.scripts import ScriptCall
 
 log = logging.getLogger("fusebox.gate")
@@ -186,14 +186,20 @@ class Gate(GateOps):
         return Admission(False, provider, model, scope, reason=reason, retry_in=res[2] / 1000)
 
     async def settle(
-        self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None
+        self,
+        adm: Admission,
+        outcome: str,
+        latency_ms: float,
+        actual_tokens: int | None,
+        handoff: bool = False,
     ) -> None:
         """Release the lease and record the outcome. ``actual_tokens`` None keeps the estimate.
 
         The freed slot also calls the next job of the scope's line (jobs deferred while it was
-        saturated, see ``admit``'s ``waiter``) back from arq's queue now, ahead of its estimated turn.
+        saturated, see ``admit``'s ``waiter``) back from arq's queue now, ahead of its estimated turn,
+        unless ``handoff``: a job waiting in the caller's worker takes the slot next.
         """
-        call = self.settle_call(adm, outcome, latency_ms, actual_tokens)
+        call = self.settle_call(adm, outcome, latency_ms, actual_tokens, handoff)
         if call is not None:
             try:
                 await self._call(*call)
@@ -224,7 +230,12 @@ class Gate(GateOps):
         return freed
 
     def settle_call(
-        self, adm: Admission, outcome: str, latency_ms: float, actual_tokens: int | None
+        self,
+        adm: Admission,
+        outcome: str,
+        latency_ms: float,
+        actual_tokens: int | None,
+        handoff: bool = False,
     ) -> ScriptCall | None:
         """The settle script call, for callers that pipeline it with their own writes (one round trip)."""
         if not adm.ok:
@@ -255,6 +266,8 @@ class Gate(GateOps):
             repr(random.random()),
             *pol.settle_args,
             int(adm.in_flight >= adm.limit),  # admitted at the limit: a 429 then marks the capacity
+            ARQ_IN_PROGRESS,
+            int(handoff),
         ]
         return ScriptCall(self._settle, keys, args)
 

@@ -16,15 +16,30 @@
 -- ARGV[4] how many to claim at most (the worker's free slots), ARGV[5] owner (worker id),
 -- ARGV[6] lane key prefix, ARGV[7] lane window (lines one tenant may have out per unit of weight;
 -- 0 = take nothing from lanes), ARGV[8] suffix of a lane's out set,
--- ARGV[9..] candidate job ids, due first, minus those this worker runs already.
--- Returns a flat list {id, score, id, score, ...} of claimed jobs, each with the score it had.
+-- ARGV[9] how many due jobs to read from the queue here (the poll's read and claim in one round trip;
+-- 0: read none, take the candidates given), ARGV[10..] with a read: ids to pass over (the worker's jobs
+-- whose end arq has recorded while their task still runs: a deferred one may be due already, and a
+-- claim of it would leave a lease no one renews), without: the candidate job ids, due first.
+-- Returns a flat list {id, score, id, score, ...} of claimed jobs, each with the score it had. A job the
+-- calling worker runs already may come back (its lease lost with a failed-over primary): the worker
+-- does not start it twice, and the lease is its own again.
 local out = {}
 local now = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
 local parked = now + tonumber(ARGV[2])
-for i = 9, #ARGV do
+local ids = {}
+local read = tonumber(ARGV[9])
+if read > 0 then
+  local skip = {}
+  for i = 10, #ARGV do skip[ARGV[i]] = true end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, read + #ARGV - 9)) do
+    if not skip[id] then ids[#ids + 1] = id end
+  end
+else
+  for i = 10, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+for _, id in ipairs(ids) do
   if #out >= 2 * want then break end
-  local id = ARGV[i]
   local ip = ARGV[1] .. id
   local ttl = redis.call('PTTL', ip)
   if ttl == -2 then

@@ -12,7 +12,9 @@
 -- ARGV[22] half-open probes, ARGV[23] count 429 as failure 1/0, ARGV[24] adaptive 1/0,
 -- ARGV[25] max_concurrency, ARGV[26] decrease factor, ARGV[27] increase step,
 -- ARGV[28] success window, ARGV[29] events stream max length, ARGV[30] consecutive failures that trip,
--- ARGV[31] '1' if the call was admitted with the concurrency limit reached (the limit was binding)
+-- ARGV[31] '1' if the call was admitted with the concurrency limit reached (the limit was binding),
+-- ARGV[32] arq's in-progress key prefix, ARGV[33] '1': a job waiting in the caller's worker takes the
+-- freed slot next (no call-back)
 -- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue
 -- Returns {state after, 1 if this outcome caused a transition else 0}.
 --#include _gate.lua
@@ -34,12 +36,19 @@ if probe then redis.call('ZREM', P, id) end
 -- Jobs deferred while this scope was saturated come back on an estimate of their turn. Each freed
 -- slot also calls the next of them back now: closed-loop, so slots never idle while jobs sit in arq's
 -- queue waiting for a turn estimated too late (a job waiting in a worker may take this slot first;
--- the one called back then waits there in turn).
-if released == 1 then
-  local nxt = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. fmt(now), '+inf', 'LIMIT', 0, 1)
-  if nxt[1] then
-    redis.call('ZADD', KEYS[6], fmt(now), nxt[1])
-    redis.call('ZADD', KEYS[7], 'XX', 'LT', math.floor(now), nxt[1])
+-- the one called back then waits there in turn). Not when the caller hands the slot to a job waiting in
+-- its worker: the one called back would only be refused and deferred again. Waiters a worker still
+-- holds (their in-progress key exists: they wait in its local line, woken by its own calls) are passed
+-- over: lowering their parked score would call back no one and only make every worker's next poll
+-- read them again.
+if released == 1 and ARGV[33] ~= '1' then
+  local nxt = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. fmt(now), '+inf', 'LIMIT', 0, 16)
+  for _, job in ipairs(nxt) do
+    if redis.call('EXISTS', ARGV[32] .. job) == 0 then
+      redis.call('ZADD', KEYS[6], fmt(now), job)
+      redis.call('ZADD', KEYS[7], 'XX', 'LT', math.floor(now), job)
+      break
+    end
   end
 end
 

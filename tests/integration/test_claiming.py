@@ -99,10 +99,12 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     await redis.zadd(q, {a: now - 5000, b: now - 4000, c: now - 3000})
     claim = scripts.load(redis, "claim")
 
-    async def claim_as(owner: str, ids: list[str], lease_ms: int = 10_000) -> list[tuple[str, int]]:
+    async def claim_as(
+        owner: str, ids: list[str], lease_ms: int = 10_000, read: int = 0
+    ) -> list[tuple[str, int]]:
         got = await claim(
             keys=[q, "", "", ""],
-            args=[ARQ_IN_PROGRESS, lease_ms, timestamp_ms(), 2, owner, "", 0, LANE_OUT_SUFFIX, *ids],
+            args=[ARQ_IN_PROGRESS, lease_ms, timestamp_ms(), 2, owner, "", 0, LANE_OUT_SUFFIX, read, *ids],
         )
         return [(got[i].decode(), int(float(got[i + 1]))) for i in range(0, len(got), 2)]
 
@@ -112,7 +114,7 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     assert timestamp_ms() + 9000 < await redis.zscore(q, a) <= timestamp_ms() + 10_000
     # a running job back in the due range (a settle's call-back lowered it) is parked again, not taken
     await redis.zadd(q, {a: now - 5000})
-    assert await claim_as("w2", [a, c]) == [(c, now - 3000)]
+    assert await claim_as("w2", [], read=10) == [(c, now - 3000)]  # the script reads the due range itself
     assert await redis.zscore(q, a) > timestamp_ms() + 9000 and await redis.get(ARQ_IN_PROGRESS + a) == b"w1"
     leases = Leases(redis, q, 10.0, owner="w1")
     leases.claimed(a, now - 5000)
@@ -132,6 +134,91 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     await redis.zrem(q, a, b, c)
 
 
+async def test_a_poll_reads_the_due_jobs_and_claims_them_in_one_round_trip(
+    settings: Settings, redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """claim.lua reads the due range itself: a poll that finds jobs costs one round trip, not a read
+    and then a claim. Jobs this worker's tasks still hold are never started twice: one whose end arq
+    recorded (deferred, due again) while its task winds down is not claimed (nobody would renew that
+    lease); one still running whose lease Redis lost is claimed back, its lease ours again."""
+    from redis.asyncio.client import Pipeline
+
+    started: list[str] = []
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        started.append(raw.decode())
+
+    w = arq_worker(settings, redis, [func(job, name="job")], max_jobs=10)
+    monkeypatch.setattr(w, "heart_beat", _no_heart_beat)
+    await w._poll_queue()  # nothing due yet (this loads the script on the server)
+    ns = settings.namespace
+    for i in range(6):
+        await redis.enqueue_job("job", str(i).encode(), _job_id=f"{ns}-p{i}")
+    winding_down, running = (asyncio.get_running_loop().create_task(asyncio.sleep(3600)) for _ in "ab")
+    w.tasks[f"{ns}-p4"] = winding_down  # its run ended in Redis, its task has not yet
+    w.tasks[f"{ns}-p5"] = running
+    w.leases.claimed(f"{ns}-p5")  # running here, its lease lost with a failed-over primary
+    trips: list[str] = []
+    command, execute = redis.execute_command, Pipeline.execute
+
+    async def counted_command(*args: Any, **kw: Any) -> Any:
+        trips.append(str(args[0]))
+        return await command(*args, **kw)
+
+    async def counted_pipeline(self: Pipeline, *args: Any, **kw: Any) -> Any:
+        trips.append("pipeline")
+        return await execute(self, *args, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(redis, "execute_command", counted_command)
+        m.setattr(Pipeline, "execute", counted_pipeline)
+        await w._poll_queue()
+    try:
+        assert trips == ["EVALSHA"]
+        assert sorted(w.tasks) == [f"{ns}-p{i}" for i in range(6)]
+        assert w.tasks[f"{ns}-p4"] is winding_down and w.tasks[f"{ns}-p5"] is running
+        await asyncio.gather(*(t for t in w.tasks.values() if t not in (winding_down, running)))
+        assert sorted(started) == ["0", "1", "2", "3"]
+        assert not await redis.exists(ARQ_IN_PROGRESS + f"{ns}-p4")  # left in the queue, due
+        assert await redis.get(ARQ_IN_PROGRESS + f"{ns}-p5") == w.leases.owner.encode()
+    finally:
+        for t in (winding_down, running):
+            t.cancel()
+        del w.tasks[f"{ns}-p4"], w.tasks[f"{ns}-p5"]
+        await w.close()
+
+
+async def test_a_job_claimed_while_its_last_run_winds_down_is_given_back(settings: Settings, redis) -> None:
+    """The run of a job ended (deferred, due again) during the claim that took it: the worker does not start
+    it twice and gives it back at once, due at its score, instead of holding a lease nobody renews."""
+    from arq.utils import timestamp_ms
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        raise AssertionError("not to be started")
+
+    w = arq_worker(settings, redis, [func(job, name="job")], max_jobs=10)
+    job_id = f"{settings.namespace}-late"
+    due = timestamp_ms() - 1000
+    await redis.zadd(settings.keys.queue, {job_id: due})
+    winding_down = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+    w.tasks[job_id] = winding_down
+    w._finishing = lambda: []  # type: ignore[method-assign]  # as if its run ended after the claim was sent
+    try:
+        await w.start_jobs([], read=10)
+        assert w.tasks[job_id] is winding_down and w.job_counter == 0
+        assert not await redis.exists(ARQ_IN_PROGRESS + job_id)
+        assert await redis.zscore(settings.keys.queue, job_id) == due
+    finally:
+        winding_down.cancel()
+        del w.tasks[job_id]
+        await redis.zrem(settings.keys.queue, job_id)
+        await w.close()
+
+
+async def _no_heart_beat() -> None:
+    return None
+
+
 async def test_a_lane_line_this_worker_already_runs_is_not_started_twice(settings: Settings, redis) -> None:
     """After a failover the new primary may hold a running line in its lane again (the claim went
     with the old primary): claiming it must not start a second run of that id in this worker."""
@@ -149,6 +236,7 @@ async def test_a_lane_line_this_worker_already_runs_is_not_started_twice(setting
     await redis.set(ARQ_JOB + job_id, codec.arq_serializer({"t": 1, "f": "job", "a": (), "k": {}, "et": 1}))
     running = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
     w.tasks[job_id] = running  # this worker runs it already
+    w.leases.claimed(job_id)
     await redis.zadd(keys.lane("t"), {job_id: 1})
     await redis.sadd(keys.lanes, "t")
     try:
@@ -156,6 +244,7 @@ async def test_a_lane_line_this_worker_already_runs_is_not_started_twice(setting
         await asyncio.sleep(0.05)
         assert started == [] and w.tasks[job_id] is running and w.job_counter == 0
         assert await redis.zscore(keys.queue, job_id) is not None  # claimed: it left the lane
+        assert await redis.get(ARQ_IN_PROGRESS + job_id) == w.leases.owner.encode()  # the lease is ours
     finally:
         running.cancel()
         release.set()

@@ -26,7 +26,18 @@ async def _claim(redis, keys: Keys, owner: str, want: int, window: int = 10**6, 
     script = scripts.load(redis, "claim")
     got = await script(
         keys=[keys.queue, keys.lanes, keys.lane_weights, keys.lane_turns],
-        args=[ARQ_IN_PROGRESS, 60_000, NOW_MS, want, owner, keys.lane_prefix, window, LANE_OUT_SUFFIX, *ids],
+        args=[
+            ARQ_IN_PROGRESS,
+            60_000,
+            NOW_MS,
+            want,
+            owner,
+            keys.lane_prefix,
+            window,
+            LANE_OUT_SUFFIX,
+            0,
+            *ids,
+        ],
     )
     return [got[i].decode() for i in range(0, len(got), 2)]
 

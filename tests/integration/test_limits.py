@@ -58,6 +58,41 @@ async def test_concurrent_admits_never_exceed_the_limit(redis, settings):
     assert (await _snap(gate))["in_flight"] == 0
 
 
+async def test_a_freed_slot_calls_back_a_deferred_waiter_not_one_a_worker_holds(redis, settings):
+    """Settle calls the earliest waiter of a saturated scope back to the queue now. A waiter a worker still
+    holds (its in-progress key exists: it waits in that worker's local line) is passed over; lowering its
+    parked score would call back no one and make every worker's next poll re-read it. A slot handed to a
+    job waiting in the settling worker calls no one back."""
+    from arq.utils import timestamp_ms
+
+    from shared.keys import ARQ_IN_PROGRESS
+
+    gate = _gate(redis, settings, max_concurrency=1)
+    queue = settings.keys.queue
+    held, deferred = f"{settings.namespace}-held", f"{settings.namespace}-deferred"
+    running = await gate.admit("p", None, 1)
+    assert running.ok
+    far = timestamp_ms() + 60_000
+    try:
+        await redis.set(ARQ_IN_PROGRESS + held, "worker-a", px=60_000)
+        await redis.zadd(queue, {held: far, deferred: far})  # parked while running / deferred to its turn
+        assert (await gate.admit("p", None, 1, waiter=held)).reason == "saturated"  # first in line
+        assert (await gate.admit("p", None, 1, waiter=deferred)).reason == "saturated"
+        await gate.settle(running, "success", 5, 1)
+        assert await redis.zscore(queue, held) == far
+        assert await redis.zscore(queue, deferred) <= timestamp_ms()
+        # a slot the settling worker hands to a job waiting in it calls no one back
+        await redis.zadd(queue, {deferred: far})
+        handed = await gate.admit("p", None, 1)
+        assert handed.ok
+        assert (await gate.admit("p", None, 1, waiter=deferred)).reason == "saturated"
+        await gate.settle(handed, "success", 5, 1, handoff=True)
+        assert await redis.zscore(queue, deferred) == far
+    finally:
+        await redis.delete(ARQ_IN_PROGRESS + held)
+        await redis.zrem(queue, held, deferred)
+
+
 async def test_many_tasks_looping_stay_within_the_limit(redis, settings):
     gate = _gate(redis, settings, max_concurrency=7)
     active = peak = done = 0
