@@ -166,7 +166,8 @@ PYTHON = sys.executable
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow chaos/scale tests run on the bundled Valkey only, unless FUSEBOX_TEST_SLOW_SERVERS names
+    """Slow chaos/scale tests, and slow tests of the CLI and HTTP surface whose Redis use is plain
+    (``one_server``), run on the bundled Valkey only, unless FUSEBOX_TEST_SLOW_SERVERS names
     more (e.g. "valkey,redis"): every other integration test runs on both servers, which is where
     their differences show (Redis 7 rejecting HINCRBY by "-0" is covered by test_gate_lua), and the
     whole suite stays within its 10 minutes on 2 cores."""
@@ -174,7 +175,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep, drop = [], []
     for item in items:
         kind = getattr(item, "callspec", None) and item.callspec.params.get("redis_server_kind")
-        if kind in SERVERS and kind not in slow_servers and item.get_closest_marker("slow"):
+        narrow = item.get_closest_marker("slow") or item.get_closest_marker("one_server")
+        if kind in SERVERS and kind not in slow_servers and narrow:
             drop.append(item)
         else:
             keep.append(item)

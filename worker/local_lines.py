@@ -33,7 +33,10 @@ class LocalLines:
         return all(len(self._waiters[s]) + len(self._first[s]) < self.cap for s in scopes)
 
     def waiting_for_room(self, scope: str) -> int:
-        return sum(1 for f in self._room.get(scope, ()) if not f.done())
+        # A woken future leaves the deque at once (_wake_room), a timed-out one in wait_room's finally:
+        # the length is the count, without a scan per job.
+        q = self._room.get(scope)
+        return len(q) if q else 0
 
     def queued(self, scopes: Sequence[str]) -> bool:
         """Whether jobs of this worker wait in the line of every one of ``scopes``."""

@@ -68,6 +68,7 @@ def served(settings, tmp_path):  # type: ignore[no-untyped-def]
             p.wait(10)
 
 
+@pytest.mark.one_server
 def test_fuzz_openapi(served, settings):  # type: ignore[no-untyped-def]
     async def make_key() -> str:
         r = connect(settings.redis_url or "", settings.keys)

@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import httpx
+import pytest
 
 from shared.config import ApiConfig, FileConfig
 from shared.tenants import create_key
@@ -132,6 +133,7 @@ async def test_upload_limits(settings, redis):
     assert len(left) == 2  # the accepted file's metadata and chunks; refused uploads leave nothing
 
 
+@pytest.mark.one_server
 def test_keys_cli(settings):
     env = subprocess_env(settings)
 

@@ -203,6 +203,7 @@ async def _cli(settings: Settings, *args: str, stdin: str = "", **env: str) -> t
     return proc.returncode or 0, out.decode(), err.decode()
 
 
+@pytest.mark.one_server
 async def test_cli_set_list_rotate_delete_and_audit(redis: Any, settings: Settings, master: str) -> None:
     keys = settings.keys
     secrets_ = {t: canary() for t in ("tenant-a", "tenant-b")}

@@ -57,6 +57,7 @@ def test_run_exits_0_when_every_line_succeeds_1_when_some_or_all_fail(settings, 
     assert p.returncode == 1, p.stderr
 
 
+@pytest.mark.one_server
 def test_submit_exit_codes_with_and_without_wait(settings, tmp_path: Path):
     (tmp_path / "fusebox.toml").write_text("")  # the producer may use its local config
     ok = _write(tmp_path / "ok.jsonl", [_line("a"), _line("b")])
@@ -127,6 +128,7 @@ def test_jsonl_mistaken_for_prompts_and_a_missing_file(settings, tmp_path: Path)
     assert p.returncode == 2 and "no-such-batch" in _one_line_error(p)
 
 
+@pytest.mark.one_server
 async def test_an_unwritable_output_is_refused_before_any_work(settings, redis, tmp_path: Path):
     src = _write(tmp_path / "in.jsonl", [_line(f"c{i}") for i in range(50)])
     (tmp_path / "ro").mkdir()
