@@ -271,7 +271,7 @@ class FuseboxWorker(Worker):
         if free > 0:
             # One round trip: claim.lua reads the due range itself. Running jobs are parked past now
             # (claim.lua), so the due range holds jobs to take; a few extra cover running ones found
-            # there (a worker's job whose score a retry lowered), which it parks again.
+            # there all the same (parked again) and this worker's finishing jobs (passed over).
             await self.start_jobs([], lanes=True, read=min(count, free + 8))
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
