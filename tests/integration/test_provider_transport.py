@@ -11,6 +11,7 @@ and the key never shows in an error.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -148,7 +149,10 @@ async def failure(p: HTTPProvider) -> ProviderError:
 
 
 def shape(e: ProviderError) -> tuple[Any, ...]:
-    return (e.error_class, e.code, e.status, e.retry_after, e.message, e.request_id is None)
+    # A malformed body is quoted in the message; its "created" second differs between two calls that
+    # straddle a second boundary (a busy machine), so it is left out of the comparison.
+    message = re.sub(r'"created":\s*\d+', '"created":_', e.message)
+    return (e.error_class, e.code, e.status, e.retry_after, message, e.request_id is None)
 
 
 @pytest.mark.parametrize(
