@@ -96,6 +96,7 @@ async def test_a_freed_slot_calls_back_a_deferred_waiter_not_one_a_worker_holds(
 async def test_many_tasks_looping_stay_within_the_limit(redis, settings):
     gate = _gate(redis, settings, max_concurrency=7)
     active = peak = done = 0
+    counted: list[int] = []  # calls in flight, as the gate counted them at each admission
 
     async def task() -> None:
         nonlocal active, peak, done
@@ -105,6 +106,7 @@ async def test_many_tasks_looping_stay_within_the_limit(redis, settings):
             if not adm.ok:
                 await asyncio.sleep(0.001)
                 continue
+            counted.append(adm.in_flight)
             active += 1
             peak = max(peak, active)
             await asyncio.sleep(0.002)
@@ -115,7 +117,9 @@ async def test_many_tasks_looping_stay_within_the_limit(redis, settings):
 
     await asyncio.gather(*(task() for _ in range(150)))
     assert done == 450
-    assert peak == 7
+    # Never above the limit, and the limit is reached. The gate's own count says so: how many of this
+    # process's tasks happen to sit in their 2 ms at once depends on the machine's load (a stress run saw 6).
+    assert peak <= 7 and max(counted) == 7
     assert (await _snap(gate))["in_flight"] == 0
 
 
