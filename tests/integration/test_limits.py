@@ -344,10 +344,10 @@ async def main():
     await r.incr(ready)
     while int(await r.get(ready)) < int(os.environ["GATE_PROCS"]):  # start together
         await asyncio.sleep(0.005)
-    peak = done = rejected = 0
+    peak = counted = done = rejected = 0
 
     async def task():
-        nonlocal peak, done, rejected
+        nonlocal peak, counted, done, rejected
         calls = 0
         while calls < int(os.environ["GATE_CALLS"]):
             adm = await gate.admit("p", None, 1)
@@ -355,6 +355,7 @@ async def main():
                 rejected += 1
                 await asyncio.sleep(adm.retry_in)
                 continue
+            counted = max(counted, adm.in_flight)  # the gate's own count at admission
             peak = max(peak, await r.incr(counter))
             await asyncio.sleep(0.02)
             await r.decr(counter)
@@ -363,7 +364,7 @@ async def main():
             done += 1
 
     await asyncio.gather(*(task() for _ in range(int(os.environ["GATE_TASKS"]))))
-    print(json.dumps({"peak": peak, "done": done, "rejected": rejected}), flush=True)
+    print(json.dumps({"peak": peak, "counted": counted, "done": done, "rejected": rejected}), flush=True)
     await r.aclose()
 
 asyncio.run(main())
@@ -391,7 +392,9 @@ async def test_fleet_wide_concurrency_across_processes(redis, settings):
     assert [c.returncode for c in children] == [0] * procs
     stats = [json.loads(out) for out, _ in outs]
     assert sum(s["done"] for s in stats) == procs * tasks * calls
-    assert max(s["peak"] for s in stats) == limit  # reached, never exceeded, fleet-wide
+    # Never exceeded fleet-wide, by a counter of the callers' own; reached, by the gate's count (how many
+    # callers sit in their 20 ms at once depends on how the machine schedules 4 processes).
+    assert max(s["peak"] for s in stats) <= limit and max(s["counted"] for s in stats) == limit
     assert sum(s["rejected"] for s in stats) > 0
     assert (await Gate(redis, settings.keys, cfg).snapshot("p"))["in_flight"] == 0
 
