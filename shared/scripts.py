@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from shared.pipelined import send_commands
+
 _DIR = Path(__file__).parent / "lua"
 
 
@@ -79,10 +81,8 @@ async def run_pipelined(
 
 
 async def _evalsha_all(redis: Redis, calls: Sequence[ScriptCall], *, by_body: bool = False) -> list[Any]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for c in calls:
-            if by_body:
-                pipe.eval(c.script.script, len(c.keys), *c.keys, *c.args)
-            else:
-                pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
-        return list(await pipe.execute(raise_on_error=False))
+    if by_body:
+        cmds = [("EVAL", c.script.script, len(c.keys), *c.keys, *c.args) for c in calls]
+    else:
+        cmds = [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls]
+    return await send_commands(redis, cmds)

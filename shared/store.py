@@ -183,8 +183,11 @@ class Store:
         written, status = reply
         return bool(written), (status.decode() if status else None)
 
-    def complete_call(self, result: JobResult, tenant: str | None = None) -> ScriptCall:
-        """The complete.lua call for ``result`` (callers may pipeline it with the gate's settle)."""
+    def complete_call(
+        self, result: JobResult, tenant: str | None = None, arq_keys: Sequence[str] = ()
+    ) -> ScriptCall:
+        """The complete.lua call for ``result`` (callers may pipeline it with the gate's settle);
+        ``arq_keys``: the job's arq keys, to record its finish in the same step (complete.lua)."""
         payload = codec.encode_result(result)
         now = time.time()
         b = result.batch_id
@@ -202,7 +205,7 @@ class Store:
             result.line, payload, "1" if result.ok else "0", now, fin_id, fin_payload, usage.USAGE_TTL_S,
             self.cfg.results_ttl_s, *usage.script_args(result, tenant), result.id,
         ]  # fmt: skip
-        return ScriptCall(self._complete, keys, args)
+        return ScriptCall(self._complete, [*keys, *arq_keys], args)
 
     async def finalize(self, batch_id: str) -> dict[str, str]:
         """Run by the finalize job: finalizing -> completed, and results get their TTL."""

@@ -33,7 +33,7 @@ from worker.attempts import INTERNAL, failed_attempts, spent, spent_error
 from worker.local_lines import LocalLines
 from worker.outcome import Call, Deferred, Outcome, come_back_in, info, ms_since, result_of
 from worker.results import REDIS_DOWN as _REDIS_DOWN
-from worker.results import carry_attempts, write_result
+from worker.results import JobEnd, carry_attempts, write_result
 
 log = logging.getLogger("fusebox.executor")
 
@@ -86,8 +86,9 @@ class Executor:
         self._latency: dict[str, float] = {}  # moving mean of this worker's call latency by scope, seconds
         self.job_timeout = job_timeout
 
-    async def run(self, raw: bytes, job_try: int = 1) -> JobResult | None:
-        """Run the job; None when it was deferred (arq re-queues it) instead of finishing.
+    async def run(self, raw: bytes, job_try: int = 1, end: JobEnd | None = None) -> JobResult | None:
+        """Run the job; None when it was deferred (arq re-queues it) instead of finishing. ``end``: the
+        worker running it as an arq job, whose finish its result write then records too.
 
         Whatever goes wrong, the job is never left to arq to drop: a Redis error runs it again (arq Retry;
         if Redis is down the worker re-queues it once it is back), and any other error (a bug, a script
@@ -102,7 +103,7 @@ class Executor:
             deadline = asyncio.get_running_loop().time() + max(0.1, self.job_timeout - margin)
         try:
             async with asyncio.timeout_at(deadline) as cm:
-                return await self._run(spec, job_try, attempts, deadline)
+                return await self._run(spec, job_try, attempts, deadline, end)
         except Retry:
             raise
         except TimeoutError as e:
@@ -111,7 +112,7 @@ class Executor:
                     raise
                 raise Retry(defer=REDIS_RETRY_S) from e
             limit = f"the job ran longer than its job_timeout ({self.job_timeout:g}s)"
-            return await self._internal_error(spec, job_try, attempts, e, limit)
+            return await self._internal_error(spec, job_try, attempts, e, limit, end)
         except _REDIS_DOWN as e:
             # Ask arq to run it again. If Redis is still down arq cannot record that either, and the
             # worker re-queues the job once Redis is back (FuseboxWorker._reap_tasks); if it was a blip,
@@ -120,10 +121,10 @@ class Executor:
                 raise
             raise Retry(defer=REDIS_RETRY_S) from e
         except Exception as e:
-            return await self._internal_error(spec, job_try, attempts, e)
+            return await self._internal_error(spec, job_try, attempts, e, end=end)
 
     async def _run(
-        self, spec: JobSpec, job_try: int, attempts: list[Attempt], deadline: float | None
+        self, spec: JobSpec, job_try: int, attempts: list[Attempt], deadline: float | None, end: JobEnd | None
     ) -> JobResult | None:
         started = time.perf_counter()
         routed = await self._route(spec)
@@ -148,7 +149,7 @@ class Executor:
             # Woken now, the next job's admit joins the round trip this result's write (with the call's
             # settle, which frees the slot) goes out in, right behind it: one round trip between calls.
             self.local.release(outcome.scope)
-        await self._write(spec, result, outcome.settle, outcome.admission)
+        await self._write(spec, result, outcome.settle, outcome.admission, end)
         metrics.record_result(result, spec.kind)
         return result
 
@@ -156,12 +157,23 @@ class Executor:
         return result_of(self.router, spec, outcome, attempts, started)
 
     async def _write(
-        self, spec: JobSpec, result: JobResult, settle: ScriptCall | None, adm: Admission | None = None
+        self,
+        spec: JobSpec,
+        result: JobResult,
+        settle: ScriptCall | None,
+        adm: Admission | None = None,
+        end: JobEnd | None = None,
     ) -> None:
-        await write_result(self.store, self.gate, spec, result, settle, adm)
+        await write_result(self.store, self.gate, spec, result, settle, adm, end)
 
     async def _internal_error(
-        self, spec: JobSpec, job_try: int, attempts: list[Attempt], exc: Exception, why: str = ""
+        self,
+        spec: JobSpec,
+        job_try: int,
+        attempts: list[Attempt],
+        exc: Exception,
+        why: str = "",
+        end: JobEnd | None = None,
     ) -> JobResult:
         """An unexpected error: run the job again later, or answer the line if this was its last chance."""
         attempts.append(Attempt(provider="", model="", latency_ms=0.0, status=500, error_class=INTERNAL))
@@ -178,7 +190,7 @@ class Executor:
             error_class=INTERNAL, status=500,
         )  # fmt: skip
         result = self._result(spec, Outcome(None, None, err), attempts, time.perf_counter())
-        await self._write(spec, result, None)
+        await self._write(spec, result, None, None, end)
         return result
 
     async def _route(self, spec: JobSpec) -> Routed:

@@ -18,17 +18,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
-from shared.keys import ARQ_IN_PROGRESS, LANE_OUT_SUFFIX, Keys
+from shared.keys import ARQ_ABORT_JOBS, ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY, LANE_OUT_SUFFIX, Keys
 from shared.resilience import RedisUnavailable
 from worker import group_commit
 from worker.batch_jobs import STORE_KEY
-from worker.jobs import CTX_KEY
+from worker.jobs import CTX_KEY, END_KEY
 from worker.lease import Leases
 from worker.reconcile import Reconciler
 
 log = logging.getLogger("fusebox.worker")
-# True in a job's task from its start until arq's run_job first reaches for the pool (see pool).
-_STARTING: ContextVar[bool] = ContextVar("fusebox_job_starting", default=False)
+# Set in a job's task from its start until arq's run_job first reaches for the pool (see pool): the
+# start replies the claim brought (claim.lua), or True if it brought none.
+_STARTING: ContextVar[group_commit.Started | bool] = ContextVar("fusebox_job_starting", default=False)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisUnavailable, ConnectionError, OSError)
 
 
@@ -78,6 +79,11 @@ class FuseboxWorker(Worker):
         self._draining = False
         self._orphans: set[str] = set()
         self._side_tasks: list[asyncio.Task[None]] = []
+        # claimed jobs' start replies (payload, try, aborted), from the claim to their run_job's start
+        self._started: dict[str, group_commit.Started] = {}
+        # jobs whose result write recorded their end in arq (complete.lua): finish_job skips them
+        self._ended: set[str] = set()
+        self.ctx[END_KEY] = self
 
     def claimable(self) -> int:
         """How many jobs to claim now: free slots, but no more than ``claim_ahead`` jobs whose fate is not
@@ -117,12 +123,13 @@ class FuseboxWorker(Worker):
             args=[
                 ARQ_IN_PROGRESS, self.leases.lease_ms, timestamp_ms(), free, self.leases.owner,
                 k.lane_prefix if k else "", self.lane_window if lanes else 0, LANE_OUT_SUFFIX,
-                0 if ids else read, *(ids or self._finishing()),
+                0 if ids else read, ARQ_JOB, ARQ_RETRY, ARQ_ABORT_JOBS if self.allow_abort_jobs else "",
+                *(ids or self._finishing()),
             ],
         )  # fmt: skip
         self._reap_tasks()  # a task that ended meanwhile: a claim of its job is a new run
         give_back: list[tuple[str, int]] = []
-        for i in range(0, len(claimed), 2):
+        for i in range(0, len(claimed), 5):
             job_id = claimed[i].decode()
             score = int(float(claimed[i + 1]))
             if job_id in self.tasks:
@@ -138,6 +145,7 @@ class FuseboxWorker(Worker):
             await self.sem.acquire()  # never waits: we claimed no more than the free slots
             self.job_counter += 1
             self.leases.claimed(job_id, score)
+            self._started[job_id] = group_commit.Started(claimed[i + 2], claimed[i + 3], claimed[i + 4])
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             task.add_done_callback(partial(self._job_done, job_id))
@@ -154,15 +162,18 @@ class FuseboxWorker(Worker):
 
     @property
     def pool(self) -> Any:
-        # The first thing arq's run_job does with the pool is its start transaction: grouped with the other
-        # jobs starting now (worker/group_commit.py). Every other use gets the pool itself.
-        if _STARTING.get():
+        # The first thing arq's run_job does with the pool is its start transaction: answered from what
+        # the claim brought, or grouped with the other jobs starting now (worker/group_commit.py). Every
+        # other use gets the pool itself.
+        started = _STARTING.get()
+        if started:
             _STARTING.set(False)
-            return group_commit.StartPool(self._pool)  # type: ignore[arg-type]
+            got = started if isinstance(started, group_commit.Started) else None
+            return group_commit.StartPool(self._pool, got)  # type: ignore[arg-type]
         return self._pool
 
     async def run_job(self, job_id: str, score: int) -> None:
-        _STARTING.set(True)  # this task's own context: no other job sees it
+        _STARTING.set(self._started.pop(job_id, True))  # this task's own context: no other job sees it
         await super().run_job(job_id, score)
 
     def _job_done(self, job_id: str, _: asyncio.Task[None]) -> None:
@@ -170,12 +181,30 @@ class FuseboxWorker(Worker):
         and if arq could not record the job's end (Redis went away, or it was cancelled before its
         finish), release the lease once Redis answers, so the job runs again now."""
         assert self.leases is not None
+        self._started.pop(job_id, None)  # cancelled before its start
         self.leases.finishing(job_id)
         if job_id in self.leases.held:
             self._orphans.add(job_id)
 
+    def finish_keys(self, job_id: str) -> list[str] | None:
+        """The arq keys a job's result write finishes it with (worker/results.py JobEnd): arq's finish of a
+        job whose result is not kept (``keep_result`` 0), while its lease is this worker's."""
+        assert self.leases is not None
+        if self.keep_result_s or self.keep_result_forever or job_id not in self.leases.live:
+            return None
+        self.leases.finishing(job_id)  # the write deletes the lease: the heartbeat must not renew it
+        keys = (ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY)
+        return [*(k + job_id for k in keys), ARQ_ABORT_JOBS, self.queue_name]
+
+    def ended(self, job_id: str) -> None:
+        self._ended.add(job_id)
+
     async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         assert self.leases is not None
+        if job_id in self._ended:  # its result write did it (complete.lua); whatever arq asks now is moot
+            self._ended.discard(job_id)
+            self.leases.finished(job_id)
+            return
         self.leases.finishing(job_id)
         score = self.leases.scores.get(job_id)  # the job is parked in the queue meanwhile (claim.lua)
         await group_commit.finish_job(self.pool, self.queue_name, job_id, *args, **kwargs, score=score)
@@ -183,6 +212,10 @@ class FuseboxWorker(Worker):
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         assert self.leases is not None
+        if job_id in self._ended:
+            self._ended.discard(job_id)
+            self.leases.finished(job_id)
+            return
         self.leases.finishing(job_id)
         await super().finish_failed_job(job_id, result_data)
         self.leases.finished(job_id)

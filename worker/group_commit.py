@@ -8,8 +8,9 @@ first caller starts a flush one loop iteration later; everyone who arrives meanw
 flush is in flight) joins the next one. Nothing waits on a timer: alone, a job's write goes out
 on the next iteration, as before.
 
-Jobs starting together (claimed in one call) likewise read their payloads and count their tries
-(arq's first ``run_job`` transaction) in one round trip: ``StartPipeline``.
+A job's start (arq's first ``run_job`` transaction: read its payload, count its try) is done by the
+claim that took it (claim.lua), so costs no round trip of its own: ``StartPipeline`` answers it from
+the claim's reply. Without one, jobs starting together send it in one round trip.
 
 Semantics are the ungrouped ones: each caller gets its own replies in its own order; a script error
 comes back in its place; a connection error reaches every caller of that flush, as it would have
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from arq.utils import to_ms
 from redis.asyncio import Redis
@@ -161,14 +162,25 @@ async def finish_job(redis: Redis, queue_name: str, job_id: str, *args: Any, **k
             raise reply
 
 
+class Started(NamedTuple):
+    """A job's start as the claim did it (claim.lua): its payload (None: gone), its try, whether it was
+    marked for abort (1/0)."""
+
+    payload: bytes | None
+    job_try: int
+    aborted: int
+
+
 class StartPipeline:
     """Stands in for the pipeline arq's ``run_job`` opens first (GET the job, INCR and EXPIRE its try
-    count, ZREM its abort mark: one MULTI/EXEC) and sends those commands with the other jobs starting
-    or finishing now, in one transaction. Only the methods arq calls there exist, so a change in arq's
-    ``run_job`` fails loudly here rather than silently going ungrouped."""
+    count, ZREM its abort mark: one MULTI/EXEC). With the claim's ``Started`` it answers from that;
+    otherwise it sends those commands with the other jobs starting or finishing now, in one
+    transaction. Only the methods arq calls there exist, so a change in arq's ``run_job`` fails loudly
+    here rather than silently going ungrouped."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, started: Started | None = None) -> None:
         self._redis = redis
+        self._started = started
         self._cmds: list[tuple[Any, ...]] = []
 
     async def __aenter__(self) -> StartPipeline:
@@ -190,6 +202,10 @@ class StartPipeline:
         self._cmds.append(("ZREM", key, *members))
 
     async def execute(self) -> list[Any]:
+        got = self._started
+        if got is not None and [c[0] for c in self._cmds] in (_START, _START_ABORT):
+            self._started = None
+            return [got.payload, got.job_try, True, got.aborted][: len(self._cmds)]
         replies = await finish_group(self._redis).run(self._cmds)
         for reply in replies:
             if isinstance(reply, Exception):
@@ -197,15 +213,20 @@ class StartPipeline:
         return replies
 
 
+_START = ["GET", "INCRBY", "EXPIRE"]  # arq's start transaction, as StartPipeline records it
+_START_ABORT = [*_START, "ZREM"]
+
+
 class StartPool:
     """The worker's pool as ``run_job`` sees it on its first access: its ``pipeline`` is a
     ``StartPipeline``; anything else goes to the real pool."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, started: Started | None = None) -> None:
         self._redis = redis
+        self._started = started
 
     def pipeline(self, transaction: bool = True) -> StartPipeline:
-        return StartPipeline(self._redis)
+        return StartPipeline(self._redis, self._started)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._redis, name)

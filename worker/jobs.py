@@ -13,6 +13,7 @@ from shared.resilience import RedisUnavailable
 from worker.executor import Executor
 
 CTX_KEY = "fusebox_executor"
+END_KEY = "fusebox_job_end"  # the FuseboxWorker running the job (worker/results.py JobEnd), if any
 OUTAGE_RETRY_S = 1.0
 
 log = logging.getLogger("fusebox.worker")
@@ -31,7 +32,7 @@ async def embed(ctx: dict[str, Any], raw: bytes) -> None:
 async def _run(ctx: dict[str, Any], raw: bytes) -> None:
     executor: Executor = ctx[CTX_KEY]
     try:
-        await executor.run(raw, ctx.get("job_try", 1))
+        await executor.run(raw, ctx.get("job_try", 1), ctx.get(END_KEY))
     except _REDIS_DOWN as e:
         # Not a failure of the job: it runs again once Redis answers. arq would log it as "failed" with a
         # traceback and, if Redis were back by then, delete the job; Retry keeps it queued.

@@ -19,7 +19,7 @@ from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
 from shared import scripts
-from shared.keys import ARQ_IN_PROGRESS
+from shared.keys import ARQ_IN_PROGRESS, ARQ_RETRY
 
 log = logging.getLogger("fusebox.worker")
 
@@ -93,9 +93,11 @@ class Leases:
 
     async def give_back(self, claimed: list[tuple[str, int]]) -> int:
         """Drop leases just taken on jobs (id, score claimed at) this worker must not start now: due again
-        at once. The jobs' own bookkeeping here (an earlier run still winding down) is left alone."""
+        at once. The jobs' own bookkeeping here (an earlier run still winding down) is left alone; the try
+        the claim counted for them is uncounted."""
         pairs = [x for j, score in claimed for x in (j, score)]
-        return int(await self._release(keys=[self.queue], args=[self.owner, ARQ_IN_PROGRESS, *pairs]))
+        args = [self.owner, ARQ_IN_PROGRESS, ARQ_RETRY, *pairs]
+        return int(await self._release(keys=[self.queue], args=args))
 
     async def release(self, ids: Iterable[str]) -> int:
         """Delete our leases of ``ids`` (those still ours) so the jobs run again at once."""
@@ -103,7 +105,7 @@ class Leases:
         if not todo:
             return 0
         pairs = [x for j in todo for x in (j, self.scores.get(j, ""))]
-        n = int(await self._release(keys=[self.queue], args=[self.owner, ARQ_IN_PROGRESS, *pairs]))
+        n = int(await self._release(keys=[self.queue], args=[self.owner, ARQ_IN_PROGRESS, "", *pairs]))
         self.held.difference_update(todo)
         self.live.difference_update(todo)
         for j in todo:

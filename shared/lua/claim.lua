@@ -17,29 +17,51 @@
 -- ARGV[6] lane key prefix, ARGV[7] lane window (lines one tenant may have out per unit of weight;
 -- 0 = take nothing from lanes), ARGV[8] suffix of a lane's out set,
 -- ARGV[9] how many due jobs to read from the queue here (the poll's read and claim in one round trip;
--- 0: read none, take the candidates given), ARGV[10..] with a read: ids to pass over (the worker's jobs
--- whose end arq has recorded while their task still runs: a deferred one may be due already, and a
--- claim of it would leave a lease no one renews), without: the candidate job ids, due first.
--- Returns a flat list {id, score, id, score, ...} of claimed jobs, each with the score it had. A job the
--- calling worker runs already may come back (its lease lost with a failed-over primary): the worker
--- does not start it twice, and the lease is its own again.
+-- 0: read none, take the candidates given),
+-- ARGV[10] arq's job key prefix, ARGV[11] its try count key prefix, ARGV[12] its abort zset ('': none):
+-- with a prefix, each claimed job also gets the start of arq's run_job done here (read its payload,
+-- count the try, clear its abort mark), which is then one round trip less per job; '': not done,
+-- ARGV[13..] with a read: ids to pass over (the worker's jobs whose end arq has recorded while their
+-- task still runs: a deferred one may be due already, and a claim of it would leave a lease no one
+-- renews), without: the candidate job ids, due first.
+-- Returns a flat list {id, score, id, score, ...} of claimed jobs, each with the score it had; with
+-- ARGV[10], {id, score, payload (nil if gone), try, aborted (0/1), ...}. A job the calling worker runs
+-- already may come back (its lease lost with a failed-over primary): the worker does not start it twice,
+-- and the lease is its own again.
 local out = {}
 local now = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
 local parked = now + tonumber(ARGV[2])
 local ids = {}
 local read = tonumber(ARGV[9])
+local FIRST = 13
 if read > 0 then
   local skip = {}
-  for i = 10, #ARGV do skip[ARGV[i]] = true end
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, read + #ARGV - 9)) do
+  for i = FIRST, #ARGV do skip[ARGV[i]] = true end
+  local got = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, read + #ARGV - FIRST + 1)
+  for _, id in ipairs(got) do
     if not skip[id] then ids[#ids + 1] = id end
   end
 else
-  for i = 10, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = FIRST, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+local start = ARGV[10] ~= ''
+local stride = start and 5 or 2
+
+-- the job is ours: hand it out, with arq's start transaction (GET job, INCR + EXPIRE try, ZREM abort)
+local function took(id, score)
+  out[#out + 1] = id
+  out[#out + 1] = score
+  if start then
+    out[#out + 1] = redis.call('GET', ARGV[10] .. id)
+    local try = ARGV[11] .. id
+    out[#out + 1] = redis.call('INCR', try)
+    redis.call('EXPIRE', try, 88400)  -- arq's own expiry of the count
+    out[#out + 1] = ARGV[12] ~= '' and redis.call('ZREM', ARGV[12], id) or 0
+  end
 end
 for _, id in ipairs(ids) do
-  if #out >= 2 * want then break end
+  if #out >= stride * want then break end
   local ip = ARGV[1] .. id
   local ttl = redis.call('PTTL', ip)
   if ttl == -2 then
@@ -47,15 +69,14 @@ for _, id in ipairs(ids) do
     if score and tonumber(score) <= now then
       redis.call('SET', ip, ARGV[5], 'PX', ARGV[2])
       redis.call('ZADD', KEYS[1], 'XX', parked, id)
-      out[#out + 1] = id
-      out[#out + 1] = score
+      took(id, score)
     end
   elseif ttl > 0 then
     redis.call('ZADD', KEYS[1], 'XX', 'GT', now + ttl, id)
   end
 end
 
-local need = want - #out / 2
+local need = want - #out / stride
 local window = tonumber(ARGV[7])
 if need <= 0 or window <= 0 then return out end
 local names = redis.call('SMEMBERS', KEYS[2])
@@ -123,8 +144,7 @@ while taken < need and #lanes > 0 do
       redis.call('SET', ARGV[1] .. id, ARGV[5], 'PX', ARGV[2])
       redis.call('ZADD', best.okey, now, id)
       best.n = best.n + 1
-      out[#out + 1] = id
-      out[#out + 1] = score
+      took(id, score)
       taken = taken + 1
     end
     drop = redis.call('EXISTS', best.key) == 0

@@ -9,8 +9,12 @@
 -- ARGV[13] usage dimensions 'provider|model|tenant|batch', ARGV[14] latency bucket, ARGV[15] error
 -- class ('' = ok): the minute bucket's fields are '<dimensions>|<metric>' (see shared/usage.py),
 -- ARGV[16] job id.
+-- KEYS[8..12], if given: the job's arq in-progress key, job key, try count key, abort zset and queue:
+-- the job's end is recorded here as arq's finish_job would (the worker then skips its own round trip),
+-- whether this run wrote the result or an earlier one did; a script error finishes nothing.
 -- Returns {written, status}: written=0 means a re-run job already recorded it (nothing counted again).
 --#include _finish.lua
+local function record()
 local single = KEYS[2] == ''
 if not single and KEYS[7] then redis.call('ZREM', KEYS[7], ARGV[16]) end
 if single then
@@ -56,3 +60,12 @@ for j = 1, 3 do
   if tokens[j] ~= 0 then redis.call('HINCRBY', KEYS[3], names[j], string.format('%d', tokens[j])) end
 end
 return {1, finish(KEYS[3], ARGV[4], KEYS[5], KEYS[6], ARGV[5], ARGV[6])}
+end
+
+local reply = record()
+if #KEYS >= 12 then  -- arq 0.28's finish_job transaction for a finished job without a kept result
+  redis.call('ZREM', KEYS[11], ARGV[16])
+  redis.call('ZREM', KEYS[12], ARGV[16])
+  redis.call('DEL', KEYS[10], KEYS[9], KEYS[8])
+end
+return reply

@@ -13,7 +13,7 @@ from arq.worker import func
 from producer.client import FuseboxClient
 from shared import codec
 from shared.config import Settings
-from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB
+from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY
 from tests.integration.helpers import arq_worker
 from worker.jobs import CTX_KEY
 from worker.settings import FuseboxWorker
@@ -102,10 +102,10 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     async def claim_as(
         owner: str, ids: list[str], lease_ms: int = 10_000, read: int = 0
     ) -> list[tuple[str, int]]:
-        got = await claim(
-            keys=[q, "", "", ""],
-            args=[ARQ_IN_PROGRESS, lease_ms, timestamp_ms(), 2, owner, "", 0, LANE_OUT_SUFFIX, read, *ids],
-        )
+        no_start = ("", "", "")  # ids and scores only, not arq's start of each job
+        lanes = ("", 0, LANE_OUT_SUFFIX)
+        args = [ARQ_IN_PROGRESS, lease_ms, timestamp_ms(), 2, owner, *lanes, read, *no_start, *ids]
+        got = await claim(keys=[q, "", "", ""], args=args)
         return [(got[i].decode(), int(float(got[i + 1]))) for i in range(0, len(got), 2)]
 
     assert await claim_as("w1", [a, b]) == [(a, now - 5000), (b, now - 4000)]  # the scores they had
@@ -140,14 +140,18 @@ async def test_a_poll_reads_the_due_jobs_and_claims_them_in_one_round_trip(
     """claim.lua reads the due range itself: a poll that finds jobs costs one round trip, not a read
     and then a claim. Jobs this worker's tasks still hold are never started twice: one whose end arq
     recorded (deferred, due again) while its task winds down is not claimed (nobody would renew that
-    lease); one still running whose lease Redis lost is claimed back, its lease ours again."""
+    lease); one still running whose lease Redis lost is claimed back, its lease ours again. The claim
+    also did the start of arq's run_job (read the payload, count the try): the runs send only their
+    finish."""
     from redis.asyncio.client import Pipeline
 
     started: list[str] = []
 
     async def job(ctx: dict[str, Any], raw: bytes) -> None:
         started.append(raw.decode())
+        tries.append(ctx["job_try"])
 
+    tries: list[int] = []
     w = arq_worker(settings, redis, [func(job, name="job")], max_jobs=10)
     monkeypatch.setattr(w, "heart_beat", _no_heart_beat)
     await w._poll_queue()  # nothing due yet (this loads the script on the server)
@@ -167,18 +171,22 @@ async def test_a_poll_reads_the_due_jobs_and_claims_them_in_one_round_trip(
 
     async def counted_pipeline(self: Pipeline, *args: Any, **kw: Any) -> Any:
         trips.append("pipeline")
+        sent.extend(str(c[0][0]) for c in self.command_stack)
         return await execute(self, *args, **kw)
 
+    sent: list[str] = []
     with monkeypatch.context() as m:
         m.setattr(redis, "execute_command", counted_command)
         m.setattr(Pipeline, "execute", counted_pipeline)
         await w._poll_queue()
-    try:
         assert trips == ["EVALSHA"]
         assert sorted(w.tasks) == [f"{ns}-p{i}" for i in range(6)]
         assert w.tasks[f"{ns}-p4"] is winding_down and w.tasks[f"{ns}-p5"] is running
         await asyncio.gather(*(t for t in w.tasks.values() if t not in (winding_down, running)))
-        assert sorted(started) == ["0", "1", "2", "3"]
+    try:
+        assert sorted(started) == ["0", "1", "2", "3"] and tries == [1, 1, 1, 1]
+        # the runs sent their finish (arq's MULTI/EXEC), never a start of their own
+        assert sent and "GET" not in sent and "INCRBY" not in sent, sent
         assert not await redis.exists(ARQ_IN_PROGRESS + f"{ns}-p4")  # left in the queue, due
         assert await redis.get(ARQ_IN_PROGRESS + f"{ns}-p5") == w.leases.owner.encode()
     finally:
@@ -200,6 +208,7 @@ async def test_a_job_claimed_while_its_last_run_winds_down_is_given_back(setting
     job_id = f"{settings.namespace}-late"
     due = timestamp_ms() - 1000
     await redis.zadd(settings.keys.queue, {job_id: due})
+    await redis.set(ARQ_RETRY + job_id, 1)  # its run that winds down counted its try
     winding_down = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
     w.tasks[job_id] = winding_down
     w._finishing = lambda: []  # type: ignore[method-assign]  # as if its run ended after the claim was sent
@@ -208,8 +217,10 @@ async def test_a_job_claimed_while_its_last_run_winds_down_is_given_back(setting
         assert w.tasks[job_id] is winding_down and w.job_counter == 0
         assert not await redis.exists(ARQ_IN_PROGRESS + job_id)
         assert await redis.zscore(settings.keys.queue, job_id) == due
+        assert await redis.get(ARQ_RETRY + job_id) == b"1"  # the claim counted a try for no run: uncounted
     finally:
         winding_down.cancel()
+        await redis.delete(ARQ_RETRY + job_id)
         del w.tasks[job_id]
         await redis.zrem(settings.keys.queue, job_id)
         await w.close()

@@ -126,14 +126,17 @@ async def test_admits_made_together_share_one_round_trip_and_keep_the_limit(
 
 
 @pytest.mark.parametrize("allow_abort", [False, True])
-async def test_jobs_claimed_together_start_in_one_transaction_and_count_their_tries(
+async def test_jobs_start_with_no_round_trip_of_their_own_and_count_their_tries(
     settings: Any, redis: Any, allow_abort: bool
 ) -> None:
-    """arq's start transaction of each job (read it, count its try) goes out with the others starting
-    now (with arq's abort check too, when aborts are allowed); tries still count per job across a retry."""
+    """arq's start transaction of each job (read it, count its try, and with aborts allowed take its
+    abort mark) is done by the claim that took it (claim.lua): no start goes out in a round trip of its
+    own; tries still count per job across a retry, and a job marked for abort is not run."""
     from arq import Retry
+    from arq.utils import timestamp_ms
     from arq.worker import func
 
+    from shared.keys import ARQ_ABORT_JOBS, ARQ_JOB
     from tests.integration.helpers import arq_worker
 
     tries: dict[str, list[int]] = {}
@@ -146,12 +149,16 @@ async def test_jobs_claimed_together_start_in_one_transaction_and_count_their_tr
     n = 10
     for i in range(n):
         await redis.enqueue_job("job", str(i).encode(), _job_id=f"{settings.namespace}-{i}")
+    aborted = f"{settings.namespace}-{n - 1}"
+    if allow_abort:
+        await redis.zadd(ARQ_ABORT_JOBS, {aborted: timestamp_ms()})
+    ran = n - 1 if allow_abort else n
     group = group_commit.finish_group(redis)
-    sends: list[int] = []  # starts (GETs of job payloads) per round trip
+    starts: list[tuple[Any, ...]] = []  # GETs of job payloads sent by a group
     real_send = group._send
 
     async def send(cmds: list[tuple[Any, ...]]) -> list[Any]:
-        sends.append(sum(1 for c in cmds if c[0] == "GET"))
+        starts.extend(c for c in cmds if c[0] in ("GET", "INCRBY"))
         return await real_send(cmds)
 
     group._send = send  # type: ignore[method-assign]
@@ -161,7 +168,7 @@ async def test_jobs_claimed_together_start_in_one_transaction_and_count_their_tr
     task = asyncio.create_task(worker.async_run())
     try:
         for _ in range(500):
-            if len(tries) == n and all(len(t) == 2 for t in tries.values()) and not worker.tasks:
+            if len(tries) == ran and all(len(t) == 2 for t in tries.values()) and not worker.tasks:
                 break
             await asyncio.sleep(0.02)
     finally:
@@ -169,7 +176,75 @@ async def test_jobs_claimed_together_start_in_one_transaction_and_count_their_tr
         await asyncio.gather(task, return_exceptions=True)
         await worker.close()
         group._send = real_send  # type: ignore[method-assign]
-    assert tries == {str(i): [1, 2] for i in range(n)}  # every job ran twice: its tries counted 1, 2
-    assert sum(sends) == 2 * n  # every start went through the group...
-    assert sends[0] == n  # ...and the ten claimed together started in one round trip
+    assert tries == {str(i): [1, 2] for i in range(ran)}  # every job ran twice: its tries counted 1, 2
+    assert starts == []  # no start of its own: the claims did them
+    if allow_abort:
+        assert not await redis.exists(ARQ_JOB + aborted)  # failed as aborted: never run
+    assert not await redis.zscore(ARQ_ABORT_JOBS, aborted)
     assert not [k async for k in redis.scan_iter(match=f"{ARQ_RETRY}{settings.namespace}-*")]
+
+
+async def test_a_result_write_finishes_the_job_as_arq_would(settings: Any, redis: Any) -> None:
+    """complete.lua with the job's arq keys leaves them as arq's finish_job(finish=True, no kept result)
+    does, whether this run wrote the result or an earlier one did; without them it touches none."""
+    from shared.schema import JobResult
+    from shared.store import Store
+
+    store = Store(redis, settings.keys)
+    queue = settings.keys.queue
+    theirs, ours, again, alone = (f"{settings.namespace}-{x}" for x in ("theirs", "ours", "again", "alone"))
+    for job_id in (theirs, ours, again, alone):
+        await seed(redis, queue, job_id)
+    arq = types.SimpleNamespace(pool=redis, queue_name=queue)
+    await Worker.finish_job(arq, theirs, True, None, 0, False, None, None)  # type: ignore[arg-type]
+
+    def arq_keys(job_id: str) -> list[str]:
+        return [ARQ_IN_PROGRESS + job_id, ARQ_JOB + job_id, ARQ_RETRY + job_id, ARQ_ABORT_JOBS, queue]
+
+    def complete(job_id: str, keys: list[str]) -> group_commit.ScriptCall:
+        return store.complete_call(JobResult(id=job_id, status_code=200), None, keys)
+
+    await redis.set(settings.keys.result(again), b"earlier run")  # written=0: finished all the same
+    replies = await group_commit.run_pipelined(
+        redis, [complete(ours, arq_keys(ours)), complete(again, arq_keys(again)), complete(alone, [])]
+    )
+    assert [store.completed(r)[0] for r in replies] == [True, False, True]
+    want = await state(redis, queue, theirs)
+    assert want["queue"] is None and want[ARQ_JOB] == (None, -2)
+    assert await state(redis, queue, ours) == want and await state(redis, queue, again) == want
+    assert (await state(redis, queue, alone))[ARQ_JOB][0] == b"job"  # no keys given: arq's finish runs later
+    for job_id in (theirs, ours, again, alone):
+        keys = [p + job_id for p in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS)]
+        await redis.delete(settings.keys.result(job_id), *keys)
+        await redis.zrem(ARQ_ABORT_JOBS, job_id)
+        await redis.zrem(queue, job_id)
+
+
+async def test_jobs_finish_in_their_result_write(settings: Any, redis: Any) -> None:
+    """Through a real worker, a job's end costs no round trip of its own: its result write records it
+    (no finish transaction is sent), and nothing of arq's is left behind."""
+    from producer.client import FuseboxClient
+    from tests.integration.helpers import batch_lines, running_worker
+
+    group = group_commit.finish_group(redis)
+    sent: list[tuple[Any, ...]] = []
+    real_send = group._send
+
+    async def send(cmds: list[tuple[Any, ...]]) -> list[Any]:
+        sent.extend(cmds)
+        return await real_send(cmds)
+
+    group._send = send  # type: ignore[method-assign]
+    client = FuseboxClient(redis, settings)
+    try:
+        async with running_worker(settings, redis):
+            sub = await client.submit_batch(batch_lines(30))
+            done = await client.wait_batch(sub.batch_id, timeout=60)
+    finally:
+        group._send = real_send  # type: ignore[method-assign]
+    assert (done.completed, done.failed) == (30, 0)
+    lines = [c for c in sent if any(str(a).endswith(f"{sub.batch_id}:c{i}") for a in c for i in range(30))]
+    assert lines == []  # neither a start nor a finish of a line went out on its own
+    for prefix in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS):
+        assert not [k async for k in redis.scan_iter(match=f"{prefix}{sub.batch_id}*")], prefix
+    assert await redis.zcard(settings.keys.queue) <= 1  # at most the batch's finalize job, not a line

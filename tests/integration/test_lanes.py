@@ -36,6 +36,9 @@ async def _claim(redis, keys: Keys, owner: str, want: int, window: int = 10**6, 
             window,
             LANE_OUT_SUFFIX,
             0,
+            "",  # no start replies: ids and scores only
+            "",
+            "",
             *ids,
         ],
     )

@@ -21,7 +21,7 @@ class FlakyExecutor:
         self.failures = failures
         self.tries: list[int] = []
 
-    async def run(self, raw: bytes, job_try: int = 1) -> None:
+    async def run(self, raw: bytes, job_try: int = 1, end: object = None) -> None:
         self.tries.append(job_try)
         if len(self.tries) <= self.failures:
             raise RedisUnavailable("could not store the result of j1: Connection refused")

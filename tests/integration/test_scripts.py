@@ -36,7 +36,7 @@ async def test_a_script_call_runs_on_a_server_that_lacks_the_script(forgetful: A
     release = _unseen_release(forgetful)  # drops the leases a worker holds
     await forgetful.set(key + "job", "me", px=60_000)
     assert (await forgetful.script_exists(release.sha)) == [False]
-    assert await release(keys=[key + "q"], args=["me", key, "job", ""]) == 1
+    assert await release(keys=[key + "q"], args=["me", key, "", "job", ""]) == 1
     assert await forgetful.exists(key + "job") == 0
     # EVAL cached it: the next call runs by EVALSHA
     assert (await forgetful.script_exists(release.sha)) == [True]
@@ -47,6 +47,6 @@ async def test_pipelined_calls_run_on_a_server_that_lacks_the_script(forgetful: 
     release = _unseen_release(forgetful)
     for i in range(3):
         await forgetful.set(f"{key}job{i}", "me", px=60_000)
-    calls = [ScriptCall(release, [key + "q"], ["me", key, f"job{i}", ""]) for i in range(3)]
+    calls = [ScriptCall(release, [key + "q"], ["me", key, "", f"job{i}", ""]) for i in range(3)]
     assert await run_pipelined(forgetful, calls) == [1, 1, 1]
     assert await forgetful.exists(*(f"{key}job{i}" for i in range(3))) == 0
