@@ -85,19 +85,32 @@ def status_class(status: int | None) -> str:
     return f"{status // 100}xx" if status else "none"
 
 
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, cached: prometheus_client validates and locks on every ``labels`` call,
+    a few per job on the worker's hot path. Label sets are bounded (see above), so is the cache."""
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def record_call(
     provider: str, model: str, status: int | None, error_class: str | None, seconds: float
 ) -> None:
-    REQUESTS.labels(provider, model, status_class(status), error_class or "").inc()
-    LATENCY.labels(provider, model).observe(seconds)
+    _child(REQUESTS, provider, model, status_class(status), error_class or "").inc()
+    _child(LATENCY, provider, model).observe(seconds)
 
 
 def record_usage(provider: str, model: str, prompt: int, completion: int, cached: int, cost: float) -> None:
     for kind, n in (("prompt", prompt), ("completion", completion), ("cached", cached)):
         if n:
-            TOKENS.labels(provider, model, kind).inc(n)
+            _child(TOKENS, provider, model, kind).inc(n)
     if cost > 0:
-        COST.labels(provider, model).inc(cost)
+        _child(COST, provider, model).inc(cost)
 
 
 # Why a job was handed back to the queue: the gate's refusal reasons (a bounded set), else a wait.
@@ -113,7 +126,7 @@ def record_deferral(reasons: Sequence[str]) -> None:
 
 def record_result(result: Any, kind: str) -> None:
     """A job's end: its outcome, and the tokens and cost of the call that answered it."""
-    JOBS.labels(kind, "succeeded" if result.ok else "failed").inc()
+    _child(JOBS, kind, "succeeded" if result.ok else "failed").inc()
     u = result.usage
     if u is not None and result.provider:
         record_usage(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -39,6 +40,8 @@ class Script(AsyncScript):
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
         client = client or self.registered_client
         keys, args = tuple(keys), tuple(args)
+        if not isinstance(client, Pipeline):  # a round trip of its own: packed in C (shared/pipelined.py)
+            return (await run_pipelined(client, [ScriptCall(self, list(keys), list(args))]))[0]
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:

@@ -30,6 +30,9 @@ log = logging.getLogger("fusebox.worker")
 # Set in a job's task from its start until arq's run_job first reaches for the pool (see pool): the
 # start replies the claim brought (claim.lua), or True if it brought none.
 _STARTING: ContextVar[group_commit.Started | bool] = ContextVar("fusebox_job_starting", default=False)
+# A poll claims fewer than CLAIM_BATCH jobs only if no jobs of this worker wait for a slot, or it has
+# passed SKIP_POLLS such claims up in a row (at most SKIP_POLLS poll_delays later than it could have).
+CLAIM_BATCH, SKIP_POLLS = 4, 3
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisUnavailable, ConnectionError, OSError)
 
 
@@ -83,6 +86,7 @@ class FuseboxWorker(Worker):
         self._started: dict[str, group_commit.Started] = {}
         # jobs whose result write recorded their end in arq (complete.lua): finish_job skips them
         self._ended: set[str] = set()
+        self._skipped = 0  # polls in a row that passed a small claim up (_poll_queue)
         self.ctx[END_KEY] = self
 
     def claimable(self) -> int:
@@ -152,6 +156,13 @@ class FuseboxWorker(Worker):
             self.tasks[job_id] = task
         if give_back:
             await self.leases.give_back(give_back)
+
+    def _stocked(self) -> bool:
+        """Whether jobs of this worker wait in its local lines (worker/local_lines.py) for a slot, and the
+        last few polls did not all pass their claim up."""
+        executor = self.ctx.get(CTX_KEY)
+        waiting = getattr(getattr(executor, "local", None), "waiting", 0)
+        return waiting >= CLAIM_BATCH and self._skipped < SKIP_POLLS
 
     def _finishing(self) -> list[str]:
         """Jobs whose end arq has recorded (their lease is gone, a deferred one may be due again) while
@@ -301,7 +312,14 @@ class FuseboxWorker(Worker):
                 return
             count = min(remaining, count)
         free = self.claimable() if self.allow_pick_jobs else 0
+        if 0 < free < CLAIM_BATCH and self._stocked():
+            # A claim for a slot or two while jobs of ours already wait for slots here: they take the slots
+            # that free up first; a later poll claims several at once (a claim per poll and worker was about
+            # a seventh of a worker's CPU with four workers). At most SKIP_POLLS polls in a row.
+            self._skipped += 1
+            free = 0
         if free > 0:
+            self._skipped = 0
             # One round trip: claim.lua reads the due range itself. Running jobs are parked past now
             # (claim.lua), so the due range holds jobs to take; a few extra cover running ones found
             # there all the same (parked again) and this worker's finishing jobs (passed over).

@@ -11,7 +11,7 @@ import pytest
 from arq.worker import func
 
 from producer.client import FuseboxClient
-from shared import codec
+from shared import codec, scripts
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY
 from tests.integration.helpers import arq_worker
@@ -89,7 +89,6 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     heartbeat moves it on; a release puts it back at its score; a lapsed lease leaves it due."""
     from arq.utils import timestamp_ms
 
-    from shared import scripts
     from shared.keys import LANE_OUT_SUFFIX
     from worker.lease import Leases
 
@@ -163,11 +162,15 @@ async def test_a_poll_reads_the_due_jobs_and_claims_them_in_one_round_trip(
     w.tasks[f"{ns}-p5"] = running
     w.leases.claimed(f"{ns}-p5")  # running here, its lease lost with a failed-over primary
     trips: list[str] = []
-    command, execute = redis.execute_command, Pipeline.execute
+    command, execute, packed = redis.execute_command, Pipeline.execute, scripts.send_commands
 
     async def counted_command(*args: Any, **kw: Any) -> Any:
         trips.append(str(args[0]))
         return await command(*args, **kw)
+
+    async def counted_packed(client: Any, cmds: Any) -> Any:
+        trips.append(",".join(str(c[0]) for c in cmds))
+        return await packed(client, cmds)
 
     async def counted_pipeline(self: Pipeline, *args: Any, **kw: Any) -> Any:
         trips.append("pipeline")
@@ -178,6 +181,7 @@ async def test_a_poll_reads_the_due_jobs_and_claims_them_in_one_round_trip(
     with monkeypatch.context() as m:
         m.setattr(redis, "execute_command", counted_command)
         m.setattr(Pipeline, "execute", counted_pipeline)
+        m.setattr(scripts, "send_commands", counted_packed)
         await w._poll_queue()
         assert trips == ["EVALSHA"]
         assert sorted(w.tasks) == [f"{ns}-p{i}" for i in range(6)]
@@ -259,3 +263,42 @@ async def test_a_lane_line_this_worker_already_runs_is_not_started_twice(setting
     finally:
         running.cancel()
         release.set()
+
+
+async def test_a_poll_passes_up_a_small_claim_while_jobs_wait_here_for_slots(
+    settings: Settings, redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With jobs of this worker waiting in its local lines, a claim for fewer than CLAIM_BATCH jobs waits
+    for a later poll (fewer, larger claims), but never more than SKIP_POLLS polls in a row; with none
+    waiting, every poll claims."""
+    from worker.fuse_worker import CLAIM_BATCH, SKIP_POLLS
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        await asyncio.sleep(3600)
+
+    local = SimpleNamespace(waiting=CLAIM_BATCH)
+    fake_executor = SimpleNamespace(router=SimpleNamespace(in_call=0), local=local, ahead_share=1.0)
+    w = arq_worker(
+        settings, redis, [func(job, name="job")], max_jobs=CLAIM_BATCH - 1, ctx={CTX_KEY: fake_executor}
+    )
+    monkeypatch.setattr(w, "heart_beat", _no_heart_beat)
+    claims: list[int] = []
+    packed = scripts.send_commands
+
+    async def counted(client: Any, cmds: Any) -> Any:
+        claims.append(len(cmds))
+        return await packed(client, cmds)
+
+    monkeypatch.setattr(scripts, "send_commands", counted)
+    try:
+        for _ in range(2 * (SKIP_POLLS + 1)):
+            await w._poll_queue()
+        assert len(claims) == 2  # every (SKIP_POLLS + 1)th poll claims
+        local.waiting = 0
+        for _ in range(3):
+            await w._poll_queue()
+        assert len(claims) == 5
+    finally:
+        for t in w.tasks.values():
+            t.cancel()
+        await w.close()

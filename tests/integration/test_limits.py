@@ -268,19 +268,27 @@ async def test_adaptive_off_ignores_429s(redis, settings):
 async def test_one_round_trip_each_for_admit_and_settle(redis, settings):
     gate = _gate(redis, settings)
     await gate.settle(await gate.admit("p", None, 1), "success", 1, 1)  # scripts now cached on the server
-    calls: list[str] = []
-    orig = redis.execute_command
+    from shared import scripts
+
+    calls: list[str] = []  # one entry per round trip
+    orig, packed = redis.execute_command, scripts.send_commands
 
     async def counting(*args: Any, **kw: Any) -> Any:
         calls.append(str(args[0]))
         return await orig(*args, **kw)
 
+    async def counting_packed(client: Any, cmds: Any) -> Any:
+        calls.append(",".join(str(c[0]) for c in cmds))
+        return await packed(client, cmds)
+
     redis.execute_command = counting
+    scripts.send_commands = counting_packed
     try:
         adm = await gate.admit("p", None, 1)
         await gate.settle(adm, "success", 1, 1)
     finally:
         del redis.execute_command
+        scripts.send_commands = packed
     assert calls == ["EVALSHA", "EVALSHA"]
 
 
