@@ -2,7 +2,9 @@
 
 Redis round trips per job on the happy path: one ``admit`` (breaker + concurrency
 lease + rate reservation) and one pipelined ``settle`` + ``complete`` (release,
-breaker window, exactly-once result, counters, usage), on top of arq's own.
+breaker window, exactly-once result, counters, usage, and arq's finish of the job),
+each shared with the other jobs of the worker admitting or finishing then. arq's
+start of the job was done by the claim that took it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Group commit: the Redis work of jobs finishing together, in one round trip.
 
-Each finishing job makes two small round trips: its result write (the last attempt's settle plus
-the store's complete script) and arq's ``finish_job`` transaction. Under load dozens of jobs finish
-within a millisecond or two; sent one by one, each pays redis-py's per-call cost (connection
+A finishing job writes its result (the last attempt's settle plus the store's complete script,
+which also records arq's finish of the job: worker/results.py); a job arq finishes itself (deferred,
+retried, failed, or not one of Fusebox's calls) sends arq's ``finish_job`` transaction. Under load
+dozens of jobs finish within a millisecond or two; sent one by one, each pays the per-call cost (connection
 checkout, packing, a socket write and a read, a task wake-up) and the server its syscalls. Here the
 first caller starts a flush one loop iteration later; everyone who arrives meanwhile (or while a
 flush is in flight) joins the next one. Nothing waits on a timer: alone, a job's write goes out
