@@ -193,6 +193,9 @@ class FuseboxWorker(Worker):
         finish), release the lease once Redis answers, so the job runs again now."""
         assert self.leases is not None
         self._started.pop(job_id, None)  # cancelled before its start
+        if job_id in self._ended:  # its write finished it (complete.lua), and arq's finish never came
+            self._ended.discard(job_id)
+            self.leases.finished(job_id)
         self.leases.finishing(job_id)
         if job_id in self.leases.held:
             self._orphans.add(job_id)
