@@ -27,7 +27,7 @@ class Progress:
         self.interval = interval  # between plain lines when not on a terminal
         self.t0 = time.monotonic()
         self.base: int | None = None
-        self._last = 0.0
+        self._last = self.t0  # the first plain line after one interval: none saying "0 lines" at the start
         self._drawn = 0.0
         self._bar: Any = None
         self._task: Any = None
