@@ -28,7 +28,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -288,45 +288,13 @@ class Gate(GateOps):
         )
         return res[0] == 1
 
-    @contextlib.asynccontextmanager
-    async def keepalive(self, adm: Admission) -> AsyncIterator[None]:
-        """Renew the lease every third of its length while the block runs.
+    def keepalive(self, adm: Admission) -> KeepAlive:
+        """``async with``: renew the lease every third of its length while the block runs.
 
         Only a timer is armed up front: the renewing task starts if the call outlives the
         first period, so the usual short call pays nothing.
         """
-        if not adm.ok or adm.policy is None:
-            yield
-            return
-        every = min(adm.policy.limits.lease_seconds, adm.policy.breaker.probe_lease_seconds) / 3
-        loop = asyncio.get_running_loop()
-        task: asyncio.Task[None] | None = None
-
-        async def renew_loop() -> None:
-            while True:
-                try:
-                    held = await self.renew(adm)
-                except RedisUnavailable as e:
-                    log.warning("lease of a %s call not renewed: %s", adm.scope, e)
-                    held = True
-                if not held:  # stalled longer than a lease: the slot may already be someone else's
-                    log.warning("lease of a %s call expired before it was renewed", adm.scope)
-                    return
-                await asyncio.sleep(every)
-
-        def start() -> None:
-            nonlocal task
-            task = loop.create_task(renew_loop())
-
-        timer = loop.call_later(every, start)
-        try:
-            yield
-        finally:
-            timer.cancel()
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        return KeepAlive(self, adm)
 
     # -- plumbing --------------------------------------------------------------
     async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
@@ -339,3 +307,45 @@ class Gate(GateOps):
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as e:
             msg = f"Redis is unreachable ({type(e).__name__}: {e}); no provider call is admitted meanwhile"
             raise RedisUnavailable(msg) from None
+
+
+class KeepAlive:
+    """``Gate.keepalive``'s context: a plain class, as it is entered once per provider call (a generator
+    based context manager costs several times as much)."""
+
+    __slots__ = ("_adm", "_gate", "_task", "_timer")
+
+    def __init__(self, gate: Gate, adm: Admission) -> None:
+        self._gate, self._adm = gate, adm
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        adm = self._adm
+        if adm.ok and adm.policy is not None:
+            every = min(adm.policy.limits.lease_seconds, adm.policy.breaker.probe_lease_seconds) / 3
+            self._timer = asyncio.get_running_loop().call_later(every, self._start, every)
+
+    def _start(self, every: float) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._renew_loop(every))
+
+    async def _renew_loop(self, every: float) -> None:
+        adm = self._adm
+        while True:
+            try:
+                held = await self._gate.renew(adm)
+            except RedisUnavailable as e:
+                log.warning("lease of a %s call not renewed: %s", adm.scope, e)
+                held = True
+            if not held:  # stalled longer than a lease: the slot may already be someone else's
+                log.warning("lease of a %s call expired before it was renewed", adm.scope)
+                return
+            await asyncio.sleep(every)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
