@@ -248,3 +248,43 @@ async def test_jobs_finish_in_their_result_write(settings: Any, redis: Any) -> N
     for prefix in (ARQ_JOB, ARQ_RETRY, ARQ_IN_PROGRESS):
         assert not [k async for k in redis.scan_iter(match=f"{prefix}{sub.batch_id}*")], prefix
     assert await redis.zcard(settings.keys.queue) <= 1  # at most the batch's finalize job, not a line
+
+
+@pytest.mark.parametrize("keep_result", [0, 60])
+async def test_a_result_write_finishes_only_a_live_job_whose_result_arq_does_not_keep(
+    settings: Any, redis: Any, keep_result: int
+) -> None:
+    """The worker hands complete.lua arq's keys only for a job whose lease it holds and whose arq result
+    is not kept (arq's finish would write one); otherwise arq's own finish runs as before."""
+    from arq.worker import func
+
+    from worker.fuse_worker import FuseboxWorker
+
+    async def job(ctx: dict[str, Any]) -> None:
+        return None
+
+    worker = FuseboxWorker(
+        functions=[func(job, name="job")], queue_name=settings.keys.queue, redis_pool=redis,
+        handle_signals=False, keep_result=keep_result,
+    )  # fmt: skip
+    try:
+        job_id = f"{settings.namespace}-live"
+        assert worker.finish_keys(job_id) is None  # not this worker's (no live lease)
+        worker.leases.claimed(job_id)
+        keys = worker.finish_keys(job_id)
+        if keep_result:
+            assert keys is None and job_id in worker.leases.live
+        else:
+            assert keys == [
+                ARQ_IN_PROGRESS + job_id,
+                ARQ_JOB + job_id,
+                ARQ_RETRY + job_id,
+                ARQ_ABORT_JOBS,
+                settings.keys.queue,
+            ]
+            assert job_id not in worker.leases.live  # its lease is not renewed while the write deletes it
+            worker.ended(job_id)
+            await worker.finish_job(job_id, True, None, 0, False, None, None)  # arq's call: nothing to send
+            assert job_id not in worker.leases.held
+    finally:
+        await worker.close()
