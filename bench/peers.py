@@ -4,7 +4,8 @@ The mock (an aiohttp server in its own process) answers OpenAI chat completions 
 latency and records how many requests it holds at once. Its ceiling is concurrency / latency
 (40 x 50 ms: 800 req/s). Measured against it, each on the same mock:
 
-- a plain aiohttp client with 40 tasks (the Python floor);
+- a plain aiohttp client with 40 tasks (the Python floor), and the same split over as many processes
+  as the most Fusebox workers measured (the floor for that many processes);
 - LiteLLM Router ``acompletion`` with 40 tasks, if litellm is installed;
 - Fusebox end to end: a batch submitted through ``FuseboxClient`` -> N ``fusebox worker``
   processes -> results, for each N in ``--workers`` (provider max_concurrency = the mock's 40).
@@ -194,22 +195,31 @@ async def run_litellm(base: str, n: int, conc: int) -> dict[str, Any]:
     return {"secs": secs, "cpu": cpu, "version": "litellm " + _version("litellm")}
 
 
-def peer(kind: str, mock: Mock, n: int, conc: int) -> dict[str, Any] | None:
+def peer(kind: str, mock: Mock, n: int, conc: int, procs: int = 1) -> dict[str, Any] | None:
+    """``procs`` > 1: that many client processes at once, each with its share of the tasks and requests
+    (the floor for as many processes as Fusebox has workers: each process's event loop then handles a
+    share of the calls, and wakes up for fewer of them at a time)."""
     python = sys.executable
     if kind == "litellm":  # its own venv keeps litellm's pins out of Fusebox's
         python = os.environ.get("PEERS_LITELLM_PYTHON") or str(LITELLM_VENV / "bin" / "python")
         if not Path(python).exists():
             return None
-    out = subprocess.run(
-        [python, __file__, "--peer", kind, "--base", mock.base, "-n", str(n), "--concurrency", str(conc)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if out.returncode != 0:
-        print(f"  {kind}: failed: {out.stderr.strip()[-400:]}", file=sys.stderr)
+    cmd = [python, __file__, "--peer", kind, "--base", mock.base, "-n", str(n // procs)]
+    children = [
+        subprocess.Popen(
+            [*cmd, "--concurrency", str(conc // procs)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(procs)
+    ]
+    outs = [c.communicate(timeout=900) for c in children]
+    if any(c.returncode != 0 for c in children):
+        print(f"  {kind}: failed: {' '.join(e for _, e in outs).strip()[-400:]}", file=sys.stderr)
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    got = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    return {**got[0], "secs": max(g["secs"] for g in got), "cpu": sum(g["cpu"] for g in got)}
 
 
 # -- Fusebox -------------------------------------------------------------------------------------
@@ -417,6 +427,13 @@ def main() -> None:
                 rows.append((kind if kind != "litellm" else "LiteLLM Router acompletion", r))
             elif kind == "litellm":
                 print("  LiteLLM: not installed or failed; skipped", file=sys.stderr)
+        split = max([int(x) for x in args.workers.split(",") if x] or [1])
+        if "aiohttp" in args.peers.split(",") and split > 1:
+            mock.reset()
+            r = peer("aiohttp", mock, args.n, args.concurrency, split)
+            if r is not None:
+                r["max_inflight"] = mock.stats()["max"]
+                rows.append((f"aiohttp, {split} processes", r))
         for w in [int(x) for x in args.workers.split(",") if x]:
             rows.append(
                 (
