@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
 from arq import Retry
@@ -91,6 +92,9 @@ class Executor:
         self.ahead_share = 1.0
         self._latency: dict[str, float] = {}  # moving mean of this worker's call latency by scope, seconds
         self.job_timeout = job_timeout
+        # Called when a claimed job's fate becomes known (its call starts, or it waits in a local line):
+        # the worker may claim again (FuseboxWorker.capacity).
+        self.on_known: Callable[[], None] | None = None
 
     async def run(self, raw: bytes, job_try: int = 1, end: JobEnd | None = None) -> JobResult | None:
         """Run the job; None when it was deferred (arq re-queues it) instead of finishing. ``end``: the
@@ -273,6 +277,7 @@ class Executor:
             room_wait = self._room_wait(scopes)
             if await self.local.wait_room(scopes, room_wait):
                 self._placed()
+                self._known()
                 woken = await self.local.wait(scopes, LOCAL_WAIT_S, first=first, who=spec.id)
                 if woken is not None:
                     candidates = self.hand_ons.woken(woken, candidates, handed)
@@ -298,6 +303,7 @@ class Executor:
                 # While calls of this worker run on these scopes, their ends wake it in turn; re-asking the
                 # gate sooner only takes a slot another worker's waiter was woken for.
                 timeout = LOCAL_WAIT_S if self._calling_on(full) else min(delay, LOCAL_WAIT_S)
+                self._known()
                 woken = await self.local.wait(full, timeout, first=first, who=spec.id)
                 if woken is not None:
                     candidates = self.hand_ons.woken(woken, candidates, handed)
@@ -310,6 +316,10 @@ class Executor:
             delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
             raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])
         raise Deferred(0.05, ["still saturated after waiting in this worker"])
+
+    def _known(self) -> None:
+        if self.on_known is not None:
+            self.on_known()
 
     def _placed(self) -> None:
         """A job found a place (a slot, or room in a local line): claiming ahead pays again."""
@@ -468,6 +478,7 @@ class Executor:
         """The provider call of an admitted job; provider errors and timeouts come back in the Call."""
         req = spec.req()
         self.router.started(cand)
+        self._known()
         t0 = time.perf_counter()
         resp: ProviderResponse | None = None
         err: ProviderError | None = None

@@ -33,6 +33,10 @@ _STARTING: ContextVar[group_commit.Started | bool] = ContextVar("fusebox_job_sta
 # A poll claims fewer than CLAIM_BATCH jobs only if no jobs of this worker wait for a slot, or it has
 # passed SKIP_POLLS such claims up in a row (at most SKIP_POLLS poll_delays later than it could have).
 CLAIM_BATCH, SKIP_POLLS = 4, 3
+# A worker that can claim fewer than CLAIM_MORE jobs sleeps SLOW_POLLS poll delays, woken early once it
+# can claim CLAIM_MORE (FuseboxWorker.capacity), unless its last claim found the queue dry: each claim
+# then takes several jobs, however many workers share the work.
+CLAIM_MORE, SLOW_POLLS = 8, 4
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisUnavailable, ConnectionError, OSError)
 
 
@@ -87,6 +91,7 @@ class FuseboxWorker(Worker):
         # jobs whose result write recorded their end in arq (complete.lua): finish_job skips them
         self._ended: set[str] = set()
         self._skipped = 0  # polls in a row that passed a small claim up (_poll_queue)
+        self._dry = True  # the last claim took fewer jobs than it asked for: the queue has no more due
         self.ctx[END_KEY] = self
 
     def claimable(self) -> int:
@@ -131,6 +136,7 @@ class FuseboxWorker(Worker):
                 *(ids or self._finishing()),
             ],
         )  # fmt: skip
+        self._dry = len(claimed) < 5 * free
         self._reap_tasks()  # a task that ended meanwhile: a claim of its job is a new run
         give_back: list[tuple[str, int]] = []
         for i in range(0, len(claimed), 5):
@@ -193,6 +199,7 @@ class FuseboxWorker(Worker):
         finish), release the lease once Redis answers, so the job runs again now."""
         assert self.leases is not None
         self._started.pop(job_id, None)  # cancelled before its start
+        self.loop.call_soon(self.capacity)  # after arq's own callback freed the job's slot
         if job_id in self._ended:  # its write finished it (complete.lua), and arq's finish never came
             self._ended.discard(job_id)
             self.leases.finished(job_id)
@@ -253,6 +260,9 @@ class FuseboxWorker(Worker):
         self._side_tasks = [self.loop.create_task(self.leases.heartbeat())]
         if self.wake_key:
             self._side_tasks.append(self.loop.create_task(self._listen_wake(self.wake_key)))
+        executor = self.ctx.get(CTX_KEY)
+        if executor is not None:
+            executor.on_known = self.capacity
         store = self.ctx.get(STORE_KEY)
         if store is not None:  # a worker that runs Fusebox's jobs (not a bare FuseboxWorker in tests)
             reconciler = Reconciler(self.pool, store, self.leases.owner, self.reconcile_seconds)
@@ -340,12 +350,18 @@ class FuseboxWorker(Worker):
         if self._woken:
             return
         fut = self._waker = self.loop.create_future()
-        timer = self.loop.call_later(self._poll_s, _wake, fut)
+        slow = not self._dry and self.allow_pick_jobs and self.claimable() < CLAIM_MORE
+        timer = self.loop.call_later(self._poll_s * (SLOW_POLLS if slow else 1), _wake, fut)
         try:
             await fut
         finally:
             timer.cancel()
             self._waker = None
+
+    def capacity(self) -> None:
+        """A claimed job's fate became known, or a job ended: poll now if a claim would take CLAIM_MORE."""
+        if self._waker is not None and not self._dry and self.claimable() >= CLAIM_MORE:
+            _wake(self._waker)
 
     async def _listen_wake(self, key: str) -> None:
         """BLPOP the wake-up list (one connection of the pool) and cut the current sleep short."""

@@ -302,3 +302,54 @@ async def test_a_poll_passes_up_a_small_claim_while_jobs_wait_here_for_slots(
         for t in w.tasks.values():
             t.cancel()
         await w.close()
+
+
+async def test_a_worker_with_jobs_left_to_claim_claims_again_once_it_can_take_claim_more(
+    settings: Settings, redis
+) -> None:
+    """Capacity, not the clock, sets when a worker with due jobs left claims again: only once CLAIM_MORE of
+    its claimed jobs have found their fate (a call, or a place in a local line), and then that many at once.
+    So each claim takes several jobs, however many workers share the work."""
+    from worker.fuse_worker import CLAIM_MORE
+
+    gate = asyncio.Event()
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        await gate.wait()
+
+    for i in range(40):
+        await redis.enqueue_job("job", str(i).encode(), _job_id=f"{settings.namespace}-{i}")
+    router = SimpleNamespace(in_call=0)
+    fake_executor = SimpleNamespace(router=router, local=SimpleNamespace(waiting=0), ahead_share=1.0)
+    w = arq_worker(
+        settings,
+        redis,
+        [func(job, name="job")],
+        poll_delay=30.0,
+        claim_ahead=16,
+        max_jobs=100,
+        ctx={CTX_KEY: fake_executor},
+    )
+    task = asyncio.create_task(w.async_run())
+    try:
+        for _ in range(500):
+            if len(w.tasks) == 16:
+                break
+            await asyncio.sleep(0.01)
+        assert len(w.tasks) == 16 and fake_executor.on_known == w.capacity
+        router.in_call = CLAIM_MORE - 1  # their calls started
+        w.capacity()
+        await asyncio.sleep(0.2)
+        assert len(w.tasks) == 16  # too few to claim for: the next poll is far off
+        router.in_call = CLAIM_MORE
+        w.capacity()
+        for _ in range(500):
+            if len(w.tasks) > 16:
+                break
+            await asyncio.sleep(0.01)
+        assert len(w.tasks) == 16 + CLAIM_MORE
+    finally:
+        gate.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await w.close()
