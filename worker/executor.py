@@ -4,9 +4,7 @@ Redis round trips per job on the happy path: one ``admit`` (breaker + concurrenc
 lease + rate reservation) and one pipelined ``settle`` + ``complete`` (release,
 breaker window, exactly-once result, counters, usage, and arq's finish of the job),
 each shared with the other jobs of the worker admitting or finishing then. arq's
-start of the job was done by the claim that took it. A job that waited in the worker for
-a saturated provider usually needs no admit: the call that ended hands its lease on
-(worker/hand_on.py).
+start of the job was done by the claim that took it.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ from shared.scripts import ScriptCall
 from shared.store import Store
 from worker import spend
 from worker.attempts import INTERNAL, failed_attempts, spent, spent_error
-from worker.hand_on import HandOns
 from worker.local_lines import LocalLines
 from worker.outcome import Call, Deferred, Outcome, come_back_in, info, ms_since, result_of
 from worker.results import REDIS_DOWN as _REDIS_DOWN
@@ -84,7 +81,6 @@ class Executor:
         self.policy = policy
         self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
         self.local = LocalLines(local_waiters)
-        self.hand_ons = HandOns(gate, self.local)
         self.calling: Counter[str] = Counter()  # this worker's provider calls in flight, by gate scope
         # How far ahead the worker may claim, as a share of its claim_ahead (fuse_worker.claimable): halved
         # whenever a job found no place in a local line (claims outran the provider), regained one job at a
@@ -155,8 +151,11 @@ class Executor:
                 )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
-        settle = outcome.settle if outcome.scope is None else self.hand_ons.free(outcome)
-        await self._write(spec, result, settle, outcome.admission, end)
+        if outcome.scope is not None:
+            # Woken now, the next job's admit joins the round trip this result's write (with the call's
+            # settle, which frees the slot) goes out in, right behind it: one round trip between calls.
+            self.local.release(outcome.scope)
+        await self._write(spec, result, outcome.settle, outcome.admission, end)
         metrics.record_result(result, spec.kind)
         return result
 
@@ -233,42 +232,6 @@ class Executor:
         if self.budgets is not None and (spec.tenant is not None or spec.batch_id is not None):
             caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
         first = spec.batch_id is None
-        handed: list[Admission] = []  # a slot handed on to this job by a call of this worker that ended
-        try:
-            return await self._rounds(
-                spec,
-                candidates,
-                attempts,
-                owners,
-                scopes,
-                lines,
-                est,
-                errors,
-                wait_until,
-                caps,
-                first,
-                handed,
-            )
-        finally:
-            if handed:  # not taken (a refused budget, a cancel): free it
-                self.hand_ons.lost(handed.pop())
-
-    async def _rounds(
-        self,
-        spec: JobSpec,
-        candidates: list[Candidate],
-        attempts: list[Attempt],
-        owners: dict[str, str],
-        scopes: list[str],
-        lines: list[str],
-        est: int,
-        errors: list[ProviderError],
-        wait_until: float | None,
-        caps: Caps,
-        first: bool,
-        handed: list[Admission],
-    ) -> Outcome:
-        loop = asyncio.get_running_loop()
         tried_room = waited_room = False  # looked for a place in a local line; waited for one in vain
         if self.local.queued(scopes) and self._calling_on(scopes):
             # Jobs of this worker already wait for every candidate and its calls there will wake them: the
@@ -278,15 +241,15 @@ class Executor:
             if await self.local.wait_room(scopes, room_wait):
                 self._placed()
                 self._known()
-                woken = await self.local.wait(scopes, LOCAL_WAIT_S, first=first, who=spec.id)
-                if woken is not None:
-                    candidates = self.hand_ons.woken(woken, candidates, handed)
+                freed = await self.local.wait(scopes, LOCAL_WAIT_S, first=first)
+                if freed is not None:
+                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
             else:
                 tried_room, waited_room = True, room_wait > 0
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self._try_candidates(
-                spec, candidates, attempts, est, lines, denied, errors, owners, caps, handed
+                spec, candidates, attempts, est, lines, denied, errors, owners, caps
             )
             if outcome is not None:
                 self._placed()
@@ -304,9 +267,9 @@ class Executor:
                 # gate sooner only takes a slot another worker's waiter was woken for.
                 timeout = LOCAL_WAIT_S if self._calling_on(full) else min(delay, LOCAL_WAIT_S)
                 self._known()
-                woken = await self.local.wait(full, timeout, first=first, who=spec.id)
-                if woken is not None:
-                    candidates = self.hand_ons.woken(woken, candidates, handed)
+                freed = await self.local.wait(full, timeout, first=first)
+                if freed is not None:  # try the candidate that just freed a slot first
+                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
                 continue
             if may_wait and (waited_room or room_wait > 0):
                 # no place came in the time this worker's line should have made one: it claims too far
@@ -347,7 +310,6 @@ class Executor:
         errors: list[ProviderError],
         owners: dict[str, str],
         caps: Caps,
-        handed: list[Admission],
     ) -> Outcome | None:
         """An outcome, or None when some candidates refused admission (``denied``) and none served it.
 
@@ -361,9 +323,7 @@ class Executor:
             budget = spent(attempts, candidates, self.policy.max_attempts)[0]
             used = budget.get((cand.provider.name, cand.model), 0)
             for n in range(used, self.policy.max_attempts):
-                call = await self._one_call(
-                    spec, cand, est, lines, owners.get(cand.provider.name), caps, handed
-                )
+                call = await self._one_call(spec, cand, est, lines, owners.get(cand.provider.name), caps)
                 if isinstance(call, ErrorInfo):
                     return Outcome(None, cand, call)  # a single job over its budget
                 adm, resp, err, latency = call.adm, call.resp, call.err, call.latency
@@ -378,7 +338,7 @@ class Executor:
                     attempts.append(
                         Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
                     )
-                    return Outcome(resp, cand, None, settle, adm.scope, adm, latency, tokens)
+                    return Outcome(resp, cand, None, settle, adm.scope, adm)
                 assert err is not None
                 last = err
                 errors.append(err)
@@ -424,19 +384,11 @@ class Executor:
         return Outcome(None, None, info(last))
 
     async def _one_call(
-        self,
-        spec: JobSpec,
-        cand: Candidate,
-        est: int,
-        lines: list[str],
-        owner: str | None,
-        caps: Caps,
-        handed: list[Admission],
+        self, spec: JobSpec, cand: Candidate, est: int, lines: list[str], owner: str | None, caps: Caps
     ) -> Call | ErrorInfo:
-        """Reserve the call's cost (if the job has spend caps), pass the gate (or take the slot ``handed``
-        on to the job, if it is this candidate's), call, reconcile the cost. Whatever ends it early
-        (refused admission, an error, a cancel, job_timeout) refunds the reservation in ``finally``: spend
-        only ever counts the real cost of calls that answered."""
+        """Reserve the call's cost (if the job has spend caps), pass the gate, call, reconcile the cost.
+        Whatever ends it early (refused admission, an error, a cancel, job_timeout) refunds the
+        reservation in ``finally``: spend only ever counts the real cost of calls that answered."""
         hold: Hold | None = None
         if caps.any:
             assert self.budgets is not None
@@ -446,21 +398,17 @@ class Executor:
             hold = held
         try:
             name = cand.provider.name
-            if handed and handed[0].scope == self.gate.policy(name, cand.model, owner).scope:
-                adm = handed.pop()
-                adm.est_tokens = max(0, est)
-            else:
-                adm = await self.gate.admit(
-                    name,
-                    cand.model,
-                    est,
-                    waiter=spec.id,
-                    other_lines=lines,
-                    owner=owner,
-                    first=spec.batch_id is None,
-                )
-                if not adm.ok:
-                    return Call(adm)
+            adm = await self.gate.admit(
+                name,
+                cand.model,
+                est,
+                waiter=spec.id,
+                other_lines=lines,
+                owner=owner,
+                first=spec.batch_id is None,
+            )
+            if not adm.ok:
+                return Call(adm)
             call = await self._send(spec, cand, adm)
             if hold is not None:  # the real cost replaces the estimate (a failed call costs nothing)
                 real = self.router.cost(cand, call.resp.usage, spec.kind) if call.resp is not None else 0.0

@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-Woken = tuple[str, Any]  # the scope whose slot freed, and what came with it (a handed-on admission, or None)
 
 
 class LocalLines:
-    def __init__(self, per_scope_cap: int, on_lost: Callable[[Any], None] | None = None) -> None:
-        """``on_lost``: called with what ``release`` handed to a waiter that left without taking it."""
+    def __init__(self, per_scope_cap: int) -> None:
         self.cap = per_scope_cap
         self.waiting = 0  # jobs waiting here now, all scopes
-        self.on_lost = on_lost
-        self._waiters: defaultdict[str, deque[asyncio.Future[Woken]]] = defaultdict(deque)
-        self._first: defaultdict[str, deque[asyncio.Future[Woken]]] = defaultdict(deque)  # interactive
-        self._who: dict[asyncio.Future[Woken], str] = {}  # waiting future -> its job
+        self._waiters: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)
+        self._first: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)  # interactive
         self._room: defaultdict[str, deque[asyncio.Future[None]]] = defaultdict(deque)  # for has_room
 
     def has_room(self, scopes: Sequence[str]) -> bool:
@@ -47,34 +42,20 @@ class LocalLines:
         """Whether jobs of this worker wait in the line of every one of ``scopes``."""
         return all(self._waiters.get(s) or self._first.get(s) for s in scopes)
 
-    async def wait(
-        self, scopes: Sequence[str], timeout: float, first: bool = False, who: str = ""
-    ) -> Woken | None:
-        """Until a call on one of ``scopes`` ends in this worker (-> that scope and what ``release`` handed
-        on), or ``timeout`` (-> None). ``first``: an interactive job, woken before every batch line waiting
-        here. ``who``: the job waiting (``release`` says who it woke)."""
-        fut: asyncio.Future[Woken] = asyncio.get_running_loop().create_future()
+    async def wait(self, scopes: Sequence[str], timeout: float, first: bool = False) -> str | None:
+        """Until a call on one of ``scopes`` ends in this worker (-> that scope), or ``timeout`` (-> None).
+        ``first``: an interactive job, woken before every batch line waiting here."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         lines = self._first if first else self._waiters
         for s in scopes:
             lines[s].append(fut)
         self.waiting += 1
-        self._who[fut] = who
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return None
-        except BaseException:  # cancelled after being handed a slot: that slot must not be lost
-            if (
-                fut.done()
-                and not fut.cancelled()
-                and fut.result()[1] is not None
-                and self.on_lost is not None
-            ):
-                self.on_lost(fut.result()[1])
-            raise
         finally:
             self.waiting -= 1
-            del self._who[fut]
             for s in scopes:
                 _discard(lines[s], fut)
                 self._wake_room(s)
@@ -108,17 +89,16 @@ class LocalLines:
                 fut.set_result(None)
                 return
 
-    def release(self, scope: str, handed: Any = None) -> str | None:
+    def release(self, scope: str) -> None:
         """A slot of ``scope`` just freed: wake the longest-waiting interactive job for it, else the
-        longest-waiting batch line, handing it ``handed``; the job woken (its ``who``), or None if none."""
+        longest-waiting batch line."""
         for lines in (self._first, self._waiters):
             q = lines.get(scope)
             while q:
                 fut = q.popleft()
                 if not fut.done():
-                    fut.set_result((scope, handed))
-                    return self._who[fut]
-        return None
+                    fut.set_result(scope)
+                    return
 
 
 def _discard(line: deque[Any], fut: asyncio.Future[Any]) -> None:

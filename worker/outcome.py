@@ -32,8 +32,6 @@ class Outcome:
     settle: ScriptCall | None = None  # the last attempt's settle, sent with the result write
     scope: str | None = None  # the gate scope that settle frees a slot of
     admission: Admission | None = None  # the call that settle ends
-    latency: float = 0.0  # that call's, ms, and its tokens: for a settle handing its slot on
-    tokens: int = 0
 
 
 class Deferred(Exception):

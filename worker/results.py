@@ -65,8 +65,6 @@ async def write_result(
         log.error("job %s: settling its call failed: %s", spec.id, replies[0])
         if adm is not None:
             gate.unsettled(adm)
-    elif adm is not None and adm.handed_on:
-        gate.settled(adm, replies[0])
     if isinstance(replies[-1], Exception):
         raise replies[-1]
     if arq_keys and end is not None:

@@ -2,8 +2,7 @@
 
 All state lives in Redis and every decision is one Lua script using the Redis server's clock,
 so any number of workers behave as one careful client per provider. A call costs two round
-trips: ``admit`` before it and ``settle`` after it; or only the settle, if it took over the lease of a
-call of its worker that just ended (``may_hand_on``, worker/hand_on.py).
+trips: ``admit`` before it and ``settle`` after it.
 
     adm = await gate.admit("openai", "gpt-4o-mini", est_tokens=900)
     if not adm.ok:
@@ -46,9 +45,6 @@ from shared.keys import ARQ_IN_PROGRESS, Keys
 from shared.scripts import ScriptCall
 
 log = logging.getLogger("fusebox.gate")
-# A lease serves at most this many calls in a row by hand-ons, then goes back through admit: other
-# workers' jobs waiting for the scope get their turn (without it a lease never leaves its worker).
-MAX_HOPS = 3
 
 
 class Gate(GateOps):
@@ -74,8 +70,6 @@ class Gate(GateOps):
         self._prefix = os.urandom(6).hex()
         # leases of calls that ended while Redis was unreachable: lease id -> (scope, probe)
         self._unsettled: dict[str, tuple[str, bool]] = {}
-        # scopes whose last hand-on settle said stop (breaker not closed, over the limit): admit again
-        self._held_back: set[str] = set()
         self._admit = scripts.load(redis, "admit")
         self._settle = scripts.load(redis, "settle")
         self._renew = scripts.load(redis, "renew")
@@ -174,8 +168,6 @@ class Gate(GateOps):
             if isinstance(res, Exception):
                 raise res
         if res[0] == 1:
-            if res[2] != 1:
-                self._held_back.discard(scope)
             return Admission(
                 True,
                 provider,
@@ -217,32 +209,8 @@ class Gate(GateOps):
 
     def unsettled(self, adm: Admission) -> None:
         """The call is over but its settle never reached Redis: release its lease once Redis is back."""
-        if adm.ok and not adm.handed_on:
+        if adm.ok:
             self._unsettled[adm.lease] = (adm.scope, adm.probe)
-
-    def may_hand_on(self, adm: Admission, outcome: str) -> bool:
-        """Whether this call's slot may go straight to the next call of a job waiting in this worker, on the
-        same lease, with no admit: the next call starts at once and the settle (``hand_on``) keeps the lease
-        for it, so the fleet's calls in flight never grow. Only after a plain success (no probe), on a scope
-        without rpm/tpm limits (every call reserves its rate in admit), unless the scope's last hand-on
-        settle said stop (breaker not closed, or over its limit: the next admit decides). A breaker opening
-        or a limit lowered meanwhile by other workers is seen by that settle, one round trip later."""
-        pol = adm.policy
-        return (
-            outcome == "success"
-            and adm.ok
-            and not adm.probe
-            and pol is not None
-            and not pol.rpm
-            and not pol.tpm
-            and adm.scope not in self._held_back
-            and adm.hops < MAX_HOPS
-        )
-
-    def settled(self, adm: Admission, reply: Any) -> None:
-        """A hand-on settle's reply (``settle_call(..., hand_on=...)``): hold hand-ons back if it says so."""
-        if isinstance(reply, list) and len(reply) > 2 and reply[2] != 1:
-            self._held_back.add(adm.scope)
 
     async def release_unsettled(self) -> int:
         """Release the leases (and probe leases) of calls cut off by an outage; how many were still held.
@@ -268,10 +236,8 @@ class Gate(GateOps):
         latency_ms: float,
         actual_tokens: int | None,
         handoff: bool = False,
-        hand_on: str | None = None,
     ) -> ScriptCall | None:
-        """The settle script call, for callers that pipeline it with their own writes (one round trip).
-        ``hand_on``: the job whose call took this lease over (``may_hand_on``): the lease is kept for it."""
+        """The settle script call, for callers that pipeline it with their own writes (one round trip)."""
         if not adm.ok:
             return None
         if outcome not in OUTCOMES:
@@ -303,9 +269,6 @@ class Gate(GateOps):
             ARQ_IN_PROGRESS,
             int(handoff),
         ]
-        if hand_on is not None:
-            args[-1] = 2
-            args += [repr(pol.limits.lease_seconds * 1000), hand_on]
         return ScriptCall(self._settle, keys, args)
 
     async def renew(self, adm: Admission) -> bool:

@@ -35,8 +35,6 @@ class Admission:
     in_flight: int = 0
     est_tokens: int = 0
     policy: Policy | None = field(default=None, repr=False)
-    hops: int = 0  # calls this lease served before this one (Gate.may_hand_on)
-    handed_on: bool = False  # its lease went on to the next call (Gate.may_hand_on): not this call's to free
 
 
 def outcome_of(err: ProviderError | None) -> Outcome:

@@ -14,12 +14,9 @@
 -- ARGV[28] success window, ARGV[29] events stream max length, ARGV[30] consecutive failures that trip,
 -- ARGV[31] '1' if the call was admitted with the concurrency limit reached (the limit was binding),
 -- ARGV[32] arq's in-progress key prefix, ARGV[33] '1': a job waiting in the caller's worker takes the
--- freed slot next (no call-back); '2': that job already took it: its call runs on this lease, which
--- is kept and extended by ARGV[34] lease ms (worker/executor.py: a hand-on), ARGV[35] its job id
--- (it leaves the scope's line)
+-- freed slot next (no call-back)
 -- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue
--- Returns {state after, 1 if this outcome caused a transition else 0, and for a hand-on 1 if the
--- scope still lets calls be handed on (breaker closed, lease held, not over the limit) else 0}.
+-- Returns {state after, 1 if this outcome caused a transition else 0}.
 --#include _gate.lua
 unpack_policy(11)  -- ARGV[11..30] arrive packed in ARGV[11]
 
@@ -32,20 +29,9 @@ local tpm = tonumber(ARGV[11])
 local maxlen = ARGV[29]
 local now = now_ms()
 
-local hand_on = ARGV[33] == '2'
-local released, held = 0, 0
-if hand_on then
-  -- The next call runs on this lease: keep it (renewed) unless it was already reclaimed as expired.
-  if redis.call('ZSCORE', L, id) then
-    redis.call('ZADD', L, fmt(now + tonumber(ARGV[34])), id)
-    held = 1
-  end
-  redis.call('ZREM', KEYS[6], ARGV[35])
-else
-  -- Releasing is idempotent, and a lease already reclaimed as expired is simply gone.
-  released = redis.call('ZREM', L, id)
-  if probe then redis.call('ZREM', P, id) end
-end
+-- Releasing is idempotent, and a lease already reclaimed as expired is simply gone.
+local released = redis.call('ZREM', L, id)
+if probe then redis.call('ZREM', P, id) end
 
 -- Jobs deferred while this scope was saturated come back on an estimate of their turn. Each freed
 -- slot also calls the next of them back now: closed-loop, so slots never idle while jobs sit in arq's
@@ -192,12 +178,4 @@ if ARGV[24] == '1' then
   end
 end
 
-if hand_on then
-  -- Hand-ons go on while the breaker is closed and the fleet is within its (adaptive) limit; else the
-  -- next job asks admit, which refuses or probes as usual.
-  local lim = tonumber(ARGV[25])
-  if ARGV[24] == '1' then lim = math.min(num(redis.call('HGET', S, 'lim'), lim), lim) end
-  local ok = held == 1 and (st == 'closed' or st == 'forced_closed') and redis.call('ZCARD', L) <= lim
-  return {st, moved, ok and 1 or 0}
-end
 return {st, moved}

@@ -37,7 +37,7 @@ async def test_both_kinds_of_waiters_count_against_the_cap() -> None:
     assert not lines.has_room(["p"])
     lines.release("p")
     lines.release("p")
-    assert await t1 == ("p", None) and await t2 == ("p", None)
+    assert await t1 == "p" and await t2 == "p"
 
 
 async def test_a_job_waits_for_room_and_gets_the_place_a_leaving_waiter_frees() -> None:
@@ -51,5 +51,5 @@ async def test_a_job_waits_for_room_and_gets_the_place_a_leaving_waiter_frees() 
     await asyncio.sleep(0)
     assert not room.done() and lines.waiting_for_room("p") == 1 and lines.waiting_for_room("q") == 0
     lines.release("p")  # the waiter leaves the line: its place goes to the job waiting for room
-    assert await held == ("p", None)
+    assert await held == "p"
     assert await room is True and lines.has_room(["p"]) and lines.waiting_for_room("p") == 0
