@@ -37,6 +37,7 @@ CLAIM_BATCH, SKIP_POLLS = 4, 3
 # can claim CLAIM_MORE (FuseboxWorker.capacity), unless its last claim found the queue dry: each claim
 # then takes several jobs, however many workers share the work.
 CLAIM_MORE, SLOW_POLLS = 8, 4
+CLAIMED = 5  # claim.lua's reply per job: id, score, payload, try, aborted
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisUnavailable, ConnectionError, OSError)
 
 
@@ -136,10 +137,10 @@ class FuseboxWorker(Worker):
                 *(ids or self._finishing()),
             ],
         )  # fmt: skip
-        self._dry = len(claimed) < 5 * free
+        self._dry = len(claimed) < CLAIMED * free
         self._reap_tasks()  # a task that ended meanwhile: a claim of its job is a new run
         give_back: list[tuple[str, int]] = []
-        for i in range(0, len(claimed), 5):
+        for i in range(0, len(claimed), CLAIMED):
             job_id = claimed[i].decode()
             score = int(float(claimed[i + 1]))
             if job_id in self.tasks:
@@ -200,9 +201,7 @@ class FuseboxWorker(Worker):
         assert self.leases is not None
         self._started.pop(job_id, None)  # cancelled before its start
         self.loop.call_soon(self.capacity)  # after arq's own callback freed the job's slot
-        if job_id in self._ended:  # its write finished it (complete.lua), and arq's finish never came
-            self._ended.discard(job_id)
-            self.leases.finished(job_id)
+        self._was_ended(job_id)  # its write finished it (complete.lua), and arq's finish never came
         self.leases.finishing(job_id)
         if job_id in self.leases.held:
             self._orphans.add(job_id)
@@ -220,11 +219,17 @@ class FuseboxWorker(Worker):
     def ended(self, job_id: str) -> None:
         self._ended.add(job_id)
 
+    def _was_ended(self, job_id: str) -> bool:
+        """Whether the job's result write finished it in arq (complete.lua); if so its lease is done with."""
+        if job_id not in self._ended:
+            return False
+        self._ended.discard(job_id)
+        self.leases.finished(job_id)  # type: ignore[union-attr]
+        return True
+
     async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         assert self.leases is not None
-        if job_id in self._ended:  # its result write did it (complete.lua); whatever arq asks now is moot
-            self._ended.discard(job_id)
-            self.leases.finished(job_id)
+        if self._was_ended(job_id):  # its result write did it (complete.lua); whatever arq asks now is moot
             return
         self.leases.finishing(job_id)
         score = self.leases.scores.get(job_id)  # the job is parked in the queue meanwhile (claim.lua)
@@ -233,9 +238,7 @@ class FuseboxWorker(Worker):
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         assert self.leases is not None
-        if job_id in self._ended:
-            self._ended.discard(job_id)
-            self.leases.finished(job_id)
+        if self._was_ended(job_id):
             return
         self.leases.finishing(job_id)
         await super().finish_failed_job(job_id, result_data)

@@ -52,7 +52,8 @@ async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, t
     url = server.start()
     s = Settings(redis_url=url, namespace=settings.namespace).with_file(settings.file)
     cfg = tmp_path / "fusebox.toml"
-    cfg.write_text("[simulated]\nlatency_ms = 20\n[worker]\nmax_jobs = 200\n")
+    # ~160 lines/s (8 at a time x 50 ms): the 400 lines outlast the moment Redis is stopped
+    cfg.write_text("[simulated]\nlatency_ms = 50\n[worker]\nmax_jobs = 8\n")
     env = subprocess_env(s, FUSEBOX_CONFIG=str(cfg))
     log_path = tmp_path / "worker.log"  # a file, not a pipe: a full pipe would block the worker
     log_file = open(log_path, "wb")
@@ -78,6 +79,10 @@ async def test_worker_waits_out_a_redis_outage_and_resumes(settings: Settings, t
         await client.aclose()
         assert (counts.status, counts.completed, counts.total) == ("completed", 400, 400)
         assert c.done < 400  # the outage really hit mid-batch
+        for _ in range(300):  # its poll after the outage says so (it may still be backing off)
+            if b"is back" in log_path.read_bytes():
+                break
+            await asyncio.sleep(0.1)
     finally:
         worker.terminate()
         try:
