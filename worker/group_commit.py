@@ -51,7 +51,17 @@ class GroupCommit(Generic[Op]):
         self._pending.append((ops, fut))
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            self._flusher.add_done_callback(self._flusher_done)
         return await fut
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        """A flusher cancelled before its first step (a shutdown cancelling every task at once) never ran
+        its body, so its own cleanup never came: nobody may wait forever; the next caller needs a new one."""
+        if task.cancelled() and self._flusher is task:
+            self._flusher = None
+            for _, fut in self._pending:
+                fut.cancel()
+            self._pending = []
 
     async def _flush(self) -> None:
         batch: list[tuple[Sequence[Op], asyncio.Future[list[Any]]]] = []

@@ -107,6 +107,20 @@ async def test_a_cancelled_flusher_leaves_nobody_waiting() -> None:
     assert g._flusher is None
 
 
+async def test_a_flusher_cancelled_before_it_ran_leaves_nobody_waiting() -> None:
+    """A shutdown cancels every task at once, a flusher that has not run yet included: its callers are
+    cancelled, not left waiting forever (a worker then hung in arq's shielded finish_job), and the next
+    caller gets a new flusher."""
+    g: GroupCommit[str] = GroupCommit(Sender())
+    first = asyncio.ensure_future(g.run(["a"]))
+    await asyncio.sleep(0)  # ``first`` ran: the flusher is created, not started
+    assert g._flusher is not None
+    g._flusher.cancel()
+    done, _ = await asyncio.wait([first], timeout=5)
+    assert done == {first} and first.cancelled()
+    assert await g.run(["b"]) == ["r:b"]
+
+
 def test_finish_commands_follow_arq() -> None:
     cmds = group_commit.finish_job_commands("q", "j1", True, b"res", 3600, False, None, None)
     assert cmds == [
