@@ -87,6 +87,7 @@ class RouteConfig(_Model):
     # Hidden concurrency limit: a request arriving while this many are in flight gets a 429.
     capacity: int | None = Field(None, ge=1)
     # Outage windows [start_s, end_s) relative to server start; ``down`` is an outage until cleared.
+    # Calls still in flight when an outage begins fail with it.
     outages: list[tuple[float, float]] = Field(default_factory=list)
     down: bool = False
     # "status": the format's 503; "disconnect": the connection is dropped without a response.

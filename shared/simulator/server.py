@@ -355,12 +355,25 @@ class SimulatorServer:
                 status = 504
                 return self._render_error(r, SimError("timeout"), rid)
             resp = await self._work(r, call, rid, kind)
+            live = self._live(r)  # an outage set meanwhile recompiled the routes
+            if live is not None and (live.windows or live.down) and live.in_outage(self.elapsed()):
+                # A host that goes down answers nothing it was still working on either.
+                st.outage_rejections += 1
+                if live.disconnect:
+                    status = 0
+                    return await self._disconnect(request)
+                resp = self._render_error(live, SimError("outage"), rid)
             status = resp.status
             return resp
         finally:
             st.in_flight -= 1
             if status:
                 st.record(status)
+
+    def _live(self, r: Route) -> Route | None:
+        name, _, model = r.key.partition("/")
+        cur = self.routes.get(name)
+        return cur.per_model.get(model) if (cur is not None and model) else cur
 
     async def _work(self, r: Route, call: ChatCall | EmbedCall, rid: str, kind: str | None) -> web.Response:
         fmt = r.format

@@ -78,8 +78,8 @@ def test_chaos_every_line_answered_once_and_the_down_fallback_is_cut_off_then_re
         down_at = time.monotonic()
         trip = _poll(lambda: _first_open(st, "b", gen0), 20)
         time.sleep(0.3)  # calls admitted before the trip land
-        # calls that reached B while it was down (its requests since the reset also count successes that
-        # arrived between the reset and the outage: more of them the faster the workers turn slots over)
+        # calls that failed on B while it was down, those in flight when it went down included: no success
+        # lands after the outage begins to restart the count of failures in a row
         b_before_open = st.sim.stats()["routes"]["b"]["outage_rejections"]
         # on a busy machine the open wait (>= 1.35 s) may have ended by now: allow for its probes
         probes = st.probes_since("b", int(trip["gen"]), BREAKER["half_open_probes"])

@@ -655,6 +655,20 @@ async def test_runtime_outage_via_admin_endpoint(start: Start, client: httpx.Asy
         await asyncio.sleep(0.05)
 
 
+async def test_calls_in_flight_when_an_outage_begins_fail_with_it(start: Start, client: httpx.AsyncClient) -> None:
+    # The breaker chaos test counts failures in a row: a success landing after the outage began would
+    # restart that count, which no real host that went down does.
+    sim = await start({"routes": {"openai": {"latency": {"ms": 300}}}})
+    calls = [asyncio.create_task(_call(client, sim, "openai")) for _ in range(3)]
+    await eventually(lambda: sim.stats()["routes"]["openai"]["in_flight"] == 3)
+    sim.configure({"routes": {"openai": {"down": True}}})
+    codes = [r.status_code for r in await asyncio.gather(*calls)]
+    stats = sim.stats()["routes"]["openai"]
+    assert codes == [503, 503, 503] and stats["outage_rejections"] == 3 and stats["by_status"] == {"503": 3}
+    sim.configure({"routes": {"openai": {"down": False}}})
+    assert (await _call(client, sim, "openai")).status_code == 200
+
+
 async def test_disconnect_outage_drops_the_connection(start: Start, client: httpx.AsyncClient) -> None:
     sim = await start({"routes": {"ollama": {"down": True, "outage_mode": "disconnect"}}})
     with pytest.raises(httpx.RemoteProtocolError):
