@@ -655,7 +655,9 @@ async def test_runtime_outage_via_admin_endpoint(start: Start, client: httpx.Asy
         await asyncio.sleep(0.05)
 
 
-async def test_calls_in_flight_when_an_outage_begins_fail_with_it(start: Start, client: httpx.AsyncClient) -> None:
+async def test_calls_in_flight_when_an_outage_begins_fail_with_it(
+    start: Start, client: httpx.AsyncClient
+) -> None:
     # The breaker chaos test counts failures in a row: a success landing after the outage began would
     # restart that count, which no real host that went down does.
     sim = await start({"routes": {"openai": {"latency": {"ms": 300}}}})
