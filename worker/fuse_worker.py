@@ -24,6 +24,7 @@ from worker import group_commit
 from worker.batch_jobs import STORE_KEY
 from worker.jobs import CTX_KEY, END_KEY
 from worker.lease import Leases
+from worker.poll_clock import PollClock
 from worker.reconcile import Reconciler
 
 log = logging.getLogger("fusebox.worker")
@@ -71,15 +72,13 @@ class FuseboxWorker(Worker):
         super().__init__(*args, **kwargs)
         # We sleep between polls ourselves (``_idle``), so a wake-up token cuts the sleep short;
         # arq's own poll loop then never sleeps.
-        self._poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
+        self.clock, self.poll_delay_s = PollClock(self.poll_delay_s), 0.0
         self.claim_ahead = claim_ahead
         self.wake_key = wake_key
         self.burst_mode = self.burst  # see _poll_iteration
         # Batch lines wait in per-tenant lanes (shared/keys.py); None: this worker takes none from them.
         self.lane_keys = lane_keys if lane_window > 0 else None
         self.lane_window = lane_window
-        self._waker: asyncio.Future[None] | None = None
-        self._woken = False
         self.leases = Leases(self.pool, self.queue_name, lease_seconds) if self._pool is not None else None
         self._lease_s = lease_seconds
         self.shutdown_grace = shutdown_grace
@@ -262,7 +261,7 @@ class FuseboxWorker(Worker):
             self.leases = Leases(self.pool, self.queue_name, self._lease_s)
         self._side_tasks = [self.loop.create_task(self.leases.heartbeat())]
         if self.wake_key:
-            self._side_tasks.append(self.loop.create_task(self._listen_wake(self.wake_key)))
+            self._side_tasks.append(self.loop.create_task(self.clock.listen(self.pool, self.wake_key)))
         executor = self.ctx.get(CTX_KEY)
         if executor is not None:
             executor.on_known = self.capacity
@@ -299,7 +298,7 @@ class FuseboxWorker(Worker):
 
     async def _poll_once(self) -> None:
         self._reap_tasks()
-        self._woken = False  # a token from here on means jobs this poll may not have seen
+        self.clock.woken = False  # a token from here on means jobs this poll may not have seen
         try:
             if self._orphans:
                 await self._release_orphans()
@@ -350,36 +349,13 @@ class FuseboxWorker(Worker):
 
     async def _idle(self) -> None:
         """Sleep until the next poll: ``poll_delay``, or less if a wake-up token arrives."""
-        if self._woken:
-            return
-        fut = self._waker = self.loop.create_future()
         slow = not self._dry and self.allow_pick_jobs and self.claimable() < CLAIM_MORE
-        timer = self.loop.call_later(self._poll_s * (SLOW_POLLS if slow else 1), _wake, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            self._waker = None
+        await self.clock.sleep(SLOW_POLLS if slow else 1)
 
     def capacity(self) -> None:
         """A claimed job's fate became known, or a job ended: poll now if a claim would take CLAIM_MORE."""
-        if self._waker is not None and not self._dry and self.claimable() >= CLAIM_MORE:
-            _wake(self._waker)
-
-    async def _listen_wake(self, key: str) -> None:
-        """BLPOP the wake-up list (one connection of the pool) and cut the current sleep short."""
-        while True:
-            try:
-                got = await self.pool.blpop([key], timeout=1)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis down: the poll loop reports it; polling on the clock still works
-                await asyncio.sleep(1.0)
-                continue
-            if got is not None:
-                self._woken = True
-                if self._waker is not None:
-                    _wake(self._waker)
+        if self.clock.sleeping and not self._dry and self.claimable() >= CLAIM_MORE:
+            self.clock.wake()
 
     def _reap_tasks(self) -> None:
         """Collect finished job tasks here: arq re-raises their errors one per poll, stalling the loop."""
@@ -437,8 +413,3 @@ class FuseboxWorker(Worker):
                 if n:
                     log.warning("released %d job leases at shutdown: those jobs run again now", n)
         await super().close()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

@@ -40,7 +40,7 @@ async def worker_later(settings: Settings, redis: Any) -> AsyncIterator[Any]:
     def start() -> None:
         w = build_worker(settings, redis, handle_signals=False)
         ex = w.ctx[CTX_KEY]
-        ex.budget_recheck_s, ex.budgets.ttl = 0.2, 0.05  # waiting lines see a raised cap soon
+        ex.calls.budget_recheck_s, ex.budgets.ttl = 0.2, 0.05  # waiting lines see a raised cap soon
         started.append((w, asyncio.create_task(w.async_run())))
 
     yield start

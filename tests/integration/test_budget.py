@@ -36,7 +36,7 @@ def settings(redis_url: str, namespace: str, tmp_path) -> Settings:  # type: ign
 async def worker(settings: Settings, redis: Any) -> AsyncIterator[Any]:
     w = build_worker(settings, redis, handle_signals=False)
     ex = w.ctx[CTX_KEY]
-    ex.budget_recheck_s = 0.2  # a waiting line checks its budget again soon
+    ex.calls.budget_recheck_s = 0.2  # a waiting line checks its budget again soon
     ex.budgets.ttl = 0.05  # and sees a raised cap at once
     task = asyncio.create_task(w.async_run())
     yield w
@@ -63,7 +63,7 @@ async def test_batch_pauses_at_its_cap_and_resumes_when_raised(
     await budget.set_cap(redis, keys, batch_id=sub.batch_id, usd=cap, actor="test")
     w = build_worker(settings, redis, handle_signals=False)
     ex = w.ctx[CTX_KEY]
-    ex.budget_recheck_s, ex.budgets.ttl = 0.2, 0.05
+    ex.calls.budget_recheck_s, ex.budgets.ttl = 0.2, 0.05
     task = asyncio.create_task(w.async_run())
     try:
         obj: dict[str, Any] = {}

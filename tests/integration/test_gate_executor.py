@@ -252,7 +252,7 @@ async def test_jobs_past_the_local_line_wait_for_a_place_instead_of_going_back_t
     async with _worker(settings, redis, cfg) as (ex, client):
         sub = await client.submit_batch(batch_lines(40, model="tight/chat"))
         counts = await client.wait_batch(sub.batch_id, timeout=60)
-        assert ex.local.waiting == 0 and not any(ex.calling.values())
+        assert ex.local.waiting == 0 and not any(ex.calls.calling.values())
     assert (counts.completed, counts.failed) == (40, 0)
     assert deferred._value.get() == before  # none went back to arq for a full line
 

@@ -1,0 +1,229 @@
+"""A job's provider calls: each candidate in turn, within its attempt budget, each call admitted by
+the gate, sent, and settled (worker/executor.py decides what a job does when none is admitted)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+
+from shared import metrics
+from shared.budget import Budgets, Caps, Hold
+from shared.errors import ErrorClass, ProviderError
+from shared.providers.base import ProviderResponse
+from shared.resilience import Admission, Gate, outcome_of
+from shared.retry import RetryPolicy
+from shared.router import Candidate, Router
+from shared.schema import Attempt, ChatRequest, ErrorInfo, JobSpec
+from worker import spend
+from worker.attempts import failed_attempts, spent, spent_error
+from worker.local_lines import LocalLines
+from worker.outcome import Call, Deferred, Outcome, info, ms_since
+from worker.results import REDIS_DOWN as _REDIS_DOWN
+
+log = logging.getLogger("fusebox.executor")
+
+BUDGET_RECHECK_S = 5.0  # a batch line waiting for its budget checks again this often
+
+
+class Calls:
+    def __init__(
+        self,
+        router: Router,
+        gate: Gate,
+        policy: RetryPolicy,
+        local: LocalLines,
+        budgets: Budgets | None,
+        started: Callable[[], None],
+    ) -> None:
+        """``started``: called as each call starts (the worker may claim again)."""
+        self.router = router
+        self.gate = gate
+        self.policy = policy
+        self.local = local
+        self.budgets = budgets
+        self.budget_recheck_s = BUDGET_RECHECK_S
+        self._started = started
+        self.calling: Counter[str] = Counter()  # this worker's provider calls in flight, by gate scope
+        self.latency: dict[str, float] = {}  # moving mean of this worker's call latency by scope, seconds
+
+    async def try_candidates(
+        self,
+        spec: JobSpec,
+        candidates: list[Candidate],
+        attempts: list[Attempt],
+        est: int,
+        lines: list[str],
+        denied: list[Admission],
+        errors: list[ProviderError],
+        owners: dict[str, str],
+        caps: Caps,
+    ) -> Outcome | None:
+        """An outcome, or None when some candidates refused admission (``denied``) and none served it.
+
+        A job's attempts on each candidate are bounded per round (``max_attempts``, earlier runs included):
+        one that waits for a saturated fallback does not call a failing primary again. A round ends when
+        every candidate has spent its budget; a batch line then waits for the next round (deferred, with
+        a backoff growing per round) until its own attempt/time budget is spent, where a single job fails.
+        """
+        last: ProviderError | None = None
+        for cand in candidates:
+            budget = spent(attempts, candidates, self.policy.max_attempts)[0]
+            used = budget.get((cand.provider.name, cand.model), 0)
+            for n in range(used, self.policy.max_attempts):
+                call = await self._one_call(spec, cand, est, lines, owners.get(cand.provider.name), caps)
+                if isinstance(call, ErrorInfo):
+                    return Outcome(None, cand, call)  # a single job over its budget
+                adm, resp, err, latency = call.adm, call.resp, call.err, call.latency
+                if not adm.ok:
+                    denied.append(adm)
+                    break  # saturated / open: the next candidate, or wait / defer the job
+                tokens = resp.usage.total_tokens if resp is not None else 0
+                # a job of this worker waiting for this scope takes the slot next (released in _run)
+                handoff = self.local.queued([adm.scope])
+                settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens, handoff)
+                if resp is not None:
+                    attempts.append(
+                        Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
+                    )
+                    return Outcome(resp, cand, None, settle, adm.scope, adm)
+                assert err is not None
+                last = err
+                errors.append(err)
+                attempts.append(
+                    Attempt(
+                        provider=cand.provider.name,
+                        model=cand.model,
+                        latency_ms=latency,
+                        status=err.status or 0,
+                        error_class=err.error_class.value,
+                    )
+                )
+                if err.error_class is ErrorClass.FINAL:
+                    return Outcome(None, cand, info(err), settle, adm.scope, adm)
+                await self._settle(
+                    spec, adm, outcome_of(err), latency, tokens, self.local.queued([adm.scope])
+                )
+                self.local.release(adm.scope)
+                if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
+                    break  # this candidate cannot serve it: the next one
+                if n + 1 < self.policy.max_attempts:
+                    metrics.RETRIES.labels(cand.provider.name).inc()
+                    delay = self.policy.delay(n, err.retry_after)
+                    if self.policy.should_defer(delay):
+                        raise Deferred(delay, [f"{cand.label} asked to wait"])
+                    await asyncio.sleep(delay)
+        if denied and (last is None or last.error_class is not ErrorClass.CONTEXT):
+            return None
+        if last is not None and last.error_class is ErrorClass.RATE_LIMITED:
+            # Back-pressure, not failure (adaptive concurrency even probes for it): the job goes back to
+            # arq until the provider's wait is over; only arq's last try fails it.
+            delay = max(last.retry_after or 0.0, self.policy.delay(self.policy.max_attempts - 1))
+            raise Deferred(delay, [f"{attempts[-1].provider}/{attempts[-1].model}: rate limited"])
+        if last is None:  # every candidate's attempts were spent in earlier rounds or runs
+            last = errors[-1] if errors else spent_error(attempts)
+        if last.error_class is ErrorClass.TRANSIENT and spec.batch_id is not None:
+            # Transient failures never fail a batch line early: it waits for another round.
+            age = time.time() - (spec.submitted_at or time.time())
+            if self.policy.may_wait(failed_attempts(attempts), age):
+                rounds = spent(attempts, candidates, self.policy.max_attempts)[1]
+                delay = self.policy.round_delay(rounds)
+                raise Deferred(delay, [f"every candidate failed (round {rounds})"], info(last))
+        return Outcome(None, None, info(last))
+
+    async def _one_call(
+        self, spec: JobSpec, cand: Candidate, est: int, lines: list[str], owner: str | None, caps: Caps
+    ) -> Call | ErrorInfo:
+        """Reserve the call's cost (if the job has spend caps), pass the gate, call, reconcile the cost.
+        Whatever ends it early (refused admission, an error, a cancel, job_timeout) refunds the
+        reservation in ``finally``: spend only ever counts the real cost of calls that answered."""
+        hold: Hold | None = None
+        if caps.any:
+            assert self.budgets is not None
+            held = await spend.reserve(self.budgets, self.router, spec, cand, caps, self.budget_recheck_s)
+            if isinstance(held, ErrorInfo):
+                return held
+            hold = held
+        try:
+            name = cand.provider.name
+            adm = await self.gate.admit(
+                name,
+                cand.model,
+                est,
+                waiter=spec.id,
+                other_lines=lines,
+                owner=owner,
+                first=spec.batch_id is None,
+            )
+            if not adm.ok:
+                return Call(adm)
+            call = await self._send(spec, cand, adm)
+            if hold is not None:  # the real cost replaces the estimate (a failed call costs nothing)
+                real = self.router.cost(cand, call.resp.usage, spec.kind) if call.resp is not None else 0.0
+                try:
+                    await hold.settle(real or 0.0)
+                except BaseException:
+                    self.gate.unsettled(adm)  # its lease is released before this worker's next admit
+                    raise
+            return call
+        finally:
+            if hold is not None:
+                await hold.release()
+
+    async def _send(self, spec: JobSpec, cand: Candidate, adm: Admission) -> Call:
+        """The provider call of an admitted job; provider errors and timeouts come back in the Call."""
+        req = spec.req()
+        self.router.started(cand)
+        self._started()
+        t0 = time.perf_counter()
+        resp: ProviderResponse | None = None
+        err: ProviderError | None = None
+        self.calling[adm.scope] += 1
+        try:
+            async with self.gate.keepalive(adm):
+                if isinstance(req, ChatRequest):
+                    resp = await cand.provider.chat(req, cand.model)
+                else:
+                    resp = await cand.provider.embed(req, cand.model)
+        except ProviderError as e:
+            err = e
+        except (TimeoutError, OSError, httpx.TransportError) as e:
+            err = ProviderError(ErrorClass.TRANSIENT, f"{type(e).__name__}: {e}", code="timeout")
+        except BaseException:
+            # cancelled (shutdown, job timeout) or a bug: free the slot and the token reservation now,
+            # say nothing about health
+            self.router.finished(cand, ms_since(t0), True, observed=False)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.gate.settle(adm, "ignored", ms_since(t0), 0))
+            self.local.release(adm.scope)
+            raise
+        finally:
+            self.calling[adm.scope] -= 1
+        latency = ms_since(t0)
+        seen = self.latency.get(adm.scope)
+        self.latency[adm.scope] = latency / 1000 if seen is None else 0.9 * seen + 0.1 * latency / 1000
+        fault = err is not None and err.error_class in (ErrorClass.TRANSIENT, ErrorClass.RATE_LIMITED)
+        self.router.finished(cand, latency, not fault)
+        metrics.record_call(
+            cand.provider.name, cand.model, 200 if err is None else err.status,
+            None if err is None else err.error_class.value, latency / 1000,
+        )  # fmt: skip
+        return Call(adm, resp, err, latency)
+
+    async def _settle(
+        self, spec: JobSpec, adm: Admission, outcome: str, latency: float, tokens: int, handoff: bool
+    ) -> None:
+        """Settle a failed attempt before the next one. A script error here must not end the job: the
+        breaker misses one outcome, and the lease is released before this worker's next admission."""
+        try:
+            await self.gate.settle(adm, outcome, latency, tokens, handoff)
+        except _REDIS_DOWN:
+            raise
+        except Exception as e:
+            log.error("job %s: settling a %s call failed: %s: %s", spec.id, adm.scope, type(e).__name__, e)
+            self.gate.unsettled(adm)
