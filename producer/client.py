@@ -18,6 +18,7 @@ from shared import codec, durability, routing_table
 from shared.batch_retry import BatchBusy, BatchRetry, RetryOutcome
 from shared.byok.entries import own_entries
 from shared.config import Settings
+from shared.keys import wake_workers
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
 from shared.router import Router
@@ -142,6 +143,9 @@ class FuseboxClient:
         else:
             spec.embed = req
         await self.redis.enqueue_job(JOB_FUNCTION[spec.kind], codec.encode_spec(spec), _job_id=spec.id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            wake_workers(pipe, self.settings.keys)  # an idle worker takes it now, not at its next poll
+            await pipe.execute()
         await self._acknowledge()
         return spec.id
 

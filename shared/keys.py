@@ -8,6 +8,7 @@ own per-job keys are fixed by arq and listed here for completeness.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from arq.constants import (
     abort_jobs_ss,
@@ -36,8 +37,8 @@ class Keys:
 
     @property
     def wake(self) -> str:
-        """List of wake-up tokens: every enqueue pushes a few (bounded), an idle worker BLPOPs one and polls
-        the queue at once instead of at its next poll_delay tick."""
+        """List of wake-up tokens: every enqueue pushes a few (at most WAKE_TOKENS), an idle worker BLPOPs
+        one and polls the queue at once (idle, it may sleep up to half a second between polls)."""
         return f"{self.ns}:wake"
 
     # -- batch lanes: per-tenant queues of batch lines, claimed by weighted round robin ---------
@@ -266,6 +267,15 @@ class Keys:
     def routing_table(self) -> str:
         """String (JSON): the fleet's providers, models, routes and default model, published by workers."""
         return f"{self.ns}:routing"
+
+
+WAKE_TOKENS = 16  # the wake-up list's bound (enqueue.lua keeps it too)
+
+
+def wake_workers(pipe: Any, keys: Keys) -> None:
+    """Queue a wake-up token on ``pipe`` (a pipeline): an idle worker takes the job just enqueued now."""
+    pipe.lpush(keys.wake, 1)
+    pipe.ltrim(keys.wake, 0, WAKE_TOKENS - 1)
 
 
 DEFAULT_LANE = "-"  # the lane of batch lines without a tenant (tenant names start with a letter/digit)

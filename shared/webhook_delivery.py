@@ -32,7 +32,7 @@ from msgspec import Struct, field
 
 from shared import metrics
 from shared.config import WebhookConfig
-from shared.keys import Keys
+from shared.keys import Keys, wake_workers
 from shared.providers.classify import transport_cause
 from shared.redact import redact, register_secret
 from shared.ssrf import AllowList, GuardedResolver, Resolve, UnsafeURLError, blocked_cause, check_url
@@ -203,7 +203,10 @@ async def enqueue_webhook(
     await redis.enqueue_job(
         FUNCTION, encode_delivery(d), _job_id=keys.webhook_job(d.id, 0, 1), _queue_name=keys.queue
     )
-    await redis.hset(key, "enqueued", "1")
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(key, "enqueued", "1")
+        wake_workers(pipe, keys)  # an idle worker sends it now, not at its next poll
+        await pipe.execute()
     return d.id
 
 
@@ -225,6 +228,9 @@ async def redeliver(redis: ArqRedis, keys: Keys, webhook_id: str) -> int:
     await redis.enqueue_job(
         FUNCTION, encode_delivery(d), _job_id=keys.webhook_job(webhook_id, n, 1), _queue_name=keys.queue
     )
+    async with redis.pipeline(transaction=False) as pipe:
+        wake_workers(pipe, keys)
+        await pipe.execute()
     return n
 
 

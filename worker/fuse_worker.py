@@ -137,6 +137,8 @@ class FuseboxWorker(Worker):
             ],
         )  # fmt: skip
         self._dry = len(claimed) < CLAIMED * free
+        if claimed:
+            self.clock.idle_polls = 0
         self._reap_tasks()  # a task that ended meanwhile: a claim of its job is a new run
         give_back: list[tuple[str, int]] = []
         for i in range(0, len(claimed), CLAIMED):
@@ -298,7 +300,7 @@ class FuseboxWorker(Worker):
 
     async def _poll_once(self) -> None:
         self._reap_tasks()
-        self.clock.woken = False  # a token from here on means jobs this poll may not have seen
+        self.clock.polling()
         try:
             if self._orphans:
                 await self._release_orphans()
@@ -349,8 +351,27 @@ class FuseboxWorker(Worker):
 
     async def _idle(self) -> None:
         """Sleep until the next poll: ``poll_delay``, or less if a wake-up token arrives."""
-        slow = not self._dry and self.allow_pick_jobs and self.claimable() < CLAIM_MORE
-        await self.clock.sleep(SLOW_POLLS if slow else 1)
+        await self.clock.sleep(await self._pause())
+
+    async def _pause(self) -> float:
+        poll_s = self.clock.poll_s
+        if not self.allow_pick_jobs:
+            return poll_s
+        if not self._dry:
+            return poll_s * (SLOW_POLLS if self.claimable() < CLAIM_MORE else 1)
+        if self.tasks or self.burst_mode:  # a busy worker's jobs may defer themselves; a burst ends soon
+            return poll_s
+        pause = self.clock.idle()
+        if pause <= poll_s:
+            return poll_s
+        now = timestamp_ms()
+        try:  # the next due job (deferred, or its lease running out) is taken on time
+            nxt = await self.pool.zrangebyscore(self.queue_name, f"({now}", "+inf", 0, 1, withscores=True)
+        except _REDIS_DOWN:
+            return poll_s  # the next poll finds out and says so
+        if nxt:
+            pause = min(pause, max(poll_s, (nxt[0][1] - now) / 1000))
+        return pause
 
     def capacity(self) -> None:
         """A claimed job's fate became known, or a job ended: poll now if a claim would take CLAIM_MORE."""

@@ -18,7 +18,7 @@ import msgspec
 from producer.api.auth import ApiContext
 from producer.api.errors import ApiError
 from shared.byok.entries import own_entries
-from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB
+from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, wake_workers
 from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec, OutputMeta, RequestError
 from shared.store import JOB_EXPIRY_MS, Store
 from shared.tenants import Tenant
@@ -76,9 +76,7 @@ async def enqueue(
         pipe.set(keys.job_owner(spec.id), owner, ex=ctx.store.cfg.results_ttl_s)
         pipe.set(ARQ_JOB + spec.id, Store.job_payload(spec), px=JOB_EXPIRY_MS)
         pipe.zadd(keys.queue, {spec.id: score})
-        # wakes one idle worker now: the job does not wait for a poll_delay tick (bounded list)
-        pipe.lpush(keys.wake, 1)
-        pipe.ltrim(keys.wake, 0, 15)
+        wake_workers(pipe, keys)  # an idle worker takes it now, not at its next poll
         await pipe.execute()
     return spec
 

@@ -353,3 +353,57 @@ async def test_a_worker_with_jobs_left_to_claim_claims_again_once_it_can_take_cl
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await w.close()
+
+
+async def test_an_idle_worker_sleeps_longer_between_polls_but_never_past_the_next_due_job(
+    settings: Settings, redis
+) -> None:
+    """An idle worker's sleep between polls doubles up to IDLE_MAX_S (polls on the clock cost Redis and CPU
+    however many workers wait), but never lasts past the queue's next due job (deferred, or a lapsing
+    lease); a claim that took jobs puts it back to poll_delay."""
+    from worker.poll_clock import IDLE_MAX_S
+
+    loop = asyncio.get_running_loop()
+    ran: list[float] = []
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        ran.append(loop.time())
+
+    defer = 2.0  # past the doubling: the worker sleeps IDLE_MAX_S a few times before the job is due
+    due_lo = loop.time() + defer
+    await redis.enqueue_job("job", b"later", _job_id=f"{settings.namespace}-later", _defer_by=defer)
+    due = loop.time() + defer
+    w = arq_worker(settings, redis, [func(job, name="job")], poll_delay=0.01)
+    pauses: list[tuple[float, float]] = []
+    sleep = w.clock.sleep
+
+    async def spy(seconds: float) -> None:
+        pauses.append((loop.time(), seconds))
+        await sleep(seconds)
+
+    w.clock.sleep = spy  # type: ignore[method-assign]
+    task = asyncio.create_task(w.async_run())
+    try:
+        for _ in range(1000):
+            if ran and pauses[-1][0] > ran[0]:
+                break
+            await asyncio.sleep(0.01)
+        assert ran and ran[0] >= due_lo - 0.01  # not taken before it was due
+        before = [p for t, p in pauses if t < ran[0]]
+        k = before.index(IDLE_MAX_S)
+        assert before[:k] == sorted(before[:k]) and before[0] == 0.01  # doubling from poll_delay
+        # no sleep ran past the due job (the clock read for the pause comes a moment before ``t``)
+        assert all(t + p <= due + 0.05 for t, p in pauses if t < ran[0]), (due, pauses)
+        assert next(p for t, p in pauses if t > ran[0]) == 0.01  # the claim took a job: back to poll_delay
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await w.close()
+
+
+async def test_a_single_job_sends_a_wake_up_token(settings: Settings, redis) -> None:
+    """Idle workers sleep up to half a second between polls: a submitted job wakes one now."""
+    client = FuseboxClient(redis, settings)
+    body = {"model": "simulated/chat", "messages": [{"role": "user", "content": "hi"}]}
+    await client.submit(body)  # no worker runs: nothing consumes the token
+    assert await redis.llen(settings.keys.wake) == 1

@@ -15,7 +15,7 @@ async def _spin(n: int = 5) -> None:
 
 async def test_a_sleep_lasts_until_woken() -> None:
     clock = PollClock(poll_s=60.0)
-    nap = asyncio.create_task(clock.sleep(4))
+    nap = asyncio.create_task(clock.sleep(240.0))
     await _spin()
     assert clock.sleeping and not nap.done()
     clock.wake()
@@ -27,7 +27,7 @@ async def test_a_sleep_lasts_until_woken() -> None:
 async def test_a_token_that_came_since_the_poll_began_skips_the_sleep() -> None:
     clock = PollClock(poll_s=60.0)
     clock.woken = True
-    await asyncio.wait_for(clock.sleep(), 5)
+    await asyncio.wait_for(clock.sleep(60.0), 5)
     assert not clock.sleeping
 
 
@@ -41,7 +41,7 @@ async def test_a_token_on_the_wake_list_cuts_the_sleep_short() -> None:
 
     clock = PollClock(poll_s=60.0)
     listener = asyncio.create_task(clock.listen(Pool(), "ns:wake"))
-    nap = asyncio.create_task(clock.sleep())
+    nap = asyncio.create_task(clock.sleep(60.0))
     await tokens.put(None)  # BLPOP timed out: no token, keep sleeping
     await _spin()
     assert not nap.done() and not clock.woken
@@ -49,3 +49,16 @@ async def test_a_token_on_the_wake_list_cuts_the_sleep_short() -> None:
     await asyncio.wait_for(nap, 5)
     assert clock.woken
     listener.cancel()
+
+
+def test_idle_polls_in_a_row_double_the_sleep_up_to_the_cap_and_a_token_starts_over() -> None:
+    from worker.poll_clock import IDLE_MAX_S
+
+    clock = PollClock(poll_s=0.01)
+    pauses = [clock.idle() for _ in range(10)]
+    assert pauses[:6] == [0.01, 0.02, 0.04, 0.08, 0.16, 0.32] and pauses[6:] == [IDLE_MAX_S] * 4
+    clock.polling()  # no token came: the streak goes on
+    assert clock.idle() == IDLE_MAX_S
+    clock.woken = True
+    clock.polling()  # a token came: jobs arrive again, so does the short sleep
+    assert not clock.woken and clock.idle() == 0.01
