@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared import scripts
-from shared.keys import ARQ_JOB, lane_name
+from shared.keys import ARQ_JOB, lane_name, wake_workers
 from shared.schema import JobSpec
 from shared.store import ENDED, JOB_EXPIRY_MS, Store
 
@@ -100,6 +100,10 @@ class BatchRetry:
                 if n == -2:
                     return await self._stopped(out)
                 out.requeued += n
+                if n > 0:
+                    async with self.store.redis.pipeline(transaction=False) as pipe:
+                        wake_workers(pipe, self.store.keys, min(n, 4))  # as enqueue.lua does
+                        await pipe.execute()
         finally:
             await self._step("finish")
         out.not_retried = max(found - out.requeued, 0)

@@ -272,9 +272,9 @@ class Keys:
 WAKE_TOKENS = 16  # the wake-up list's bound (enqueue.lua keeps it too)
 
 
-def wake_workers(pipe: Any, keys: Keys) -> None:
-    """Queue a wake-up token on ``pipe`` (a pipeline): an idle worker takes the job just enqueued now."""
-    pipe.lpush(keys.wake, 1)
+def wake_workers(pipe: Any, keys: Keys, n: int = 1) -> None:
+    """Queue ``n`` wake-up tokens on ``pipe`` (a pipeline): idle workers take the jobs just enqueued now."""
+    pipe.lpush(keys.wake, *([1] * min(n, WAKE_TOKENS)))
     pipe.ltrim(keys.wake, 0, WAKE_TOKENS - 1)
 
 

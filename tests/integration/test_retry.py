@@ -108,6 +108,22 @@ async def test_lines_still_failing_stay_failed_and_can_be_retried_again(settings
     assert sorted(int(i) for i in done) == list(range(12))
 
 
+async def test_a_retry_wakes_idle_workers_for_the_lines_it_queued(settings, redis, outage):
+    """Idle workers sleep up to half a second between polls: lines queued again wake a few at once."""
+    lines = batch_lines(12)
+    client = FuseboxClient(redis, settings)
+    async with running_worker(settings, redis):
+        sub = await client.submit_batch(lines)
+        await _ended(client, sub.batch_id)
+    await redis.delete(settings.keys.wake)
+    outage["down"] = False
+    assert (await client.retry_batch(sub.batch_id, lines)).requeued == 3
+    assert await redis.llen(settings.keys.wake) == 3  # no worker runs: nobody took them
+    async with running_worker(settings, redis):
+        final = await _ended(client, sub.batch_id)
+    assert final["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+
+
 async def test_retry_with_another_file_changes_nothing(settings, redis, outage):
     client = FuseboxClient(redis, settings)
     async with running_worker(settings, redis):

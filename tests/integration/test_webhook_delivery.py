@@ -176,6 +176,7 @@ async def test_enqueue_is_idempotent_and_the_job_holds_no_secret(settings, redis
     again = await enqueue_webhook(redis, settings.keys, "https://hooks.example.com/x?token=abc", ev, None)
     assert first == again == ev.id
     assert await redis.zcard(settings.keys.queue) == 1
+    assert await redis.llen(settings.keys.wake) == 1  # an idle worker sends it now, not half a second on
     job = await redis.get(ARQ_JOB + settings.keys.webhook_job(ev.id, 0, 1))
     assert job is not None
     assert secret.encode() not in job and secret_bytes(secret) not in job
