@@ -12,7 +12,8 @@ latency and records how many requests it holds at once. Its ceiling is concurren
 
 CPU ms per request sums every process involved except the mock: the client process for the
 peers; for Fusebox the workers, Redis (Valkey) and the submitter (this process). For Fusebox it
-also prints the Redis commands and client reads (INFO stats: about one per round trip) per request.
+also prints the Redis commands and client reads (INFO stats: about one per round trip) per request,
+and what the same fleet costs idle (CPU per worker and of Redis, and Redis commands, per second).
 
 Usage: python bench/peers.py [-n 3000] [--workers 1,2,4] [--latency-ms 50] [--concurrency 40]
 LiteLLM runs from its own venv (.venv-litellm, or PEERS_LITELLM_PYTHON); without one it is skipped.
@@ -42,6 +43,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 KEY_ENV = "FUSEBOX_PEERS_KEY"
 MODEL = "bench-model"
 WORKER_OVERRIDES: dict[str, Any] = {}
+IDLE_S = 3.0  # the idle window measured after the warm-up
 LITELLM_VENV = (
     ROOT / ".venv-litellm"
 )  # python3 -m venv .venv-litellm && .venv-litellm/bin/pip install litellm
@@ -296,9 +298,14 @@ def fusebox(
             return t_submit, time.perf_counter() - t0, counts
 
         loop.run_until_complete(batch(chat_lines(conc * 4, "mock/" + MODEL, "w")))  # warm-up: all ready
-        time.sleep(0.5)
-        mock.reset()
         pids = [p.pid for p in procs] + ([redis_pid] if redis_pid else [])
+        # idle: what the waiting fleet costs (its polls), once its workers have settled into idling
+        time.sleep(1.0)
+        idle0, (icmds0, _, _) = {pid: cpu_s(pid) for pid in pids}, redis_counts(redis_url)
+        time.sleep(IDLE_S)
+        idle = {pid: cpu_s(pid) - c for pid, c in idle0.items()}
+        idle_cmds = redis_counts(redis_url)[0] - icmds0
+        mock.reset()
         cpu0 = {pid: cpu_s(pid) for pid in pids}
         seen0 = [call_seconds(scrape(port)) for port in ports]
         cmds0, reads0, calls0 = redis_counts(redis_url)
@@ -331,6 +338,12 @@ def fusebox(
             "deferrals": {k: v / n for k, v in deferrals.most_common()},
             "call_ms": call_s * 1000 / call_n if call_n else None,
             "by_command": dict(sorted(by_cmd.items(), key=lambda kv: -kv[1])),
+            # per idle second: CPU ms of each worker (mean), of Redis, and Redis commands
+            "idle": (
+                sum(idle[p.pid] for p in procs) * 1000 / IDLE_S / workers,
+                idle.get(redis_pid, 0.0) * 1000 / IDLE_S if redis_pid else 0.0,
+                idle_cmds / IDLE_S,
+            ),
         }
     finally:
         loop.run_until_complete(client.aclose())
@@ -479,6 +492,9 @@ def main() -> None:
         if args.commands and r.get("by_command"):
             top = [f"{c} {v:.2f}" for c, v in r["by_command"].items() if v >= 0.05]
             print("  Redis calls per req by command: " + ", ".join(top))
+        if r.get("idle"):
+            idle = "  idle: {:.1f} CPU ms/s per worker, Redis {:.1f} CPU ms/s and {:.0f} commands/s"
+            print(idle.format(*r["idle"]))
         if r.get("deferrals"):
             print("  deferrals per req: " + ", ".join(f"{k} {v:.2f}" for k, v in r["deferrals"].items()))
         if r["max_inflight"] > args.concurrency:
