@@ -170,8 +170,8 @@ async def _webhook_line(client: FuseboxClient, obj: dict[str, Any]) -> dict[str,
     """The batch webhook's message id (its webhook-id header) and delivery state, once it is queued."""
     if not obj.get("webhook"):
         return None
-    from shared.webhook_delivery import delivery_log
     from shared.webhooks import event_id
+    from shared.webhooks.records import delivery_log
 
     msg_id = event_id(f"batch.{obj['status']}", obj["id"])
     info = await delivery_log(client.redis, client.settings.keys, msg_id)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
     from shared.config import Settings
-    from shared.webhook_delivery import WebhookInfo
+    from shared.webhooks.records import WebhookInfo
 
 
 def register(subparsers: Any) -> None:
@@ -68,7 +68,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _cmd_log(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.webhook_delivery import delivery_log
+    from shared.webhooks.records import delivery_log
 
     async def body(redis: ArqRedis) -> int:
         info = await delivery_log(redis, settings.keys, args.id)
@@ -94,7 +94,7 @@ def _cmd_log(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.webhook_delivery import dead_letters
+    from shared.webhooks.records import dead_letters
 
     async def body(redis: ArqRedis) -> int:
         items: list[WebhookInfo] = await dead_letters(redis, settings.keys, args.limit)
@@ -111,7 +111,7 @@ def _cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_redeliver(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.webhook_delivery import UnknownWebhookError, redeliver
+    from shared.webhooks.records import UnknownWebhookError, redeliver
 
     async def body(redis: ArqRedis) -> int:
         try:
@@ -126,7 +126,7 @@ def _cmd_redeliver(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.webhook_delivery import disabled_endpoints, enable_endpoint
+    from shared.webhooks.records import disabled_endpoints, enable_endpoint
 
     async def body(redis: ArqRedis) -> int:
         if args.url is None:

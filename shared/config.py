@@ -164,7 +164,7 @@ class RouteConfig(_Section):
 
 
 class WebhookConfig(_Section):
-    """Signed webhooks (shared/webhook_delivery.py): secret, SSRF allow-list, timeout, retry schedule."""
+    """Signed webhooks (shared/webhooks/): secret, SSRF allow-list, timeout, retry schedule."""
 
     # The signing secret ('whsec_' + base64) comes from the environment or a file, never from this file.
     secret_env: str | None = "FUSEBOX_WEBHOOK_SECRET"

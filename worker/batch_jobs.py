@@ -10,8 +10,8 @@ from arq.cron import cron
 
 from shared.schema import Usage
 from shared.store import Store
-from shared.webhook_delivery import enqueue_webhook
 from shared.webhooks import RequestCounts, batch_event
+from shared.webhooks.records import enqueue_webhook
 
 log = logging.getLogger("fusebox.batches")
 STORE_KEY = "fusebox_store"

@@ -21,8 +21,8 @@ from shared.resilience import Admission, Gate, RedisUnavailable
 from shared.schema import Attempt, JobResult, JobSpec
 from shared.scripts import ScriptCall
 from shared.store import JOB_FUNCTION, Store
-from shared.webhook_delivery import enqueue_webhook
 from shared.webhooks import job_event
+from shared.webhooks.records import enqueue_webhook
 from worker import group_commit
 
 log = logging.getLogger("fusebox.executor")

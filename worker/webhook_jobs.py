@@ -1,4 +1,4 @@
-"""The arq job that delivers one webhook attempt (see shared/webhook_delivery.py).
+"""The arq job that delivers one webhook attempt (see shared/webhooks/delivery.py).
 
 Register with ``functions=[..., *WEBHOOK_FUNCTIONS]`` and put the worker's
 Settings in ``ctx[SETTINGS_KEY]``; call ``close_webhooks(ctx)`` from on_shutdown
@@ -13,7 +13,7 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from shared.config import Settings
-from shared.webhook_delivery import WebhookDeliverer
+from shared.webhooks.delivery import WebhookDeliverer
 
 SETTINGS_KEY = "fusebox_settings"
 

@@ -13,8 +13,8 @@ import pytest
 
 from producer.client import CHUNK, FuseboxClient
 from producer.sync_client import SyncFuseboxClient
-from shared.webhook_delivery import enqueue_webhook
 from shared.webhooks import RequestCounts, batch_event
+from shared.webhooks.records import enqueue_webhook
 from tests.conftest import PYTHON, subprocess_env
 
 

@@ -21,19 +21,6 @@ from shared import codec
 from shared.config import FileConfig, Settings, WebhookConfig
 from shared.keys import ARQ_JOB
 from shared.ssrf import UnsafeURLError, check_url
-from shared.webhook_delivery import (
-    Delivery,
-    WebhookDeliverer,
-    WebhookInfo,
-    dead_letters,
-    delivery_log,
-    disabled_endpoints,
-    enable_endpoint,
-    enqueue_webhook,
-    redeliver,
-    resolve_secret,
-    retry_after_s,
-)
 from shared.webhooks import (
     RequestCounts,
     WebhookData,
@@ -42,6 +29,17 @@ from shared.webhooks import (
     batch_event,
     generate_secret,
     secret_bytes,
+)
+from shared.webhooks.delivery import WebhookDeliverer, resolve_secret, retry_after_s
+from shared.webhooks.records import (
+    Delivery,
+    WebhookInfo,
+    dead_letters,
+    delivery_log,
+    disabled_endpoints,
+    enable_endpoint,
+    enqueue_webhook,
+    redeliver,
 )
 from tests.integration.helpers import arq_worker, serve_app
 from worker.webhook_jobs import SETTINGS_KEY, WEBHOOK_FUNCTIONS, close_webhooks

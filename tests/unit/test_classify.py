@@ -1300,7 +1300,8 @@ async def test_refused_connection_over_the_real_transport_is_named_refused() -> 
 async def test_refused_webhook_delivery_is_named_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.config import WebhookConfig
     from shared.keys import Keys
-    from shared.webhook_delivery import Delivery, WebhookDeliverer
+    from shared.webhooks.delivery import WebhookDeliverer
+    from shared.webhooks.records import Delivery
 
     monkeypatch.setenv("FUSEBOX_WEBHOOK_SECRET", "whsec_QUJDREVGR0hJSktMTU5PUA==")
     d = WebhookDeliverer(None, Keys("t"), WebhookConfig(allow_hosts=["127.0.0.0/8"]))  # type: ignore[arg-type]
