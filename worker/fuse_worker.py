@@ -350,8 +350,9 @@ class FuseboxWorker(Worker):
         await self.heart_beat()
 
     async def _idle(self) -> None:
-        """Sleep until the next poll: ``poll_delay``, or less if a wake-up token arrives."""
-        await self.clock.sleep(await self._pause())
+        """Sleep until the next poll (``_pause``), or less if a wake-up token arrives."""
+        if not self.clock.woken:
+            await self.clock.sleep(await self._pause())
 
     async def _pause(self) -> float:
         poll_s = self.clock.poll_s
@@ -359,7 +360,9 @@ class FuseboxWorker(Worker):
             return poll_s
         if not self._dry:
             return poll_s * (SLOW_POLLS if self.claimable() < CLAIM_MORE else 1)
-        if self.tasks or self.burst_mode:  # a busy worker's jobs may defer themselves; a burst ends soon
+        if self.tasks or self.burst_mode or not self.wake_key:
+            # a busy worker's jobs may defer themselves; a burst ends soon; without wake-up tokens a long
+            # sleep would hold up new jobs
             return poll_s
         pause = self.clock.idle()
         if pause <= poll_s:

@@ -373,7 +373,7 @@ async def test_an_idle_worker_sleeps_longer_between_polls_but_never_past_the_nex
     due_lo = loop.time() + defer
     await redis.enqueue_job("job", b"later", _job_id=f"{settings.namespace}-later", _defer_by=defer)
     due = loop.time() + defer
-    w = arq_worker(settings, redis, [func(job, name="job")], poll_delay=0.01)
+    w = arq_worker(settings, redis, [func(job, name="job")], poll_delay=0.01, wake_key=settings.keys.wake)
     pauses: list[tuple[float, float]] = []
     sleep = w.clock.sleep
 
@@ -407,3 +407,33 @@ async def test_a_single_job_sends_a_wake_up_token(settings: Settings, redis) -> 
     body = {"model": "simulated/chat", "messages": [{"role": "user", "content": "hi"}]}
     await client.submit(body)  # no worker runs: nothing consumes the token
     assert await redis.llen(settings.keys.wake) == 1
+
+
+async def test_a_worker_without_wake_up_tokens_keeps_its_poll_delay_when_idle(
+    settings: Settings, redis
+) -> None:
+    """Without a wake-up listener nothing would cut a long sleep short for a new job: no backoff."""
+
+    async def job(ctx: dict[str, Any], raw: bytes) -> None:
+        return None
+
+    w = arq_worker(settings, redis, [func(job, name="job")], poll_delay=0.01)
+    pauses: list[float] = []
+    sleep = w.clock.sleep
+
+    async def spy(seconds: float) -> None:
+        pauses.append(seconds)
+        await sleep(seconds)
+
+    w.clock.sleep = spy  # type: ignore[method-assign]
+    task = asyncio.create_task(w.async_run())
+    try:
+        for _ in range(500):
+            if len(pauses) >= 20:
+                break
+            await asyncio.sleep(0.01)
+        assert len(pauses) >= 20 and set(pauses) == {0.01}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await w.close()
