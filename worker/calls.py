@@ -32,6 +32,9 @@ BUDGET_RECHECK_S = 5.0  # a batch line waiting for its budget checks again this 
 
 
 class Calls:
+    """One worker's provider calls: what it has in flight and how long they take, by gate scope (the
+    executor paces its local lines by them)."""
+
     def __init__(
         self,
         router: Router,
