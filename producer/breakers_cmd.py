@@ -15,7 +15,7 @@ from producer.cli_errors import CliError, check_redis_url
 
 if TYPE_CHECKING:
     from shared.config import Settings
-    from shared.resilience import Gate
+    from shared.gate import Gate
 
 FORCE = {"open": "open", "close": "closed", "disable": "disabled"}
 ACTIONS = {
@@ -53,9 +53,9 @@ def _with_gate(settings: Settings, body: Callable[[Gate], Awaitable[int]]) -> in
     if not settings.redis_url:
         raise CliError("REDIS_URL is not set; point it at the Redis your workers use")
     check_redis_url(settings.redis_url)
+    from shared.gate import Gate
     from shared.providers.registry import build_providers
     from shared.redis_conn import connect
-    from shared.resilience import Gate
 
     async def go() -> int:
         providers = build_providers(settings.file)

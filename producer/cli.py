@@ -182,7 +182,7 @@ def describe_error(e: BaseException, redis_url: str | None) -> tuple[int, str]:
     if isinstance(e, RequestError):
         return EXIT_USAGE, e.message
     try:
-        from shared.resilience import RedisUnavailable
+        from shared.gate import RedisUnavailable
 
         down: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, RedisUnavailable)
     except ImportError:  # pragma: no cover

@@ -10,9 +10,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.gate import Gate
 from shared.keys import Keys
 from shared.metrics import FleetState, read_queue
-from shared.resilience import Gate
 from shared.usage import LATENCY_BUCKETS_MS
 
 IN_PROGRESS = ("validating", "in_progress", "finalizing", "cancelling")

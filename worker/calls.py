@@ -15,8 +15,8 @@ import httpx
 from shared import metrics
 from shared.budget import Budgets, Caps, Hold
 from shared.errors import ErrorClass, ProviderError
+from shared.gate import Admission, Gate, outcome_of
 from shared.providers.base import ProviderResponse
-from shared.resilience import Admission, Gate, outcome_of
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
 from shared.schema import Attempt, ChatRequest, ErrorInfo, JobSpec

@@ -21,7 +21,7 @@ from shared import codec, metrics
 from shared.budget import Budgets, Caps
 from shared.byok.resolver import Routed, TenantKeys
 from shared.errors import ProviderError
-from shared.resilience import Admission, Gate
+from shared.gate import Admission, Gate
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
 from shared.schema import Attempt, ErrorInfo, JobResult, JobSpec, RequestError

@@ -18,8 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
+from shared.gate import RedisUnavailable
 from shared.keys import ARQ_ABORT_JOBS, ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY, LANE_OUT_SUFFIX, Keys
-from shared.resilience import RedisUnavailable
 from worker import group_commit
 from worker.batch_jobs import STORE_KEY
 from worker.jobs import CTX_KEY, END_KEY

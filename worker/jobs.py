@@ -9,7 +9,7 @@ from arq.worker import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.resilience import RedisUnavailable
+from shared.gate import RedisUnavailable
 from worker.executor import Executor
 
 CTX_KEY = "fusebox_executor"

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 
 from shared.errors import ProviderError
+from shared.gate import Admission
 from shared.providers.base import ProviderResponse
-from shared.resilience import Admission
 from shared.router import Candidate, Router
 from shared.schema import Attempt, ErrorInfo, JobResult, JobSpec
 from shared.scripts import ScriptCall

@@ -16,8 +16,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec
+from shared.gate import Admission, Gate, RedisUnavailable
 from shared.keys import ARQ_JOB
-from shared.resilience import Admission, Gate, RedisUnavailable
 from shared.schema import Attempt, JobResult, JobSpec
 from shared.scripts import ScriptCall
 from shared.store import JOB_FUNCTION, Store

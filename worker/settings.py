@@ -14,9 +14,9 @@ from shared.byok.crypto import KeyRing
 from shared.byok.resolver import TenantKeys
 from shared.byok.store import check_startup
 from shared.config import Settings
+from shared.gate import Gate
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect, redact_url
-from shared.resilience import Gate
 from shared.retry import RetryPolicy
 from shared.router import Router
 from shared.store import Store

@@ -20,9 +20,9 @@ from producer.api.errors import OPENAI_ERRORS, ApiError
 from producer.providers_cmd import describe
 from shared import audit, metrics
 from shared.byok import store as key_store
+from shared.gate import Gate
 from shared.ops_view import batches_in_progress, fleet_state, provider_series
 from shared.providers.base import Provider
-from shared.resilience import Gate
 
 router = APIRouter(responses=OPENAI_ERRORS, tags=["ops"])
 _DIR = Path(__file__).parent

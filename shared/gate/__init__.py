@@ -1,5 +1,6 @@
 """The resilience gate (circuit breaker, concurrency leases, rpm/tpm limits, adaptive concurrency):
-``core`` (the Gate and its hot path), ``types`` (Admission, outcomes), ``ops`` (forcing, snapshots)."""
+``core`` (the Gate and its hot path), ``types`` (Admission, outcomes), ``ops`` (forcing, snapshots),
+``policy`` (a scope's settings from fusebox.toml)."""
 
 from shared.gate.core import Gate
 from shared.gate.ops import FORCE_TARGETS

@@ -39,8 +39,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import scripts
 from shared.config import FileConfig, ProviderConfig
 from shared.gate.ops import GateOps, _str
+from shared.gate.policy import Policy, resolve
 from shared.gate.types import OUTCOMES, Admission, RedisUnavailable
-from shared.gate_policy import Policy, resolve
 from shared.keys import ARQ_IN_PROGRESS, Keys
 from shared.scripts import ScriptCall
 

@@ -8,7 +8,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from shared.gate_policy import EVENTS_MAXLEN, Policy
+from shared.gate.policy import EVENTS_MAXLEN, Policy
 from shared.keys import Keys
 
 FORCE_TARGETS = {"open": "forced_open", "closed": "forced_closed", "disabled": "disabled"}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.errors import ErrorClass, ProviderError
-from shared.gate_policy import Policy
+from shared.gate.policy import Policy
 
 Outcome = Literal["success", "failure", "rate_limited", "ignored"]
 Reason = Literal["open", "forced_open", "saturated", "rate_limited", "half_open_busy"]

@@ -197,8 +197,8 @@ async def test_duplicate_custom_ids_are_refused_whole(api, key_a) -> None:  # no
 async def test_cancel_answers_unstarted_requests_as_canceled(api, key_a, settings, redis) -> None:  # noqa: F811
     c = _client(api, key_a)
     # force the provider's breaker open so nothing can start: every line is still queued at cancel
+    from shared.gate import Gate
     from shared.providers.registry import build_providers
-    from shared.resilience import Gate
 
     providers = build_providers(settings.file)
     gate = Gate(redis, settings.keys, settings.file, {n: p.config for n, p in providers.items()})

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.config import BreakerConfig, FileConfig, LimitsConfig, ModelLimitsConfig, ProviderConfig
-from shared.resilience import Admission, Gate
+from shared.gate import Admission, Gate
 
 
 def _cfg(max_concurrency: int = 1000, **breaker: Any) -> FileConfig:

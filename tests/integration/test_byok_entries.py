@@ -34,7 +34,7 @@ from shared import codec
 from shared.byok import store
 from shared.byok.crypto import KeyRing, new_master_key
 from shared.config import FileConfig, Settings
-from shared.resilience import Gate
+from shared.gate import Gate
 from shared.schema import ChatRequest, JobSpec, ProviderEntry, RequestError
 from shared.simulator import SimulatorProcess
 from shared.simulator.config import validate_config

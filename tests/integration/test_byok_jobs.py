@@ -24,8 +24,8 @@ from shared import tenants
 from shared.byok import store
 from shared.byok.crypto import KeyRing, new_master_key
 from shared.config import FileConfig, Settings
+from shared.gate import Gate
 from shared.redact import redact
-from shared.resilience import Gate
 from shared.simulator import SimulatorProcess
 from shared.simulator.config import validate_config
 from tests.integration.helpers import byok_config

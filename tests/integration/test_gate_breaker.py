@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from shared.config import BreakerConfig, FileConfig, LimitsConfig, ProviderConfig
-from shared.resilience import Gate
+from shared.gate import Gate
 
 
 def _gate(redis: Any, settings: Any, **breaker: Any) -> Gate:

@@ -28,7 +28,7 @@ from shared.config import (
     SimulatedConfig,
     WorkerConfig,
 )
-from shared.resilience import Gate
+from shared.gate import Gate
 from shared.router import Router
 from shared.schema import JobResult
 from shared.scripts import ScriptCall

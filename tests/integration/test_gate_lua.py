@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from shared.config import BreakerConfig, FileConfig, LimitsConfig, ProviderConfig
-from shared.resilience import Gate
+from shared.gate import Gate
 from shared.schema import JobResult, Usage
 from shared.store import Store
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from shared.config import FileConfig, LimitsConfig, ProviderConfig, Settings
+from shared.gate import Admission, Gate, RedisUnavailable
 from shared.redis_conn import connect
-from shared.resilience import Admission, Gate, RedisUnavailable
 from tests.conftest import make_server
 
 

@@ -108,7 +108,7 @@ async def test_admits_made_together_share_one_round_trip_and_keep_the_limit(
     settings: Any, redis: Any
 ) -> None:
     from shared.config import FileConfig, ProviderConfig
-    from shared.resilience import Gate
+    from shared.gate import Gate
 
     cfg = FileConfig(providers={"p": ProviderConfig(type="simulated", max_concurrency=3)})
     gate = Gate(redis, settings.keys, cfg)

@@ -14,9 +14,9 @@ import pytest
 
 from shared.config import BreakerConfig, FileConfig, LimitsConfig, ProviderConfig
 from shared.embedded import free_port
-from shared.gate_policy import resolve
+from shared.gate import Gate, RedisUnavailable
+from shared.gate.policy import resolve
 from shared.redis_conn import connect
-from shared.resilience import Gate, RedisUnavailable
 from tests.conftest import PYTHON, subprocess_env
 
 
@@ -338,7 +338,7 @@ import asyncio, json, os
 from shared.config import FileConfig
 from shared.keys import Keys
 from shared.redis_conn import connect
-from shared.resilience import Gate
+from shared.gate import Gate
 keys = Keys(os.environ["FUSEBOX_NAMESPACE"])
 """
 

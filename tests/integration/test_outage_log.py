@@ -8,8 +8,8 @@ import pytest
 from arq.worker import func
 
 from shared.config import Settings
+from shared.gate import RedisUnavailable
 from shared.redis_conn import connect
-from shared.resilience import RedisUnavailable
 from tests.integration.helpers import arq_worker
 from worker.jobs import CTX_KEY, chat
 
