@@ -31,11 +31,11 @@ from producer.client import FuseboxClient, Submission  # noqa: E402
 from shared.config import FileConfig, Settings  # noqa: E402
 from shared.embedded import EmbeddedValkey, free_port  # noqa: E402
 from shared.gate import Gate  # noqa: E402
+from shared.jobs.store import BatchCounts  # noqa: E402
 from shared.redis_conn import connect  # noqa: E402
 from shared.schema import JobResult  # noqa: E402
 from shared.simulator.config import SimConfig  # noqa: E402
 from shared.simulator.runner import SimulatorProcess  # noqa: E402
-from shared.store import BatchCounts  # noqa: E402
 
 SIM_KEY_ENV = "FUSEBOX_SIM_KEY"
 

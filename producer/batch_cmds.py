@@ -20,7 +20,7 @@ from producer.cli_errors import EXIT_LINES_FAILED, EXIT_UNAVAILABLE, CliError, c
 if TYPE_CHECKING:
     from producer.client import FuseboxClient
     from shared.config import Settings
-    from shared.store import BatchCounts
+    from shared.jobs.store import BatchCounts
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 

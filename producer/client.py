@@ -14,17 +14,18 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from producer.batch_input import Validator, numbered_lines
-from shared import codec, durability, routing_table
+from shared import codec, routing_table
 from shared.batch_retry import BatchBusy, BatchRetry, RetryOutcome
 from shared.byok.entries import own_entries
 from shared.config import Settings
+from shared.jobs import durability
+from shared.jobs.store import ENDED, JOB_FUNCTION, BatchCounts, Store
 from shared.keys import wake_workers
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
 from shared.router import Router
 from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec, RequestError
 from shared.ssrf import check_url
-from shared.store import ENDED, JOB_FUNCTION, BatchCounts, Store
 from shared.usage import UsageRow, read_usage
 
 CHUNK = 500

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 from producer.client import FuseboxClient, RetryOutcome, Submission
 from shared.config import Settings
+from shared.jobs.store import BatchCounts
 from shared.schema import JobResult
-from shared.store import BatchCounts
 from shared.usage import UsageRow
 
 T = TypeVar("T")

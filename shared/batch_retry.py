@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared import scripts
+from shared.jobs.store import ENDED, JOB_EXPIRY_MS, Store
 from shared.keys import ARQ_JOB, lane_name, wake_workers
 from shared.schema import JobSpec
-from shared.store import ENDED, JOB_EXPIRY_MS, Store
 
 CHUNK = 500
 COMPACT_SLICE = 2000

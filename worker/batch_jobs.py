@@ -8,8 +8,8 @@ from typing import Any
 
 from arq.cron import cron
 
+from shared.jobs.store import Store
 from shared.schema import Usage
-from shared.store import Store
 from shared.webhooks import RequestCounts, batch_event
 from shared.webhooks.records import enqueue_webhook
 

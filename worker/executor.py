@@ -22,11 +22,11 @@ from shared.budget import Budgets, Caps
 from shared.byok.resolver import Routed, TenantKeys
 from shared.errors import ProviderError
 from shared.gate import Admission, Gate
+from shared.jobs.store import Store
 from shared.retry import RetryPolicy
 from shared.router import Candidate, Router
 from shared.schema import Attempt, ErrorInfo, JobResult, JobSpec, RequestError
 from shared.scripts import ScriptCall
-from shared.store import Store
 from worker import spend
 from worker.attempts import INTERNAL
 from worker.calls import Calls

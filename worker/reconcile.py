@@ -21,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
+from shared.jobs.store import JOB_EXPIRY_MS, Store
 from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, lane_name
-from shared.store import JOB_EXPIRY_MS, Store
 
 log = logging.getLogger("fusebox.reconcile")
 CHUNK = 500  # lines per Lua call: keeps each call short on a busy server

@@ -17,10 +17,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec
 from shared.gate import Admission, Gate, RedisUnavailable
+from shared.jobs.store import JOB_FUNCTION, Store
 from shared.keys import ARQ_JOB
 from shared.schema import Attempt, JobResult, JobSpec
 from shared.scripts import ScriptCall
-from shared.store import JOB_FUNCTION, Store
 from shared.webhooks import job_event
 from shared.webhooks.records import enqueue_webhook
 from worker import group_commit

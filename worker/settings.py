@@ -15,11 +15,11 @@ from shared.byok.resolver import TenantKeys
 from shared.byok.store import check_startup
 from shared.config import Settings
 from shared.gate import Gate
+from shared.jobs.store import Store
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect, redact_url
 from shared.retry import RetryPolicy
 from shared.router import Router
-from shared.store import Store
 from worker import group_commit
 from worker.batch_jobs import BATCH_FUNCTIONS, STORE_KEY, batch_cron
 from worker.executor import Executor

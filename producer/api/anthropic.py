@@ -24,8 +24,8 @@ from producer.api.auth import ApiContext, Ctx, TenantDep
 from producer.api.errors import ApiError, documented_errors
 from producer.batch_input import Validator
 from shared.byok.entries import own_entries
+from shared.jobs.store import ENDED
 from shared.schema import ChatRequest, ErrorInfo, JobResult, JobSpec, RequestError
-from shared.store import ENDED
 
 ERROR_PREFIXES = ("/v1/messages",)
 WINDOW_S = 24 * 3600  # Anthropic batches end within 24 hours

@@ -23,10 +23,10 @@ from shared.byok.crypto import KeyRing
 from shared.byok.store import check_startup
 from shared.config import Settings
 from shared.files import FileStore
+from shared.jobs.store import Store
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect
 from shared.router import Router
-from shared.store import Store
 
 ROUTER_MODULES: list[str] = [
     "producer.api.openai",

@@ -17,8 +17,8 @@ from producer.api.errors import ApiError
 from shared.byok.crypto import KeyRing
 from shared.config import Settings
 from shared.files import FileStore
+from shared.jobs.store import Store
 from shared.router import Router
-from shared.store import Store
 from shared.tenants import Tenant, authenticate
 
 

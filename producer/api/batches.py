@@ -22,8 +22,8 @@ from producer.api.auth import ApiContext
 from producer.batch_input import Validator
 from shared import budget
 from shared.byok.entries import own_entries
+from shared.jobs.store import ENDED
 from shared.schema import CHAT_URL, URL_KINDS, JobResult, JobSpec, OutputLine, RequestError
-from shared.store import ENDED
 
 log = logging.getLogger("fusebox.api")
 SUBMITTER_LEASE_S = 30  # a submitter that stops renewing this long is presumed dead

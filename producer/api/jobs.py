@@ -18,9 +18,9 @@ import msgspec
 from producer.api.auth import ApiContext
 from producer.api.errors import ApiError
 from shared.byok.entries import own_entries
+from shared.jobs.store import JOB_EXPIRY_MS, Store
 from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, wake_workers
 from shared.schema import ChatRequest, EmbeddingRequest, JobResult, JobSpec, OutputMeta, RequestError
-from shared.store import JOB_EXPIRY_MS, Store
 from shared.tenants import Tenant
 
 DAY_MS = 24 * 3600 * 1000

@@ -171,7 +171,7 @@ async def test_tenants_are_isolated_and_keys_checked(api, key_a, key_b, admin_ke
 
 async def test_a_batch_whose_submitter_died_is_resumed_by_the_next_reader(api, key_a, settings, redis):  # noqa: F811
     from producer.batch_input import Validator
-    from shared.store import Store
+    from shared.jobs.store import Store
 
     c = _client(api, key_a)
     data = _jsonl(40)

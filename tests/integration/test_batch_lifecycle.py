@@ -8,8 +8,8 @@ import time
 from producer.client import FuseboxClient
 from shared import usage
 from shared.config import BatchConfig, FileConfig, SimulatedConfig, WorkerConfig
+from shared.jobs.store import Store
 from shared.schema import JobResult, Usage
-from shared.store import Store
 from tests.integration.helpers import batch_lines, running_worker
 
 

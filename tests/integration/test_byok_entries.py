@@ -35,10 +35,10 @@ from shared.byok import store
 from shared.byok.crypto import KeyRing, new_master_key
 from shared.config import FileConfig, Settings
 from shared.gate import Gate
+from shared.jobs.store import JOB_FUNCTION
 from shared.schema import ChatRequest, JobSpec, ProviderEntry, RequestError
 from shared.simulator import SimulatorProcess
 from shared.simulator.config import validate_config
-from shared.store import JOB_FUNCTION
 from shared.tenants import create_key
 from tests.conftest import PYTHON, subprocess_env
 from tests.integration.api_fixtures import serve

@@ -12,8 +12,8 @@ from typing import Any
 
 from shared.config import BreakerConfig, FileConfig, LimitsConfig, ProviderConfig
 from shared.gate import Gate
+from shared.jobs.store import Store
 from shared.schema import JobResult, Usage
-from shared.store import Store
 
 
 def _gate(redis: Any, settings: Any, **breaker: Any) -> Gate:

@@ -187,8 +187,8 @@ async def test_jobs_start_with_no_round_trip_of_their_own_and_count_their_tries(
 async def test_a_result_write_finishes_the_job_as_arq_would(settings: Any, redis: Any) -> None:
     """complete.lua with the job's arq keys leaves them as arq's finish_job(finish=True, no kept result)
     does, whether this run wrote the result or an earlier one did; without them it touches none."""
+    from shared.jobs.store import Store
     from shared.schema import JobResult
-    from shared.store import Store
 
     store = Store(redis, settings.keys)
     queue = settings.keys.queue

@@ -15,9 +15,9 @@ import pytest
 
 from bench.harness import Stack, chat_lines
 from shared.embedded import free_port, server_binary
+from shared.jobs.store import Store
 from shared.keys import ARQ_JOB
 from shared.schema import JobResult
-from shared.store import Store
 from tests.integration.helpers import poll, stack_exactly_once
 from worker.reconcile import MAX_REQUEUES, Reconciler
 

@@ -14,9 +14,9 @@ from producer.client import BatchBusy, FuseboxClient
 from producer.output import write_results
 from shared.batch_retry import BatchRetry
 from shared.errors import ErrorClass, ProviderError
+from shared.jobs.store import Store
 from shared.keys import ARQ_JOB
 from shared.providers.simulated import SimulatedProvider
-from shared.store import Store
 from tests.conftest import PYTHON, subprocess_env
 from tests.integration.helpers import batch_lines, running_worker
 
