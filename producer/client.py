@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 
 from producer.batch_input import Validator, numbered_lines
 from shared import codec, routing_table
-from shared.batch_retry import BatchBusy, BatchRetry, RetryOutcome
+from shared.batches.retry import BatchBusy, BatchRetry, RetryOutcome
 from shared.byok.entries import own_entries
 from shared.config import Settings
 from shared.jobs import durability

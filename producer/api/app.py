@@ -19,10 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from producer.api.auth import ApiContext, Ctx
 from producer.api.errors import ApiError, ErrorBody, openai_error_body
+from shared.batches.files import FileStore
 from shared.byok.crypto import KeyRing
 from shared.byok.store import check_startup
 from shared.config import Settings
-from shared.files import FileStore
 from shared.jobs.store import Store
 from shared.providers.registry import build_providers
 from shared.redis_conn import connect

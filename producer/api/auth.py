@@ -14,9 +14,9 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from producer.api.errors import ApiError
+from shared.batches.files import FileStore
 from shared.byok.crypto import KeyRing
 from shared.config import Settings
-from shared.files import FileStore
 from shared.jobs.store import Store
 from shared.router import Router
 from shared.tenants import Tenant, authenticate

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from producer.api import batches, jobs
 from producer.api.auth import Ctx, TenantDep
 from producer.api.errors import OPENAI_ERRORS, ApiError, not_found
-from shared.files import FileError
+from shared.batches.files import FileError
 from shared.schema import URL_KINDS
 
 router = APIRouter(prefix="/v1", responses=OPENAI_ERRORS)

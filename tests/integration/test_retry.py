@@ -12,7 +12,7 @@ import pytest
 from producer.batch_input import Validator
 from producer.client import BatchBusy, FuseboxClient
 from producer.output import write_results
-from shared.batch_retry import BatchRetry
+from shared.batches.retry import BatchRetry
 from shared.errors import ErrorClass, ProviderError
 from shared.jobs.store import Store
 from shared.keys import ARQ_JOB

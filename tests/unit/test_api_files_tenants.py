@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from shared.batches.files import FileError, FileStore
 from shared.config import ApiConfig
-from shared.files import FileError, FileStore
 from shared.keys import Keys
 from shared.tenants import authenticate, create_key, hash_key, list_keys, revoke
 

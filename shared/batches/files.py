@@ -1,4 +1,5 @@
-"""Uploaded files in Redis: a metadata hash plus the content as a list of ~1 MB chunks, with a TTL.
+"""Uploaded batch input files in Redis (the files API takes purpose "batch" only): a metadata hash
+plus the content as a list of ~1 MB chunks, with a TTL.
 
 Every API replica reads the same bytes, and neither writing nor reading ever holds more than
 a chunk or two in memory. Chunks split anywhere; ``iter_lines`` re-joins lines across them.
