@@ -1,1 +1,2 @@
-"""Fusebox core: schema, codec, config, Redis keys, providers, router, store."""
+"""Fusebox core: modules every part uses (schema, codec, config, Redis keys, router, ...) and a
+package per concern (gate, jobs, batches, webhooks, byok, providers, simulator)."""

@@ -82,7 +82,7 @@ def _f(v: bytes | str | None) -> float | None:
 class Budgets:
     def __init__(self, redis: Redis, keys: Keys, ttl: float = 5.0) -> None:
         self.redis, self.keys, self.ttl = redis, keys, ttl
-        self._script = scripts.load(redis, "budget")
+        self._script = scripts.load(redis, "budget", __file__)
         self._caps: dict[tuple[str | None, str | None], tuple[float, Caps]] = {}
 
     async def caps(self, tenant: str | None, batch_id: str | None) -> Caps:

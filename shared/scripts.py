@@ -1,7 +1,9 @@
-"""Loads the Lua scripts that sit beside this module (shared/lua/*.lua) and runs them.
+"""Loads the Lua scripts that sit beside the modules running them, and runs them.
 
-A line ``--#include NAME.lua`` is replaced by that file, so scripts can share
-small Lua helpers without copying them.
+``load(redis, "admit", __file__)`` reads ``admit.lua`` from the calling module's directory. A line
+``--#include NAME.lua`` is replaced by that file from the including script's own directory, or, for
+a path with a slash (``--#include shared/jobs/_finish.lua``), from the project root (the directory
+holding ``shared/``), so scripts can share small Lua helpers without copying them.
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ from redis.exceptions import NoScriptError
 
 from shared.pipelined import send_commands
 
-_DIR = Path(__file__).parent / "lua"
+_ROOT = Path(__file__).resolve().parent.parent  # holds shared/ and worker/, in a checkout or installed
 
 
 @cache
-def source(name: str) -> str:
+def source(name: str, beside: str) -> str:
+    """The text of ``NAME.lua`` in the directory of the module file ``beside`` (its ``__file__``),
+    its includes inlined."""
+    path = Path(beside).parent / f"{name}.lua"
     lines = []
-    for line in (_DIR / f"{name}.lua").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.startswith("--#include "):
-            lines.append((_DIR / line.split(maxsplit=1)[1].strip()).read_text())
+            include = line.split(maxsplit=1)[1].strip()
+            lines.append((_ROOT / include if "/" in include else path.parent / include).read_text())
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
@@ -48,9 +54,10 @@ class Script(AsyncScript):
             return await client.eval(self.script, len(keys), *keys, *args)
 
 
-def load(redis: Redis, name: str) -> AsyncScript:
-    """A script object that runs by EVALSHA and falls back to EVAL where the server lacks it."""
-    return Script(redis, source(name))
+def load(redis: Redis, name: str, beside: str) -> AsyncScript:
+    """``NAME.lua`` from beside the module file ``beside`` (pass ``__file__``), as a script object
+    that runs by EVALSHA and falls back to EVAL where the server lacks it."""
+    return Script(redis, source(name, beside))
 
 
 class ScriptCall(NamedTuple):

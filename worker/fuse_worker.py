@@ -125,7 +125,7 @@ class FuseboxWorker(Worker):
         if not ids and not lanes and not read:
             return
         if self._claim is None:
-            self._claim = scripts.load(self.pool, "claim")
+            self._claim = scripts.load(self.pool, "claim", __file__)
         k = self.lane_keys
         claimed = await self._claim(
             keys=[self.queue_name, *((k.lanes, k.lane_weights, k.lane_turns) if k else ("", "", ""))],

@@ -42,8 +42,8 @@ class Leases:
         self.held: set[str] = set()
         # the queue score each held job was claimed at (the queue holds it parked meanwhile, claim.lua)
         self.scores: dict[str, int] = {}
-        self._beat = scripts.load(redis, "heartbeat")
-        self._release = scripts.load(redis, "release")
+        self._beat = scripts.load(redis, "heartbeat", __file__)
+        self._release = scripts.load(redis, "release", __file__)
         self._warned = False
 
     def claimed(self, job_id: str, score: int | None = None) -> None:

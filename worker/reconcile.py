@@ -45,7 +45,7 @@ class Reconciler:
         self.keys = store.keys
         self.owner = owner
         self.every = every
-        self._script = scripts.load(redis, "reconcile")
+        self._script = scripts.load(redis, "reconcile", __file__)
 
     async def run(self) -> None:
         """Until cancelled: try the fleet-wide lock each period; the holder reconciles every active batch."""

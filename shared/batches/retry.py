@@ -2,8 +2,8 @@
 
 The original requests are not kept in Redis (a 100k-line batch would hold its whole input there
 for the results TTL), so a retry reads the batch's input file again, like a resumed ``fusebox
-run``. The steps are in shared/lua/retry.lua; each is atomic and a retry that was interrupted
-can simply be run again.
+run``. The steps are in retry.lua beside this module; each is atomic and a retry that was
+interrupted can simply be run again.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class RetryOutcome:
 class BatchRetry:
     def __init__(self, store: Store, batch_id: str) -> None:
         self.store, self.batch_id = store, batch_id
-        self._script = scripts.load(store.redis, "retry")
+        self._script = scripts.load(store.redis, "retry", __file__)
         k, b = store.keys, batch_id
         self._keys = [
             k.batch(b), k.batch_results(b), k.batch_done(b), k.batch_retry(b), k.batch_done_scratch(b),

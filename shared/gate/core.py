@@ -70,11 +70,11 @@ class Gate(GateOps):
         self._prefix = os.urandom(6).hex()
         # leases of calls that ended while Redis was unreachable: lease id -> (scope, probe)
         self._unsettled: dict[str, tuple[str, bool]] = {}
-        self._admit = scripts.load(redis, "admit")
-        self._settle = scripts.load(redis, "settle")
-        self._renew = scripts.load(redis, "renew")
-        self._force = scripts.load(redis, "gate_force")
-        self._snapshot = scripts.load(redis, "gate_snapshot")
+        self._admit = scripts.load(redis, "admit", __file__)
+        self._settle = scripts.load(redis, "settle", __file__)
+        self._renew = scripts.load(redis, "renew", __file__)
+        self._force = scripts.load(redis, "gate_force", __file__)
+        self._snapshot = scripts.load(redis, "gate_snapshot", __file__)
         # Set by a worker: sends script calls made in one loop iteration together (worker/group_commit.py),
         # so the admits of jobs woken together share one round trip; each admit stays its own script.
         self.grouped: Callable[[list[ScriptCall]], Awaitable[list[Any]]] | None = None

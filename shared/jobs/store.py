@@ -61,10 +61,10 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.cfg = batches or BatchConfig()
-        self._enqueue = scripts.load(redis, "enqueue")
-        self._complete = scripts.load(redis, "complete")
-        self._seal = scripts.load(redis, "seal")
-        self._cancel = scripts.load(redis, "cancel")
+        self._enqueue = scripts.load(redis, "enqueue", __file__)
+        self._complete = scripts.load(redis, "complete", __file__)
+        self._seal = scripts.load(redis, "seal", __file__)
+        self._cancel = scripts.load(redis, "cancel", __file__)
         self._finalize_jobs: dict[str, tuple[str, str, bytes]] = {}
 
     # -- arq payloads ----------------------------------------------------

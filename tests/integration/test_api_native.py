@@ -102,7 +102,7 @@ async def test_interactive_jobs_go_ahead_of_batch_lines(api, redis, settings, ke
         lane = [m.decode() for m in await redis.zrange(settings.keys.lane("tenant-a"), 0, -1)]
         sync.cancel()
     # single jobs, whatever their priority, go ahead of batch lines: those wait in the tenant's lane
-    # until the queue has nothing due (worker/fuse_worker.py, shared/lua/claim.lua)
+    # until the queue has nothing due (worker/fuse_worker.py, worker/claim.lua)
     assert len(order) == 3 and all(o.startswith("job_") for o in order)
     assert high in order[:2] and order[2] == low  # priority 10 before priority 0
     assert len(lane) == 20 and all(o.startswith(batch_id + ":") for o in lane)

@@ -15,6 +15,7 @@ from shared import codec, scripts
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY
 from tests.integration.helpers import arq_worker
+from worker import fuse_worker
 from worker.jobs import CTX_KEY
 from worker.settings import FuseboxWorker
 
@@ -96,7 +97,7 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     a, b, c = (f"{ns}-{x}" for x in "abc")
     now = timestamp_ms()
     await redis.zadd(q, {a: now - 5000, b: now - 4000, c: now - 3000})
-    claim = scripts.load(redis, "claim")
+    claim = scripts.load(redis, "claim", fuse_worker.__file__)
 
     async def claim_as(
         owner: str, ids: list[str], lease_ms: int = 10_000, read: int = 0

@@ -17,13 +17,14 @@ from shared.keys import ARQ_IN_PROGRESS, ARQ_JOB, LANE_OUT_SUFFIX, Keys
 from shared.metrics import read_queue
 from tests.conftest import PYTHON, subprocess_env
 from tests.integration.helpers import batch_lines, stop_processes
+from worker import fuse_worker
 
 NOW_MS = 10**13  # every line is due
 
 
 async def _claim(redis, keys: Keys, owner: str, want: int, window: int = 10**6, ids: list[str] = ()):
     """One claim.lua call as FuseboxWorker.start_jobs makes it -> [(id, lane or 'queue')]."""
-    script = scripts.load(redis, "claim")
+    script = scripts.load(redis, "claim", fuse_worker.__file__)
     got = await script(
         keys=[keys.queue, keys.lanes, keys.lane_weights, keys.lane_turns],
         args=[

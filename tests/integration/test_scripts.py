@@ -10,6 +10,7 @@ import pytest
 
 from shared import scripts
 from shared.scripts import ScriptCall, run_pipelined
+from worker import lease
 
 
 @pytest.fixture
@@ -27,8 +28,8 @@ def forgetful(redis: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 def _unseen_release(redis: Any) -> scripts.Script:
     """Our lease release script under a body (so a sha) this server has never seen: no SCRIPT FLUSH,
     which would touch a server the suite may not own."""
-    assert isinstance(scripts.load(redis, "release"), scripts.Script)
-    return scripts.Script(redis, scripts.source("release") + f"-- {uuid.uuid4().hex}\n")
+    assert isinstance(scripts.load(redis, "release", lease.__file__), scripts.Script)
+    return scripts.Script(redis, scripts.source("release", lease.__file__) + f"-- {uuid.uuid4().hex}\n")
 
 
 async def test_a_script_call_runs_on_a_server_that_lacks_the_script(forgetful: Any) -> None:

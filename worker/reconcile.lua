@@ -13,7 +13,7 @@
 -- ARGV[9] finalize job id, ARGV[10] finalize payload, ARGV[11] now (unix s), ARGV[12] lane name
 -- A line queued again goes back to its lane, so it takes its tenant's turn like any other.
 -- Returns {next cursor, dropped, requeued, relinked, failed, status}; cursor '0' = done.
---#include _finish.lua
+--#include shared/jobs/_finish.lua
 local status = redis.call('HGET', KEYS[5], 'status')
 if status == 'finalizing' then
   -- the job that completes the batch must exist (queued by _finish.lua when the last line landed)
