@@ -19,7 +19,7 @@ import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -35,9 +35,6 @@ from shared.simulator.config import (
 )
 from shared.simulator.formats.openai import azure_version_error
 from shared.simulator.wire import ChatCall, EmbedCall, SimError, WireError, chat_reply, embedding_dims, vector
-
-if TYPE_CHECKING:
-    from shared.simulator.runner import SimulatorThread
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -129,12 +126,6 @@ class SimulatorServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def run_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> SimulatorThread:
-        """Start this server on its own event loop in a daemon thread (a context manager)."""
-        from shared.simulator.runner import SimulatorThread
-
-        return SimulatorThread(self, host, port).start()
 
     # ---- admin -----------------------------------------------------------------------------
 
