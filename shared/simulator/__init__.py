@@ -17,8 +17,9 @@ from shared.simulator.config import (
     SimConfigError,
     load_config,
 )
+from shared.simulator.paths import route_base_url
 from shared.simulator.runner import SimulatorProcess, SimulatorThread
-from shared.simulator.server import SimulatorServer, route_base_url
+from shared.simulator.server import SimulatorServer
 
 __all__ = [
     "ErrorMix",

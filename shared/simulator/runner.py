@@ -28,7 +28,8 @@ import httpx
 from pydantic import SecretStr
 
 from shared.simulator.config import SimConfig, effective_routes, public_dump
-from shared.simulator.server import SimulatorServer, route_base_url
+from shared.simulator.paths import route_base_url
+from shared.simulator.server import SimulatorServer
 
 T = TypeVar("T")
 READY_PREFIX = "SIMULATOR_READY "
