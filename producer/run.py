@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.batch_cmds import check_input, check_writable
 from producer.batch_input import file_digest, prompt_options
 from producer.cli_errors import EXIT_INTERRUPTED, EXIT_LINES_FAILED, check_redis_url
+from producer.cli_runtime import check_input, check_writable
 from producer.client import FuseboxClient, Submission
 from producer.output import write_results
 from producer.progress import Progress

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.errors import ErrorClass, ProviderError
-from shared.providers import classify
+from shared.providers import answer_fields
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider, data_url, dumps, json_arguments, text_of, unsupported
 from shared.providers.openai import usage_dict
@@ -160,7 +160,7 @@ class AnthropicProvider(HTTPProvider):
             raise self.malformed("message has no 'content' list", resp)
         body, usage = normalize(data, model)
         return ProviderResponse(
-            body=body, usage=usage, request_id=classify.request_id(resp.headers) or body["id"]
+            body=body, usage=usage, request_id=answer_fields.request_id(resp.headers) or body["id"]
         )
 
     async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from shared.errors import ErrorClass, ProviderError
-from shared.providers import classify
+from shared.providers import answer_fields
 from shared.providers.base import ProviderResponse, sampling_fields
 from shared.providers.http import HTTPProvider, text_of
 from shared.providers.openai import usage_dict
@@ -116,7 +116,7 @@ class CohereProvider(HTTPProvider):
             "usage": usage_dict(usage),
         }
         return ProviderResponse(
-            body=body, usage=usage, request_id=classify.request_id(resp.headers) or data.get("id")
+            body=body, usage=usage, request_id=answer_fields.request_id(resp.headers) or data.get("id")
         )
 
     async def _embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:
@@ -147,7 +147,7 @@ class CohereProvider(HTTPProvider):
         }
         usage = Usage(prompt_tokens=prompt, total_tokens=prompt)
         return ProviderResponse(
-            body=body, usage=usage, request_id=classify.request_id(resp.headers) or data.get("id")
+            body=body, usage=usage, request_id=answer_fields.request_id(resp.headers) or data.get("id")
         )
 
 

@@ -19,10 +19,10 @@ import msgspec
 
 from shared.config import ConfigError, ProviderConfig
 from shared.errors import ErrorClass, ProviderError
-from shared.providers import classify, embedding
+from shared.providers import answer_fields, classify, embedding
 from shared.providers.base import Health, Provider, ProviderResponse
 from shared.providers.transport import Caller, Reply, make_caller
-from shared.redact import SECRET_NAME, redact, register_secret
+from shared.redact import MAX_SCAN, SECRET_NAME, redact, register_secret
 from shared.schema import EmbeddingRequest
 
 encode_json = msgspec.json.Encoder().encode
@@ -238,11 +238,11 @@ class HTTPProvider(Provider):
             data = decode_json(resp.content)
         except msgspec.DecodeError:
             # The whole body is redacted before any of it is cut for the message (a cut can split a key).
-            preview = redact(resp.content[: classify.MAX_SCAN].decode("utf-8", "replace"), self._secret)
+            preview = redact(resp.content[:MAX_SCAN].decode("utf-8", "replace"), self._secret)
             raise classify.malformed(
                 self.name,
                 f"HTTP {resp.status_code} body is not JSON: {preview[:120]!r}",
-                request_id=classify.request_id(resp.headers),
+                request_id=answer_fields.request_id(resp.headers),
             ) from None
         if not isinstance(data, dict):
             raise classify.malformed(self.name, f"expected a JSON object, got {type(data).__name__}")
@@ -260,11 +260,11 @@ class HTTPProvider(Provider):
             f"{self.name}: answered with a stream (text/event-stream) that cannot be read ({detail}); "
             "not retried: each attempt would be billed",
             code="unexpected_stream",
-            request_id=classify.request_id(resp.headers),
+            request_id=answer_fields.request_id(resp.headers),
         )
 
     def malformed(self, detail: str, resp: Reply | None = None) -> ProviderError:
-        rid = classify.request_id(resp.headers) if resp is not None else None
+        rid = answer_fields.request_id(resp.headers) if resp is not None else None
         return classify.malformed(self.name, detail, request_id=rid)
 
     async def embed(self, req: EmbeddingRequest, model: str) -> ProviderResponse:

@@ -17,7 +17,7 @@ import httpx
 
 from shared.config import ConfigError, ProviderConfig
 from shared.errors import ProviderError
-from shared.providers import classify, openai_rules
+from shared.providers import answer_fields, classify, openai_rules
 from shared.providers.base import ProviderResponse
 from shared.providers.http import HTTPProvider
 from shared.providers.transport import Reply
@@ -139,7 +139,7 @@ class OpenAIProvider(HTTPProvider):
         except openai_rules.StreamError as e:
             detail = str(e)
             if e.error is not None:
-                detail += ": " + classify.parse_error_body(e.error).message
+                detail += ": " + answer_fields.parse_error_body(e.error).message
             raise self.unexpected_stream(classify.redact(detail, self._secret)[:300], resp) from None
 
     # -- calls
@@ -153,7 +153,7 @@ class OpenAIProvider(HTTPProvider):
         if not isinstance(data.get("usage"), dict):
             data["usage"] = usage_dict(usage)
         return ProviderResponse(
-            body=data, usage=usage, request_id=classify.request_id(resp.headers) or data.get("id")
+            body=data, usage=usage, request_id=answer_fields.request_id(resp.headers) or data.get("id")
         )
 
     max_embed_inputs = 2048  # /embeddings: at most 2,048 inputs per call; larger inputs are chunked
@@ -168,7 +168,7 @@ class OpenAIProvider(HTTPProvider):
         usage = openai_usage(data.get("usage"))
         if not isinstance(data.get("usage"), dict):
             data["usage"] = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
-        return ProviderResponse(body=data, usage=usage, request_id=classify.request_id(resp.headers))
+        return ProviderResponse(body=data, usage=usage, request_id=answer_fields.request_id(resp.headers))
 
     def _no_result(self, data: dict[str, Any], resp: Reply, detail: str) -> ProviderError:
         # Some gateways (OpenRouter) answer 200 with an error object when the upstream model failed.

@@ -3,10 +3,10 @@
 Deterministic replies, configurable latency, error mix, outages and a hidden capacity per route,
 for tests, benchmarks, demos and outage rehearsals (``fusebox simulate``).
 
-    async with SimulatorServer(SimConfig()) as sim:         # in this event loop
-        base = sim.url_for("openai")                        # http://127.0.0.1:PORT/openai/v1
-    with SimulatorServer(cfg).run_in_thread() as sim: ...   # from sync code
-    with SimulatorProcess(cfg) as sim: ...                  # own process (benchmarks)
+    async with SimulatorServer(SimConfig()) as sim:                 # in this event loop
+        base = sim.url_for("openai")                                # http://127.0.0.1:PORT/openai/v1
+    with SimulatorThread(SimulatorServer(cfg)).start() as sim: ...  # from sync code
+    with SimulatorProcess(cfg) as sim: ...                          # own process (benchmarks)
 """
 
 from shared.simulator.config import (
@@ -17,8 +17,9 @@ from shared.simulator.config import (
     SimConfigError,
     load_config,
 )
+from shared.simulator.paths import route_base_url
 from shared.simulator.runner import SimulatorProcess, SimulatorThread
-from shared.simulator.server import SimulatorServer, route_base_url
+from shared.simulator.server import SimulatorServer
 
 __all__ = [
     "ErrorMix",

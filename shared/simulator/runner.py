@@ -3,9 +3,9 @@
 Both handles offer the same surface: ``base_url``, ``port``, ``url_for(route)``, ``stats()``,
 ``reset()``, ``configure(patch, replace=False)``, ``stop()``, and use as a context manager::
 
-    with SimulatorServer(cfg).run_in_thread() as sim:      # shares this process (and its GIL)
+    with SimulatorThread(SimulatorServer(cfg)).start() as sim:  # shares this process (and its GIL)
         ...
-    with SimulatorProcess(cfg) as sim:                     # own process: for multi-process benchmarks
+    with SimulatorProcess(cfg) as sim:                          # own process: multi-process benchmarks
         httpx.post(sim.url_for("openai") + "/chat/completions", json=...)
 """
 
@@ -28,7 +28,8 @@ import httpx
 from pydantic import SecretStr
 
 from shared.simulator.config import SimConfig, effective_routes, public_dump
-from shared.simulator.server import SimulatorServer, route_base_url
+from shared.simulator.paths import route_base_url
+from shared.simulator.server import SimulatorServer
 
 T = TypeVar("T")
 READY_PREFIX = "SIMULATOR_READY "

@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.simulator import SimConfig, SimConfigError, SimulatorProcess, SimulatorServer, load_config
+from shared.simulator import (
+    SimConfig,
+    SimConfigError,
+    SimulatorProcess,
+    SimulatorServer,
+    SimulatorThread,
+    load_config,
+)
 from shared.simulator.behaviour import latency_sampler
 from shared.simulator.cli import config_from_args
 from shared.simulator.config import LatencyConfig, validate_config
@@ -857,7 +864,7 @@ format = "openai"
 
 def test_thread_runner_from_sync_code() -> None:
     cfg = SimConfig.model_validate({"routes": {"openai": {"capacity": 3}}})
-    with SimulatorServer(cfg).run_in_thread() as sim:
+    with SimulatorThread(SimulatorServer(cfg)).start() as sim:
         r = httpx.post(sim.url_for("openai") + "/chat/completions", json=openai_chat())
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
         assert sim.stats()["routes"]["openai"]["by_status"] == {"200": 1}

@@ -11,14 +11,9 @@ import httpx
 import pytest
 
 from shared.errors import ErrorClass
-from shared.providers.classify import (
-    classify_exception,
-    classify_response,
-    malformed,
-    parse_duration,
-    redact,
-    retry_after_seconds,
-)
+from shared.providers.answer_fields import parse_duration
+from shared.providers.classify import classify_exception, classify_response, malformed, redact
+from shared.providers.retry_after import retry_after_seconds
 
 NOW = 1_749_997_600.0  # 2025-06-15T14:26:40Z: a fixed clock for date-based waits
 
