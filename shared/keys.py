@@ -41,6 +41,12 @@ class Keys:
         one and polls the queue at once (idle, it may sleep up to half a second between polls)."""
         return f"{self.ns}:wake"
 
+    @property
+    def fleet_loads(self) -> str:
+        """Hash: worker id -> "jobs:room:ms", its load, whether it can take more (1/0), when noted. Claims
+        read it (claim.lua) so the fleet fills one worker at a time."""
+        return f"{self.ns}:fleet:loads"
+
     # -- batch lanes: per-tenant queues of batch lines, claimed by weighted round robin ---------
     @property
     def lane_prefix(self) -> str:

@@ -11,7 +11,7 @@
 -- Then, with slots left, batch lines from the tenants' lanes: the arq queue (single jobs, deferred
 -- and retried jobs) always goes first, and lanes take turns by smooth weighted round robin.
 -- KEYS[1] queue zset, KEYS[2] set of non-empty lanes, KEYS[3] lane weights hash,
--- KEYS[4] round robin credits hash
+-- KEYS[4] round robin credits hash, KEYS[5] the fleet's loads hash ('': every worker claims alike)
 -- ARGV[1] in-progress key prefix, ARGV[2] lease ms, ARGV[3] now ms,
 -- ARGV[4] how many to claim at most (the worker's free slots), ARGV[5] owner (worker id),
 -- ARGV[6] lane key prefix, ARGV[7] lane window (lines one tenant may have out per unit of weight;
@@ -21,20 +21,49 @@
 -- ARGV[10] arq's job key prefix, ARGV[11] its try count key prefix, ARGV[12] its abort zset ('': none):
 -- with a prefix, each claimed job also gets the start of arq's run_job done here (read its payload,
 -- count the try, clear its abort mark), which is then one round trip less per job; '': not done,
--- ARGV[13..] with a read: ids to pass over (the worker's jobs whose end arq has recorded while their
+-- ARGV[13] this worker's load (its running jobs), ARGV[14] '1' if it can take more (CPU and slots
+-- to spare), ARGV[15] how long (ms) another worker's load counts,
+-- ARGV[16..] with a read: ids to pass over (the worker's jobs whose end arq has recorded while their
 -- task still runs: a deferred one may be due already, and a claim of it would leave a lease no one
 -- renews), without: the candidate job ids, due first.
 -- Returns a flat list {id, score, id, score, ...} of claimed jobs, each with the score it had; with
 -- ARGV[10], {id, score, payload (nil if gone), try, aborted (0/1), ...}. A job the calling worker runs
 -- already may come back (its lease lost with a failed-over primary): the worker does not start it twice,
--- and the lease is its own again.
+-- and the lease is its own again. {'yield'}: a busier worker with room to spare takes the jobs (below).
 local out = {}
 local now = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
 local parked = now + tonumber(ARGV[2])
 local ids = {}
 local read = tonumber(ARGV[9])
-local FIRST = 13
+local FIRST = 16
+
+-- Workers fill one at a time: a worker with no jobs takes none while another (noted lately, with CPU
+-- and slots to spare) runs some; it joins once none has room. An event loop's cost per job falls as its
+-- load rises (calls and round trips share its wake-ups), so a fleet spreading a load thinly over every
+-- worker pays more CPU per job than one carrying it in as few as it needs. A worker with jobs never
+-- yields (its jobs hold provider slots: moving load back and forth would only churn).
+local fleet = KEYS[5]
+local function note(load, room)
+  redis.call('HSET', fleet, ARGV[5], load .. ':' .. room .. ':' .. ARGV[3])
+end
+if fleet ~= '' and tonumber(ARGV[13]) == 0 then
+  local me, fresh = ARGV[5], tonumber(ARGV[15])
+  local all = redis.call('HGETALL', fleet)
+  for i = 1, #all, 2 do
+    if all[i] ~= me then
+      local load, room, at = string.match(all[i + 1], '^(%d+):(%d):(%d+)$')
+      at = tonumber(at)
+      if at == nil or now - at > 60000 then
+        redis.call('HDEL', fleet, all[i])  -- a worker gone without saying so
+      elseif room == '1' and tonumber(load) > 0 and now - at <= fresh then
+        note(0, ARGV[14])
+        return {'yield'}
+      end
+    end
+  end
+end
+
 if read > 0 then
   local skip = {}
   for i = FIRST, #ARGV do skip[ARGV[i]] = true end
@@ -76,11 +105,21 @@ for _, id in ipairs(ids) do
   end
 end
 
+local function noted(result)
+  -- this worker's load after the claim, for the others' next claims; one that found fewer jobs than it
+  -- asked for has no room to offer (it may sleep a while now: nobody should wait for it)
+  if fleet ~= '' then
+    local got = #out / stride
+    note(tonumber(ARGV[13]) + got, got < want and '0' or ARGV[14])
+  end
+  return result
+end
+
 local need = want - #out / stride
 local window = tonumber(ARGV[7])
-if need <= 0 or window <= 0 then return out end
+if need <= 0 or window <= 0 then return noted(out) end
 local names = redis.call('SMEMBERS', KEYS[2])
-if #names == 0 then return out end
+if #names == 0 then return noted(out) end
 table.sort(names)  -- ties go the same way in every call
 
 -- A tenant's lines out (claimed from its lane and held by a worker: running or waiting there for a
@@ -161,4 +200,4 @@ while taken < need and #lanes > 0 do
   end
 end
 for _, l in ipairs(lanes) do redis.call('HSET', KEYS[4], l.name, l.cur) end
-return out
+return noted(out)

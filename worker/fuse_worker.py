@@ -22,6 +22,7 @@ from shared.gate import RedisUnavailable
 from shared.keys import ARQ_ABORT_JOBS, ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY, LANE_OUT_SUFFIX, Keys
 from worker import group_commit
 from worker.batch_jobs import STORE_KEY
+from worker.fill import YIELD_POLLS, Fill
 from worker.jobs import CTX_KEY, END_KEY
 from worker.lease import Leases
 from worker.poll_clock import PollClock
@@ -67,6 +68,8 @@ class FuseboxWorker(Worker):
         wake_key: str | None = None,
         lane_keys: Keys | None = None,
         lane_window: int = 0,
+        fleet_key: str | None = None,
+        fill_cpu: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -79,6 +82,7 @@ class FuseboxWorker(Worker):
         # Batch lines wait in per-tenant lanes (shared/keys.py); None: this worker takes none from them.
         self.lane_keys = lane_keys if lane_window > 0 else None
         self.lane_window = lane_window
+        self.fill = Fill(fleet_key, fill_cpu)  # one worker at a time (worker/fill.py), if asked for
         self.leases = Leases(self.pool, self.queue_name, lease_seconds) if self._pool is not None else None
         self._lease_s = lease_seconds
         self.shutdown_grace = shutdown_grace
@@ -128,14 +132,20 @@ class FuseboxWorker(Worker):
             self._claim = scripts.load(self.pool, "claim", __file__)
         k = self.lane_keys
         claimed = await self._claim(
-            keys=[self.queue_name, *((k.lanes, k.lane_weights, k.lane_turns) if k else ("", "", ""))],
+            keys=[
+                self.queue_name, *((k.lanes, k.lane_weights, k.lane_turns) if k else ("", "", "")),
+                self.fill.key or "",
+            ],
             args=[
                 ARQ_IN_PROGRESS, self.leases.lease_ms, timestamp_ms(), free, self.leases.owner,
                 k.lane_prefix if k else "", self.lane_window if lanes else 0, LANE_OUT_SUFFIX,
                 0 if ids else read, ARQ_JOB, ARQ_RETRY, ARQ_ABORT_JOBS if self.allow_abort_jobs else "",
-                *(ids or self._finishing()),
+                *self.fill.claim_args(self.job_counter, self.max_jobs), *(ids or self._finishing()),
             ],
         )  # fmt: skip
+        if self.fill.claimed(claimed):
+            self._dry = False
+            return
         self._dry = len(claimed) < CLAIMED * free
         if claimed:
             self.clock.idle_polls = 0
@@ -358,6 +368,8 @@ class FuseboxWorker(Worker):
         poll_s = self.clock.poll_s
         if not self.allow_pick_jobs:
             return poll_s
+        if self.fill.yielded:
+            return poll_s * YIELD_POLLS
         if not self._dry:
             return poll_s * (SLOW_POLLS if self.claimable() < CLAIM_MORE else 1)
         if self.tasks or self.burst_mode or not self.wake_key:
@@ -436,4 +448,7 @@ class FuseboxWorker(Worker):
                 n = await self.leases.release(self.leases.held | self._orphans)
                 if n:
                     log.warning("released %d job leases at shutdown: those jobs run again now", n)
+            if self.fill.key:  # the others need not wait for this worker's load to go stale
+                with contextlib.suppress(*_REDIS_DOWN):
+                    await self._pool.hdel(self.fill.key, self.leases.owner)
         await super().close()

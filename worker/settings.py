@@ -131,6 +131,8 @@ def build_worker(
         wake_key=settings.keys.wake,
         lane_keys=settings.keys,
         lane_window=wc.lane_window,
+        fleet_key=settings.keys.fleet_loads,
+        fill_cpu=wc.fill_cpu,
         **params,
     )
     worker.redis_label = redact_url(settings.redis_url or "")

@@ -104,8 +104,9 @@ async def test_running_jobs_are_parked_out_of_the_due_range_and_come_back_when_r
     ) -> list[tuple[str, int]]:
         no_start = ("", "", "")  # ids and scores only, not arq's start of each job
         lanes = ("", 0, LANE_OUT_SUFFIX)
-        args = [ARQ_IN_PROGRESS, lease_ms, timestamp_ms(), 2, owner, *lanes, read, *no_start, *ids]
-        got = await claim(keys=[q, "", "", ""], args=args)
+        alone = (0, 0, 0)  # no fleet loads: this worker claims whatever other workers do
+        args = [ARQ_IN_PROGRESS, lease_ms, timestamp_ms(), 2, owner, *lanes, read, *no_start, *alone, *ids]
+        got = await claim(keys=[q, "", "", "", ""], args=args)
         return [(got[i].decode(), int(float(got[i + 1]))) for i in range(0, len(got), 2)]
 
     assert await claim_as("w1", [a, b]) == [(a, now - 5000), (b, now - 4000)]  # the scores they had

@@ -26,7 +26,7 @@ async def _claim(redis, keys: Keys, owner: str, want: int, window: int = 10**6, 
     """One claim.lua call as FuseboxWorker.start_jobs makes it -> [(id, lane or 'queue')]."""
     script = scripts.load(redis, "claim", fuse_worker.__file__)
     got = await script(
-        keys=[keys.queue, keys.lanes, keys.lane_weights, keys.lane_turns],
+        keys=[keys.queue, keys.lanes, keys.lane_weights, keys.lane_turns, ""],
         args=[
             ARQ_IN_PROGRESS,
             60_000,
@@ -40,6 +40,9 @@ async def _claim(redis, keys: Keys, owner: str, want: int, window: int = 10**6, 
             "",  # no start replies: ids and scores only
             "",
             "",
+            0,  # no fleet loads (KEYS[5] ''): this worker's load and room are not read
+            0,
+            0,
             *ids,
         ],
     )

@@ -1,0 +1,48 @@
+"""Filling the fleet one worker at a time (opt-in: ``[worker] fill_cpu``).
+
+An event loop's CPU per job falls as its load rises: calls and Redis round trips that end together
+share its wake-ups and group commits. A load spread thinly over every worker therefore costs more CPU
+per job than the same load carried by as few workers as it needs (bench/peers.py: 4 workers on one
+40-slot provider). Each claim notes the worker's load in one hash (claim.lua), and a worker with no jobs
+takes none while another worker, noted lately, has jobs and room to spare: CPU below ``fill_cpu`` of a
+core and job slots free. A worker with jobs never yields (they hold provider slots; moving load back
+and forth would only churn). The price: one busier loop answers each call a little later, so a fleet
+filled this way reaches a little less of a provider's ceiling than one spread over every worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+CPU_SAMPLE_S = 0.25  # the worker's CPU use is measured over at least this long
+FRESH_MS = 1000  # how long a worker's noted load counts (a dead worker holds no one back for longer)
+YIELD_POLLS = 5  # a worker that left the jobs to a busier one polls this many times slower
+
+
+class Fill:
+    def __init__(self, key: str | None, cpu: float) -> None:
+        """``key``: the fleet's loads hash (shared/keys.py); ``cpu``: the share of a core up to which a
+        busy worker takes the jobs of idle ones (0: off, every worker claims alike)."""
+        self.key = key if cpu > 0 else None
+        self.cpu = cpu
+        self.cpu_share = 0.0  # of one core, over the last CPU_SAMPLE_S or more
+        self.yielded = False  # the last claim left the jobs to a busier worker
+        self._at = (time.monotonic(), time.process_time())
+
+    def has_room(self, jobs: int, max_jobs: int) -> bool:
+        now, cpu = time.monotonic(), time.process_time()
+        wall = now - self._at[0]
+        if wall >= CPU_SAMPLE_S:
+            self.cpu_share = (cpu - self._at[1]) / wall
+            self._at = (now, cpu)
+        return self.cpu_share < self.cpu and jobs < max_jobs
+
+    def claim_args(self, jobs: int, max_jobs: int) -> list[int]:
+        """claim.lua's ARGV[13..15]: this worker's load, whether it has room, how long a load counts."""
+        room = self.key is not None and self.has_room(jobs, max_jobs)
+        return [jobs, int(room), FRESH_MS]
+
+    def claimed(self, reply: list[bytes]) -> bool:
+        """Whether the claim left the jobs to a busier worker (claim.lua's one-element reply)."""
+        self.yielded = len(reply) == 1
+        return self.yielded
