@@ -57,10 +57,8 @@ async def test_an_idle_worker_leaves_the_jobs_to_a_busier_one_with_room(settings
     # Off (no fleet key): the load is neither read nor written.
     await redis.zadd(q, {f"{ns}-x": now})
     await redis.hset(fleet, "w1", f"5:1:{timestamp_ms()}")
-    got = await claim(
-        keys=[q, "", "", "", ""],
-        args=[ARQ_IN_PROGRESS, 10_000, timestamp_ms(), 2, "w5", "", 0, LANE_OUT_SUFFIX, 20, "", "", "", 0, 0, 0],
-    )
+    args = [ARQ_IN_PROGRESS, 10_000, timestamp_ms(), 2, "w5", "", 0, LANE_OUT_SUFFIX, 20, "", "", ""]
+    got = await claim(keys=[q, "", "", "", ""], args=[*args, 0, 0, 0])
     assert [g.decode() for g in got[::2]] == [f"{ns}-x"]
     assert await redis.hexists(fleet, "w5") == 0
 
