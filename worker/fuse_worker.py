@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from contextvars import ContextVar
 from functools import partial
-from signal import Signals
 from typing import Any
 
-from arq import Worker
 from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import scripts
-from shared.gate import RedisUnavailable
 from shared.keys import ARQ_ABORT_JOBS, ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY, LANE_OUT_SUFFIX, Keys
 from worker import group_commit
 from worker.batch_jobs import STORE_KEY
+from worker.drain import Drain
 from worker.fill import YIELD_POLLS, Fill
 from worker.jobs import CTX_KEY, END_KEY
 from worker.lease import Leases
 from worker.poll_clock import PollClock
 from worker.reconcile import Reconciler
+from worker.results import REDIS_DOWN as _REDIS_DOWN
 
 log = logging.getLogger("fusebox.worker")
 # Set in a job's task from its start until arq's run_job first reaches for the pool (see pool): the
@@ -40,14 +35,14 @@ CLAIM_BATCH, SKIP_POLLS = 4, 3
 # then takes several jobs, however many workers share the work.
 CLAIM_MORE, SLOW_POLLS = 8, 4
 CLAIMED = 5  # claim.lua's reply per job: id, score, payload, try, aborted
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisUnavailable, ConnectionError, OSError)
 
 
-class FuseboxWorker(Worker):
+class FuseboxWorker(Drain):
     """arq's worker with these changes: it claims jobs in batches (one round trip, not four per job);
     a running job holds a short lease renewed by a heartbeat, not arq's job_timeout + 10 s key
-    (worker/lease.py); SIGTERM/SIGINT give running jobs a grace period, then re-queue the rest and
-    release their leases; it reconciles batches (worker/reconcile.py); and it survives a Redis
+    (worker/lease.py); a job's result write records its end in arq (worker/job_ends.py); SIGTERM/SIGINT
+    give running jobs a grace period, then re-queue the rest and release their leases (worker/drain.py);
+    it reconciles batches (worker/reconcile.py); and it survives a Redis
     outage: it stops taking jobs, says so, and resumes.
 
     arq's own loop dies on the first connection error. Jobs that were running when
@@ -217,44 +212,6 @@ class FuseboxWorker(Worker):
         if job_id in self.leases.held:
             self._orphans.add(job_id)
 
-    def finish_keys(self, job_id: str) -> list[str] | None:
-        """The arq keys a job's result write finishes it with (worker/results.py JobEnd): arq's finish of a
-        job whose result is not kept (``keep_result`` 0), while its lease is this worker's."""
-        assert self.leases is not None
-        if self.keep_result_s or self.keep_result_forever or job_id not in self.leases.live:
-            return None
-        self.leases.finishing(job_id)  # the write deletes the lease: the heartbeat must not renew it
-        keys = (ARQ_IN_PROGRESS, ARQ_JOB, ARQ_RETRY)
-        return [*(k + job_id for k in keys), ARQ_ABORT_JOBS, self.queue_name]
-
-    def ended(self, job_id: str) -> None:
-        self._ended.add(job_id)
-
-    def _was_ended(self, job_id: str) -> bool:
-        """Whether the job's result write finished it in arq (complete.lua); if so its lease is done with."""
-        if job_id not in self._ended:
-            return False
-        self._ended.discard(job_id)
-        self.leases.finished(job_id)  # type: ignore[union-attr]
-        return True
-
-    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
-        assert self.leases is not None
-        if self._was_ended(job_id):  # its result write did it (complete.lua); whatever arq asks now is moot
-            return
-        self.leases.finishing(job_id)
-        score = self.leases.scores.get(job_id)  # the job is parked in the queue meanwhile (claim.lua)
-        await group_commit.finish_job(self.pool, self.queue_name, job_id, *args, **kwargs, score=score)
-        self.leases.finished(job_id)
-
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        assert self.leases is not None
-        if self._was_ended(job_id):
-            return
-        self.leases.finishing(job_id)
-        await super().finish_failed_job(job_id, result_data)
-        self.leases.finished(job_id)
-
     async def main(self) -> None:
         # arq's startup talks to Redis first thing and dies if it cannot: wait for it instead.
         delay = 0.2
@@ -393,16 +350,6 @@ class FuseboxWorker(Worker):
         if self.clock.sleeping and not self._dry and self.claimable() >= CLAIM_MORE:
             self.clock.wake()
 
-    def _reap_tasks(self) -> None:
-        """Collect finished job tasks here: arq re-raises their errors one per poll, stalling the loop."""
-        for job_id, t in list(self.tasks.items()):
-            if not t.done():
-                continue
-            del self.tasks[job_id]
-            exc = None if t.cancelled() else t.exception()
-            if exc is not None and not isinstance(exc, _REDIS_DOWN):
-                log.error("job %s: %s: %s", job_id, type(exc).__name__, exc)
-
     async def _release_orphans(self) -> None:
         assert self.leases is not None
         ids = list(self._orphans)
@@ -410,45 +357,3 @@ class FuseboxWorker(Worker):
         self._orphans.difference_update(ids)
         if n:
             log.warning("re-queued %d jobs whose end could not be recorded (Redis outage)", n)
-
-    # -- shutdown ------------------------------------------------------------
-    def handle_sig(self, signum: Signals) -> None:
-        """First SIGTERM/SIGINT: take no new jobs, give running ones ``shutdown_grace`` seconds to
-        finish, then cancel the rest (arq re-queues each and deletes its lease). A second signal, or
-        arq's own close, cancels at once."""
-        sig = Signals(signum)
-        running = sum(not t.done() for t in self.tasks.values())
-        if self._draining or sig == signal.SIGUSR1 or self.shutdown_grace <= 0 or not running:
-            super().handle_sig(signum)
-            return
-        self._draining = True
-        self.allow_pick_jobs = False
-        log.warning(
-            "shutdown on %s: taking no new jobs; %d running get %.0fs to finish (signal again to stop now)",
-            sig.name,
-            running,
-            self.shutdown_grace,
-        )
-        self.loop.create_task(self._drain(sig))
-
-    async def _drain(self, sig: Signals) -> None:
-        pending = [t for t in self.tasks.values() if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=self.shutdown_grace)
-        super().handle_sig(sig)
-
-    async def close(self) -> None:
-        if self._pool is not None and self.leases is not None:
-            if not self._handle_signals:
-                super().handle_sig(signal.SIGUSR1)
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            self._reap_tasks()
-            # Leases whose finish never ran (cancelled early, Redis errors): give the jobs back now.
-            with contextlib.suppress(*_REDIS_DOWN):
-                n = await self.leases.release(self.leases.held | self._orphans)
-                if n:
-                    log.warning("released %d job leases at shutdown: those jobs run again now", n)
-            if self.fill.key:  # the others need not wait for this worker's load to go stale
-                with contextlib.suppress(*_REDIS_DOWN):
-                    await self._pool.hdel(self.fill.key, self.leases.owner)
-        await super().close()
