@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 
-CPU_SAMPLE_S = 0.25  # the worker's CPU use is measured over at least this long
+CPU_SAMPLE_S = 0.25  # the worker's CPU use is sampled over at least this long...
+CPU_WEIGHT = 0.3  # ...and smoothed (a moving mean over about a second): one busy moment is no trend
 FRESH_MS = 1000  # how long a worker's noted load counts (a dead worker holds no one back for longer)
 YIELD_POLLS = 5  # a worker that left the jobs to a busier one polls this many times slower
 
@@ -25,7 +26,7 @@ class Fill:
         busy worker takes the jobs of idle ones (0: off, every worker claims alike)."""
         self.key = key if cpu > 0 else None
         self.cpu = cpu
-        self.cpu_share = 0.0  # of one core, over the last CPU_SAMPLE_S or more
+        self.cpu_share = 0.0  # of one core, over the last second or so
         self.yielded = False  # the last claim left the jobs to a busier worker
         self._at = (time.monotonic(), time.process_time())
 
@@ -33,7 +34,8 @@ class Fill:
         now, cpu = time.monotonic(), time.process_time()
         wall = now - self._at[0]
         if wall >= CPU_SAMPLE_S:
-            self.cpu_share = (cpu - self._at[1]) / wall
+            share = (cpu - self._at[1]) / wall
+            self.cpu_share += CPU_WEIGHT * (share - self.cpu_share)
             self._at = (now, cpu)
         return self.cpu_share < self.cpu and jobs < max_jobs
 
