@@ -11,9 +11,10 @@ import pytest
 from arq.utils import timestamp_ms
 from arq.worker import func
 
-from shared import codec, scripts
+from shared import scripts
 from shared.config import Settings
 from shared.keys import ARQ_IN_PROGRESS, LANE_OUT_SUFFIX
+from tests.integration.helpers import arq_worker
 from worker import fuse_worker
 from worker.jobs import CTX_KEY
 from worker.settings import FuseboxWorker
@@ -87,15 +88,11 @@ async def test_a_filling_fleet_runs_a_load_one_worker_can_carry_in_that_worker(
     def worker(name: str) -> FuseboxWorker:
         executor = SimpleNamespace(router=SimpleNamespace(in_call=0), local=SimpleNamespace(waiting=0))
         executor.ahead_share = 1.0
-        return FuseboxWorker(
-            functions=[func(job, name="job")],
-            queue_name=settings.keys.queue,
-            redis_pool=redis,
-            handle_signals=False,
+        return arq_worker(
+            settings,
+            redis,
+            [func(job, name="job")],
             poll_delay=0.01,
-            keep_result=0,
-            job_serializer=codec.arq_serializer,
-            job_deserializer=codec.arq_deserializer,
             ctx={CTX_KEY: executor, "name": name},
             claim_ahead=4,  # a few jobs per poll: the first worker is still claiming when the second starts
             fleet_key=settings.keys.fleet_loads,
