@@ -91,6 +91,8 @@ def build_worker(
     async def on_startup(ctx: dict[str, Any]) -> None:
         # Producers check models against the table this worker routes by (shared/routing_table.py).
         await routing_table.publish(redis, settings.keys, executor.router.providers, settings.file)
+        for p in executor.router.providers.values():
+            p.warm()
         # Stored tenant keys without (or with the wrong) master key: stop now, saying what to set.
         if executor.tenant_keys is not None:
             await check_startup(redis, settings.keys, executor.tenant_keys.ring)

@@ -77,5 +77,8 @@ class Provider(ABC):
     @abstractmethod
     async def health(self) -> Health: ...
 
+    def warm(self) -> None:  # noqa: B027 - optional hook
+        """Build now, in the running loop, what the first call would otherwise stop to build."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

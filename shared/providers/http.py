@@ -199,6 +199,11 @@ class HTTPProvider(Provider):
             self._loop = loop
         return self._client
 
+    def warm(self) -> None:
+        # the session and its TLS context (certifi's bundle: ~30 ms of CPU), which a worker's first call
+        # would otherwise wait for with every job it just claimed
+        assert self.http is not None
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
