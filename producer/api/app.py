@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # providers' HTTP sessions (opened by health checks) close with the app, not at exit
+            for p in app.state.ctx.router.providers.values():
+                await p.aclose()
             await redis.aclose()
 
     app = FastAPI(

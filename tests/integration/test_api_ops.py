@@ -177,3 +177,24 @@ async def test_metrics_move_as_a_batch_runs_and_a_breaker_is_forced(api, admin_k
     assert after[("fusebox_breaker_state", (("scope", "alpha"), ("state", "closed")))] == 0
     assert after[("fusebox_queue_jobs", (("state", "due"),))] == 0
     assert ("fusebox_workers_wanted", ()) in after
+
+
+async def test_the_api_closes_its_providers_http_sessions_on_shutdown(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Health checks open a provider's HTTP session; the app's shutdown closes it (it was left for
+    the garbage collector: 'Unclosed client session' at exit)."""
+    from producer.api.app import create_app
+    from shared.providers.http import HTTPProvider
+
+    monkeypatch.setenv("FB_OPS_KEY", "sk-ops-" + "x" * 16)
+    endpoint = {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "FB_OPS_KEY"}
+    app = create_app(settings.with_file(FileConfig.model_validate({"providers": {"gamma": endpoint}})))
+    async with app.router.lifespan_context(app):
+        p = app.state.ctx.router.providers["gamma"]
+        assert isinstance(p, HTTPProvider)
+        h = await p.health()  # nothing listens on port 9: a failed check, its session open
+        assert h.ok is False and p._client is not None
+        session = p._client.session  # type: ignore[union-attr]
+        assert not session.closed
+    assert p._client is None and session.closed
