@@ -36,7 +36,8 @@ def batch_lines(
 
 @asynccontextmanager
 async def running_worker(settings: Any, redis: Any) -> AsyncIterator[Any]:
-    """An in-process worker on this test's event loop, cancelled on exit."""
+    """An in-process worker on this test's event loop, cancelled on exit; its shutdown hook then closes
+    its HTTP sessions (providers, webhooks) as a stopping worker's does (the test's pool stays open)."""
     worker = build_worker(settings, redis, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
@@ -44,6 +45,9 @@ async def running_worker(settings: Any, redis: Any) -> AsyncIterator[Any]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if worker.on_shutdown is not None:
+            worker.ctx.setdefault("redis", redis)  # arq sets it at startup, which a quick cancel may precede
+            await worker.on_shutdown(worker.ctx)
 
 
 def arq_worker(

@@ -15,8 +15,7 @@ from producer.client import FuseboxClient
 from shared.config import FileConfig, WebhookConfig
 from shared.ssrf import UnsafeURLError
 from shared.webhooks import generate_secret
-from tests.integration.helpers import serve_app
-from worker.settings import build_worker
+from tests.integration.helpers import running_worker, serve_app
 
 
 @pytest.fixture
@@ -52,17 +51,12 @@ async def test_batch_and_job_webhooks_are_signed_and_delivered(settings, redis, 
         json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
         for i in range(30)
     ] + ["{broken"]
-    worker = build_worker(s, redis, handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
-    try:
+    async with running_worker(s, redis):
         sub = await client.submit_batch(lines, webhook=url, metadata={"run": "nightly"})
         job_id = await client.submit(
             {"model": "simulated/chat", "messages": [{"role": "user", "content": "one"}]}, webhook=url
         )
         await _until(lambda: len(got) >= 2)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     verifier = Webhook(secret)
     events = {}
     for headers, body in got:
