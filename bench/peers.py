@@ -133,6 +133,8 @@ def main() -> None:
                 detail += "; 99%/all calls/done at {:.1f}/{:.1f}/{:.1f} s".format(*r["tail_s"])
             if r.get("call_ms") is not None:
                 detail += f"; calls took {r['call_ms']:.0f} ms"
+            if len(r.get("per_worker") or ()) > 1:
+                detail += "; calls per worker " + "/".join(str(c) for c in r["per_worker"])
             if "redis_per_req" in r:  # all clients' (workers and submitter), per request
                 detail += "; Redis per req: {:.1f} commands, {:.1f} reads".format(*r["redis_per_req"])
         print(

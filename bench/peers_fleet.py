@@ -135,6 +135,8 @@ def fusebox(
             "redis_per_req": ((cmds1 - cmds0) / n, (reads1 - reads0) / n),
             "deferrals": {k: v / n for k, v in deferrals.most_common()},
             "call_ms": call_s * 1000 / call_n if call_n else None,
+            # how the calls split over the workers: a fleet's throughput drops when a few hold most slots
+            "per_worker": [round(c - c0) for (_, c), (_, c0) in zip(seen, seen0, strict=True)],
             "by_command": dict(sorted(by_cmd.items(), key=lambda kv: -kv[1])),
             # per idle second: CPU ms of each worker (mean), of Redis, and Redis commands
             "idle": (
