@@ -76,6 +76,10 @@ class Progress:
         _open.append(self)
 
     def update(self, done: int, failed: int, total: int | None, force: bool = False) -> None:
+        if self.base is None:
+            # the rate counts from the first update, written or not: a batch done within the first
+            # interval has its only line at the end, which must not say "0.0/s"
+            self.base = done
         if self.tty:
             if self._bar is None:
                 self._start()
