@@ -88,13 +88,14 @@ class Calls:
                     break  # saturated / open: the next candidate, or wait / defer the job
                 tokens = resp.usage.total_tokens if resp is not None else 0
                 # a job of this worker waiting for this scope takes the slot next (released in _run)
-                handoff = self.local.queued([adm.scope])
+                share = self.within_share(adm)
+                handoff = share and self.local.queued([adm.scope])
                 settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens, handoff)
                 if resp is not None:
                     attempts.append(
                         Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
                     )
-                    return Outcome(resp, cand, None, settle, adm.scope, adm)
+                    return Outcome(resp, cand, None, settle, adm.scope, adm, share)
                 assert err is not None
                 last = err
                 errors.append(err)
@@ -108,11 +109,10 @@ class Calls:
                     )
                 )
                 if err.error_class is ErrorClass.FINAL:
-                    return Outcome(None, cand, info(err), settle, adm.scope, adm)
-                await self._settle(
-                    spec, adm, outcome_of(err), latency, tokens, self.local.queued([adm.scope])
-                )
-                self.local.release(adm.scope)
+                    return Outcome(None, cand, info(err), settle, adm.scope, adm, share)
+                await self._settle(spec, adm, outcome_of(err), latency, tokens, handoff)
+                if share:
+                    self.local.release(adm.scope)
                 if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
                     break  # this candidate cannot serve it: the next one
                 if n + 1 < self.policy.max_attempts:
@@ -138,6 +138,17 @@ class Calls:
                 delay = self.policy.round_delay(rounds)
                 raise Deferred(delay, [f"every candidate failed (round {rounds})"], info(last))
         return Outcome(None, None, info(last))
+
+    def within_share(self, adm: Admission) -> bool:
+        """Whether this worker, handing the slot its call just freed to a job of its own, would hold no
+        more than its share of the scope's slots (the limit over the workers holding them). A freed slot
+        goes to a job waiting in the same worker without a round trip of its own, so whichever worker took
+        the most slots at a batch's start would keep them; its loop then answers its calls later than the
+        others' would (bench/peers.py: 2 workers on one provider at 0.74-0.80 of its ceiling when they
+        split its slots 3:1, at 0.86-0.90 when evenly). Over its share, the slot goes back to the gate,
+        which calls a deferred job back, and another worker's waiting job takes it."""
+        share = -(-adm.limit // max(1, adm.owners))
+        return self.calling[adm.scope] + 1 <= share
 
     async def _one_call(
         self, spec: JobSpec, cand: Candidate, est: int, lines: list[str], owner: str | None, caps: Caps
@@ -165,6 +176,9 @@ class Calls:
             )
             if not adm.ok:
                 return Call(adm)
+            if adm.in_flight < adm.limit:
+                # slots are free (another worker gave up its extra ones): the next job waiting here asks too
+                self.local.release(adm.scope)
             call = await self._send(spec, cand, adm)
             if hold is not None:  # the real cost replaces the estimate (a failed call costs nothing)
                 real = self.router.cost(cand, call.resp.usage, spec.kind) if call.resp is not None else 0.0

@@ -145,7 +145,7 @@ class Executor:
                 )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
-        if outcome.scope is not None:
+        if outcome.scope is not None and outcome.hand_off:
             # Woken now, the next job's admit joins the round trip this result's write (with the call's
             # settle, which frees the slot) goes out in, right behind it: one round trip between calls.
             self.local.release(outcome.scope)

@@ -32,6 +32,7 @@ class Outcome:
     settle: ScriptCall | None = None  # the last attempt's settle, sent with the result write
     scope: str | None = None  # the gate scope that settle frees a slot of
     admission: Admission | None = None  # the call that settle ends
+    hand_off: bool = True  # a job waiting in this worker may take that slot (no: over its share, Calls)
 
 
 class Deferred(Exception):

@@ -12,8 +12,8 @@
 -- spin through the queue being refused over and over. ARGV[14] '1': the waiter is a single
 -- (interactive) job: it does not queue behind the batch lines waiting, only for the next free slot
 -- (a freed slot calls the earliest waiter back, settle.lua, so it goes first).
--- Returns {1, gen, probe 1/0, limit generation, effective limit, in flight} when admitted,
--- {0, reason, retry_ms} when not.
+-- Returns {1, gen, probe 1/0, limit generation, effective limit, in flight, workers holding slots}
+-- when admitted, {0, reason, retry_ms} when not.
 --#include _gate.lua
 unpack_policy(4)  -- ARGV[4..12] arrive packed in ARGV[4]
 
@@ -23,6 +23,7 @@ local est = tonumber(ARGV[3])
 local max_conc, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local lease_ms, probe_ms, n_probes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local now = now_ms()
+local OWNERS_SAMPLE = 64
 
 local h = redis.call('HMGET', S, 'st', 'until', 'lim', 'lgen', 'rtat', 'ttat', 'lat')
 local st = h[1] or 'closed'
@@ -100,4 +101,15 @@ if probe == 1 then redis.call('ZADD', P, fmt(now + probe_ms), id) end
 if rtat then redis.call('HSET', S, 'rtat', fmt(rtat)) end
 if ttat then redis.call('HSET', S, 'ttat', fmt(ttat)) end
 local gen = num(redis.call('HGET', S, 'gen'), 0)
-return {1, gen, probe, num(h[4], 0), limit, inflight + 1}
+-- How many workers hold the scope's slots (each lease id is '<gate prefix>:<n>'), read off the leases
+-- due to end first (enough to see every worker that holds a few): a worker holding more than its
+-- share stops handing its freed slots to its own waiting jobs (worker/calls.py).
+local owners, seen = 0, {}
+for _, m in ipairs(redis.call('ZRANGE', L, 0, OWNERS_SAMPLE - 1)) do
+  local o = string.match(m, '^(.*):%d+$') or m
+  if not seen[o] then
+    seen[o] = true
+    owners = owners + 1
+  end
+end
+return {1, gen, probe, num(h[4], 0), limit, inflight + 1, owners}

@@ -179,6 +179,7 @@ class Gate(GateOps):
                 limit_generation=res[3],
                 limit=res[4],
                 in_flight=res[5],
+                owners=res[6],
                 est_tokens=max(0, int(est_tokens)),
                 policy=pol,
             )

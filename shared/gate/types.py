@@ -33,6 +33,7 @@ class Admission:
     limit_generation: int = 0
     limit: int = 0  # effective concurrency limit at admission
     in_flight: int = 0
+    owners: int = 1  # workers (gates) holding the scope's slots at admission, this one included
     est_tokens: int = 0
     policy: Policy | None = field(default=None, repr=False)
 

@@ -93,6 +93,18 @@ async def test_a_freed_slot_calls_back_a_deferred_waiter_not_one_a_worker_holds(
         await redis.zrem(queue, held, deferred)
 
 
+async def test_an_admission_counts_the_workers_holding_the_scopes_slots(redis, settings):
+    a, b = _gate(redis, settings, max_concurrency=10), _gate(redis, settings, max_concurrency=10)
+    held_a = [await a.admit("p", None, 1) for _ in range(3)]
+    assert [x.owners for x in held_a] == [1, 1, 1]
+    held_b = [await b.admit("p", None, 1) for _ in range(2)]
+    assert [x.owners for x in held_b] == [2, 2] and held_b[-1].in_flight == 5
+    await asyncio.gather(*(a.settle(x, "success", 5, 1) for x in held_a))
+    again = await b.admit("p", None, 1)
+    assert again.owners == 1 and again.in_flight == 3  # a holds none now
+    await asyncio.gather(*(b.settle(x, "success", 5, 1) for x in (*held_b, again)))
+
+
 async def test_many_tasks_looping_stay_within_the_limit(redis, settings):
     gate = _gate(redis, settings, max_concurrency=7)
     active = peak = done = 0
