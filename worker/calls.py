@@ -146,9 +146,14 @@ class Calls:
         the most slots at a batch's start would keep them; its loop then answers its calls later than the
         others' would (bench/peers.py: 2 workers on one provider at 0.74-0.80 of its ceiling when they
         split its slots 3:1, at 0.86-0.90 when evenly). Over its share, the slot goes back to the gate,
-        which calls a deferred job back, and another worker's waiting job takes it."""
-        share = -(-adm.limit // max(1, adm.owners))
-        return self.calling[adm.scope] + 1 <= share
+        which calls a deferred job back, and a job waiting in a worker under its share takes it (such a
+        worker, admitted while slots are free, wakes its next waiting job: ``_one_call``)."""
+        return self.calling[adm.scope] + 1 <= self.share(adm)
+
+    @staticmethod
+    def share(adm: Admission) -> int:
+        """This worker's share of the scope's slots: its limit over the workers holding them, rounded up."""
+        return -(-adm.limit // max(1, adm.owners))
 
     async def _one_call(
         self, spec: JobSpec, cand: Candidate, est: int, lines: list[str], owner: str | None, caps: Caps
@@ -176,8 +181,9 @@ class Calls:
             )
             if not adm.ok:
                 return Call(adm)
-            if adm.in_flight < adm.limit:
-                # slots are free (another worker gave up its extra ones): the next job waiting here asks too
+            if adm.in_flight < adm.limit and self.calling[adm.scope] + 1 < self.share(adm):
+                # slots are free (a worker over its share gave one back) and this one is under its share:
+                # the next job waiting here asks for one too
                 self.local.release(adm.scope)
             call = await self._send(spec, cand, adm)
             if hold is not None:  # the real cost replaces the estimate (a failed call costs nothing)

@@ -23,7 +23,7 @@ local est = tonumber(ARGV[3])
 local max_conc, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local lease_ms, probe_ms, n_probes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local now = now_ms()
-local OWNERS_SAMPLE = 64
+local OWNERS_SAMPLE = 32
 
 local h = redis.call('HMGET', S, 'st', 'until', 'lim', 'lgen', 'rtat', 'ttat', 'lat')
 local st = h[1] or 'closed'
