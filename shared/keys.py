@@ -259,6 +259,11 @@ class Keys:
         """Sorted set: deferred job id -> when it is told to come back (server ms); a virtual line."""
         return f"{self.ns}:gate:{{{scope}}}:waiting"
 
+    def gate_wanting(self, scope: str) -> str:
+        """Hash: gate (worker) prefix -> when its last admission here was refused as saturated (server ms):
+        a worker with no slot yet still counts in the others' share (worker/calls.py)."""
+        return f"{self.ns}:gate:{{{scope}}}:wanting"
+
     def gate_probes(self, scope: str) -> str:
         """Sorted set: half-open probe lease id -> expiry (Redis server time, ms)."""
         return f"{self.ns}:gate:{{{scope}}}:probes"

@@ -1,8 +1,9 @@
 -- Admit one provider call, or say why not: breaker (incl. the half-open probe lease), concurrency
 -- lease against the (adaptive) limit, and rpm/tpm reservation, all in one step.
 -- KEYS[1] state hash, KEYS[2] leases zset, KEYS[3] probes zset, KEYS[4] events stream,
--- KEYS[5] waiting zset (jobs deferred because the scope was saturated), KEYS[6..] the waiting
--- zsets of the job's other candidates (an admitted job leaves every line it stood in)
+-- KEYS[5] waiting zset (jobs deferred because the scope was saturated), KEYS[6..n-1] the waiting
+-- zsets of the job's other candidates (an admitted job leaves every line it stood in), KEYS[n] the
+-- workers refused lately as saturated (hash: gate prefix -> server ms)
 -- ARGV[1] scope, ARGV[2] lease id, ARGV[3] estimated tokens,
 -- ARGV[4] max_concurrency, ARGV[5] rpm (0 = none), ARGV[6] tpm (0 = none), ARGV[7] lease ms,
 -- ARGV[8] probe lease ms, ARGV[9] half-open probes, ARGV[10] adaptive 1/0,
@@ -24,6 +25,8 @@ local max_conc, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6
 local lease_ms, probe_ms, n_probes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local now = now_ms()
 local OWNERS_SAMPLE = 32
+local WANTING = KEYS[#KEYS]
+local me = string.match(ARGV[2], '^(.*):%d+$') or ARGV[2]
 
 local h = redis.call('HMGET', S, 'st', 'until', 'lim', 'lgen', 'rtat', 'ttat', 'lat')
 local st = h[1] or 'closed'
@@ -74,6 +77,7 @@ if inflight >= limit then
     wait = math.max(wait, (ahead + 1) * lat / limit)
     redis.call('ZADD', W, fmt(now + wait), waiter)
   end
+  redis.call('HSET', WANTING, me, fmt(now))  -- this worker counts in the others' share though it holds none
   return {0, 'saturated', math.ceil(wait)}
 end
 
@@ -95,21 +99,33 @@ end
 
 redis.call('ZADD', L, fmt(now + lease_ms), id)
 if waiter ~= '' then
-  for i = 5, #KEYS do redis.call('ZREM', KEYS[i], waiter) end
+  for i = 5, #KEYS - 1 do redis.call('ZREM', KEYS[i], waiter) end
 end
 if probe == 1 then redis.call('ZADD', P, fmt(now + probe_ms), id) end
 if rtat then redis.call('HSET', S, 'rtat', fmt(rtat)) end
 if ttat then redis.call('HSET', S, 'ttat', fmt(ttat)) end
 local gen = num(redis.call('HGET', S, 'gen'), 0)
 -- How many workers hold the scope's slots (each lease id is '<gate prefix>:<n>'), read off the leases
--- due to end first (enough to see every worker that holds a few): a worker holding more than its
--- share stops handing its freed slots to its own waiting jobs (worker/calls.py).
+-- due to end first (enough to see every worker that holds a few), or were refused one in the last
+-- second: a worker holding more than its share stops handing its freed slots to its own waiting jobs
+-- (worker/calls.py), so one that joined while another held every slot gets its share too.
 local owners, seen = 0, {}
-for _, m in ipairs(redis.call('ZRANGE', L, 0, OWNERS_SAMPLE - 1)) do
-  local o = string.match(m, '^(.*):%d+$') or m
+local function count(o)
   if not seen[o] then
     seen[o] = true
     owners = owners + 1
+  end
+end
+for _, m in ipairs(redis.call('ZRANGE', L, 0, OWNERS_SAMPLE - 1)) do
+  count(string.match(m, '^(.*):%d+$') or m)
+end
+local wanting = redis.call('HGETALL', WANTING)
+for i = 1, #wanting, 2 do
+  local at = tonumber(wanting[i + 1]) or 0
+  if wanting[i] == me or now - at > 60000 then
+    redis.call('HDEL', WANTING, wanting[i])  -- admitted now, or gone
+  elseif now - at <= 1000 then
+    count(wanting[i])
   end
 end
 return {1, gen, probe, num(h[4], 0), limit, inflight + 1, owners}

@@ -159,6 +159,7 @@ class Gate(GateOps):
             k.breaker_events,
             k.gate_waiting(scope),
             *(k.gate_waiting(s) for s in other_lines if s != scope),
+            k.gate_wanting(scope),
         ]
         args = [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter, "1" if first else "0"]
         if self.grouped is None:

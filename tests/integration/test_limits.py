@@ -105,6 +105,24 @@ async def test_an_admission_counts_the_workers_holding_the_scopes_slots(redis, s
     await asyncio.gather(*(b.settle(x, "success", 5, 1) for x in (*held_b, again)))
 
 
+async def test_a_worker_refused_a_slot_counts_in_the_others_share(redis, settings):
+    a, b = _gate(redis, settings, max_concurrency=2), _gate(redis, settings, max_concurrency=2)
+    held = [await a.admit("p", None, 1) for _ in range(2)]
+    assert [x.owners for x in held] == [1, 1]
+    refused = await b.admit("p", None, 1)
+    assert not refused.ok and refused.reason == "saturated"
+    wanting = settings.keys.gate_wanting("p")
+    assert list(await redis.hkeys(wanting)) == [b._prefix.encode()]
+    await a.settle(held[0], "success", 5, 1)
+    again = await a.admit("p", None, 1)
+    assert again.ok and again.owners == 2  # b holds no slot, but asked for one just now
+    await a.settle(again, "success", 5, 1)
+    got = await b.admit("p", None, 1)
+    assert got.ok and got.owners == 2  # a by its lease, b by its own
+    assert await redis.hlen(wanting) == 0  # admitted: b counts by its lease from now on
+    await asyncio.gather(a.settle(held[1], "success", 5, 1), b.settle(got, "success", 5, 1))
+
+
 async def test_many_tasks_looping_stay_within_the_limit(redis, settings):
     gate = _gate(redis, settings, max_concurrency=7)
     active = peak = done = 0
