@@ -26,7 +26,8 @@ local lease_ms, probe_ms, n_probes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonum
 local now = now_ms()
 local OWNERS_SAMPLE = 32
 local WANTING = KEYS[#KEYS]
-local me = string.match(ARGV[2], '^(.*):%d+$') or ARGV[2]
+local function owner_of(lease) return string.match(lease, '^(.*):%d+$') or lease end  -- '<gate prefix>:<n>'
+local me = owner_of(ARGV[2])
 
 local h = redis.call('HMGET', S, 'st', 'until', 'lim', 'lgen', 'rtat', 'ttat', 'lat')
 local st = h[1] or 'closed'
@@ -78,6 +79,7 @@ if inflight >= limit then
     redis.call('ZADD', W, fmt(now + wait), waiter)
   end
   redis.call('HSET', WANTING, me, fmt(now))  -- this worker counts in the others' share though it holds none
+  redis.call('PEXPIRE', WANTING, 60000)  -- a scope no one asks for any more leaves no key behind
   return {0, 'saturated', math.ceil(wait)}
 end
 
@@ -117,7 +119,7 @@ local function count(o)
   end
 end
 for _, m in ipairs(redis.call('ZRANGE', L, 0, OWNERS_SAMPLE - 1)) do
-  count(string.match(m, '^(.*):%d+$') or m)
+  count(owner_of(m))
 end
 local wanting = redis.call('HGETALL', WANTING)
 for i = 1, #wanting, 2 do
