@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 # the modules below import only the standard library at load time: peers.py also runs the mock and each
 # peer (its hidden options), the LiteLLM peer under its own venv's Python
 from bench.peers_clients import package_version, peer, run_aiohttp, run_litellm  # noqa: E402
-from bench.peers_fleet import WORKER_OVERRIDES, fusebox  # noqa: E402
+from bench.peers_fleet import PERF_DIR, WORKER_OVERRIDES, fusebox  # noqa: E402
 from bench.peers_mock import Mock, serve_mock  # noqa: E402
 
 
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument(
         "--commands", action="store_true", help="also print Fusebox's Redis calls per request by command"
     )
+    ap.add_argument("--perf", metavar="DIR", help="Linux perf on the workers (peers_fleet._perf)")
     ap.add_argument("--serve-mock", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
@@ -69,6 +70,9 @@ def main() -> None:
     for kv in args.worker:
         k, _, v = kv.partition("=")
         WORKER_OVERRIDES[k] = json.loads(v)
+    if args.perf:
+        os.makedirs(args.perf, exist_ok=True)
+        PERF_DIR[0] = os.path.abspath(args.perf)
     ceiling = args.concurrency / (args.latency_ms / 1000)
     server = None
     url, redis_pid = args.redis_url, None

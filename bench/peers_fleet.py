@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KEY_ENV = "FUSEBOX_PEERS_KEY"
 WORKER_OVERRIDES: dict[str, Any] = {}  # [worker] settings from peers.py's --worker KEY=VALUE
+PERF_DIR: list[str | None] = [None]  # peers.py's --perf DIR
 IDLE_S = 3.0  # the idle window measured after the warm-up
 
 
@@ -109,7 +111,12 @@ def fusebox(
         cmds0, reads0, calls0 = redis_counts(redis_url)
         self0 = time.process_time()
         lines = chat_lines(n, "mock/" + MODEL, "m")
+        perfs = _perf(procs, PERF_DIR[0])
         t_submit, secs, counts = loop.run_until_complete(batch(lines))
+        for p in perfs:
+            p.send_signal(signal.SIGINT)
+        for p in perfs:
+            p.wait(60)
         cpu_self = time.process_time() - self0
         cpu = {pid: cpu_s(pid) - c for pid, c in cpu0.items()}
         cmds1, reads1, calls1 = redis_counts(redis_url)
@@ -155,6 +162,27 @@ def fusebox(
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _perf(procs: list[subprocess.Popen[bytes]], out: str | None) -> list[subprocess.Popen[bytes]]:
+    """With ``--perf DIR``: Linux perf on the workers for the measured batch, on-CPU only (software
+    clock, so it works in a VM without hardware counters): ``statN.txt`` (CPU, context switches,
+    syscalls) and ``recN.data`` (``perf report -i DIR/recN.data --sort dso,sym``)."""
+    if not out:
+        return []
+    pids = ",".join(str(p.pid) for p in procs)
+    n = len(procs)
+    events = "task-clock,context-switches,raw_syscalls:sys_enter"
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    perfs = [
+        subprocess.Popen(["perf", "stat", "-e", events, "-p", pids, "-o", f"{out}/stat{n}.txt"], **quiet),
+        subprocess.Popen(
+            ["perf", "record", "-e", "cpu-clock", "-F", "999", "-p", pids, "-o", f"{out}/rec{n}.data"],
+            **quiet,
+        ),
+    ]
+    time.sleep(0.3)  # attached before the batch starts
+    return perfs
 
 
 def scrape(port: int) -> str:

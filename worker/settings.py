@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from arq import Worker
@@ -71,6 +72,21 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop(uvloop.new_event_loop())
 
 
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
+
+
+def _tune_gc() -> None:
+    """A worker process of its own collects garbage less often: with CPython's defaults the cyclic
+    collector was about 8% of a busy worker's CPU (perf, 40 calls in flight), most of it re-scanning
+    the long-lived objects of the imports. Those are frozen (never scanned again) and the young
+    generation holds more before a collection; garbage that is not in a cycle is freed at once
+    either way."""
+    gc.collect()
+    gc.freeze()
+    _, mid, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, mid, old)
+
+
 def build_worker(
     settings: Settings,
     redis: ArqRedis | None = None,
@@ -84,6 +100,7 @@ def build_worker(
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (or run 'fusebox run', which starts its own server)")
         _use_uvloop()
+        _tune_gc()
         redis = connect(settings.redis_url, settings.keys)
     wc = settings.file.worker
     executor = build_executor(settings, redis)
