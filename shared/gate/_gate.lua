@@ -2,16 +2,6 @@
 -- the breaker's sliding window and its transitions. Times are milliseconds of the Redis server's
 -- clock, so workers with skewed clocks still agree.
 
--- The caller packs a scope's static policy figures into one space-separated argument (each
--- argument costs client CPU to encode, on every call); put them back in place one by one.
-local function unpack_policy(at)
-  local packed = table.remove(ARGV, at)
-  for v in string.gmatch(packed, '%S+') do
-    table.insert(ARGV, at, v)
-    at = at + 1
-  end
-end
-
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000

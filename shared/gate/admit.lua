@@ -13,10 +13,11 @@
 -- spin through the queue being refused over and over. ARGV[14] '1': the waiter is a single
 -- (interactive) job: it does not queue behind the batch lines waiting, only for the next free slot
 -- (a freed slot calls the earliest waiter back, settle.lua, so it goes first).
+-- ARGV[15] '1': count the workers holding the scope's slots (else 0 comes back for them: the caller
+-- counted them lately, and reading the leases is about half of this script's cost).
 -- Returns {1, gen, probe 1/0, limit generation, effective limit, in flight, workers holding slots}
 -- when admitted, {0, reason, retry_ms} when not.
 --#include _gate.lua
-unpack_policy(4)  -- ARGV[4..12] arrive packed in ARGV[4]
 
 local S, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local scope, id = ARGV[1], ARGV[2]
@@ -29,7 +30,7 @@ local WANTING = KEYS[#KEYS]
 local function owner_of(lease) return string.match(lease, '^(.*):%d+$') or lease end  -- '<gate prefix>:<n>'
 local me = owner_of(ARGV[2])
 
-local h = redis.call('HMGET', S, 'st', 'until', 'lim', 'lgen', 'rtat', 'ttat', 'lat')
+local h = redis.call('HMGET', S, 'st', 'until', 'lim', 'lgen', 'rtat', 'ttat', 'lat', 'gen')
 local st = h[1] or 'closed'
 
 -- 1. breaker
@@ -41,7 +42,7 @@ if st == 'open' then
   if now < until_ms then
     return {0, 'open', math.ceil(until_ms - now)}
   end
-  transition(S, E, ARGV[12], scope, 'half_open', 'wait_elapsed', now, {})
+  h[8] = transition(S, E, ARGV[12], scope, 'half_open', 'wait_elapsed', now, {})
   redis.call('DEL', P)
   st = 'half_open'
 end
@@ -106,7 +107,10 @@ end
 if probe == 1 then redis.call('ZADD', P, fmt(now + probe_ms), id) end
 if rtat then redis.call('HSET', S, 'rtat', fmt(rtat)) end
 if ttat then redis.call('HSET', S, 'ttat', fmt(ttat)) end
-local gen = num(redis.call('HGET', S, 'gen'), 0)
+local gen = num(h[8], 0)
+if ARGV[15] ~= '1' then
+  return {1, gen, probe, num(h[4], 0), limit, inflight + 1, 0}
+end
 -- How many workers hold the scope's slots (each lease id is '<gate prefix>:<n>'), read off the leases
 -- due to end first (enough to see every worker that holds a few), or were refused one in the last
 -- second: a worker holding more than its share stops handing its freed slots to its own waiting jobs

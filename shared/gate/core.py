@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,8 @@ from shared.keys import ARQ_IN_PROGRESS, Keys
 from shared.scripts import ScriptCall
 
 log = logging.getLogger("fusebox.gate")
+
+OWNERS_EVERY_S = 0.1
 
 
 class Gate(GateOps):
@@ -78,6 +81,10 @@ class Gate(GateOps):
         # Set by a worker: sends script calls made in one loop iteration together (worker/group_commit.py),
         # so the admits of jobs woken together share one round trip; each admit stays its own script.
         self.grouped: Callable[[list[ScriptCall]], Awaitable[list[Any]]] | None = None
+        # The workers holding a scope's slots are counted (a read of its leases: half an admit's cost in
+        # Redis) at most this often per scope; admissions in between reuse the last count.
+        self.owners_every = OWNERS_EVERY_S
+        self._owners: dict[str, tuple[int, float]] = {}  # scope -> (count, monotonic time counted)
 
     # -- configuration -----------------------------------------------------
     def policy(self, provider: str, model: str | None = None, owner: str | None = None) -> Policy:
@@ -161,7 +168,13 @@ class Gate(GateOps):
             *(k.gate_waiting(s) for s in other_lines if s != scope),
             k.gate_wanting(scope),
         ]
-        args = [scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter, "1" if first else "0"]
+        counted = self._owners.get(scope)
+        t = time.monotonic()
+        count = counted is None or t - counted[1] >= self.owners_every
+        args = [
+            scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter, "1" if first else "0",
+            "1" if count else "0",
+        ]  # fmt: skip
         if self.grouped is None:
             res = await self._call(self._admit, keys, args)
         else:
@@ -169,6 +182,11 @@ class Gate(GateOps):
             if isinstance(res, Exception):
                 raise res
         if res[0] == 1:
+            if res[6]:
+                self._owners[scope] = (res[6], t)
+                owners = res[6]
+            else:
+                owners = counted[0] if counted is not None else 1
             return Admission(
                 True,
                 provider,
@@ -180,7 +198,7 @@ class Gate(GateOps):
                 limit_generation=res[3],
                 limit=res[4],
                 in_flight=res[5],
-                owners=res[6],
+                owners=owners,
                 est_tokens=max(0, int(est_tokens)),
                 policy=pol,
             )

@@ -53,7 +53,7 @@ class Policy:
         set_(
             self,
             "admit_args",
-            _packed(
+            _s(
                 self.max_concurrency,
                 self.rpm or 0,
                 self.tpm or 0,
@@ -68,7 +68,7 @@ class Policy:
         set_(
             self,
             "settle_args",
-            _packed(
+            _s(
                 self.tpm or 0,
                 b.failure_rate_threshold,
                 b.slow_call_rate_threshold,
@@ -100,11 +100,6 @@ class Policy:
 
 def _s(*values: float | int) -> tuple[str, ...]:
     return tuple(repr(v) if isinstance(v, float) else str(v) for v in values)
-
-
-def _packed(*values: float | int) -> tuple[str]:
-    """One space-separated argument; the Lua side unpacks it (see unpack_policy in _gate.lua)."""
-    return (" ".join(_s(*values)),)
 
 
 def resolve(cfg: FileConfig, provider: str, pcfg: ProviderConfig, model: str | None = None) -> Policy:

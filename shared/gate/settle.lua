@@ -18,7 +18,6 @@
 -- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue
 -- Returns {state after, 1 if this outcome caused a transition else 0}.
 --#include _gate.lua
-unpack_policy(11)  -- ARGV[11..30] arrive packed in ARGV[11]
 
 local S, W, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local scope, id = ARGV[1], ARGV[2]
@@ -52,7 +51,13 @@ if released == 1 and ARGV[33] ~= '1' then
   end
 end
 
-local h = redis.call('HMGET', S, 'st', 'gen', 'ttat', 'lat', 'lim', 'lgen', 'lmax')
+local h = redis.call('HMGET', S, 'st', 'gen', 'ttat', 'lat', 'lim', 'lgen', 'lmax', 'cf', 'okrun')
+-- The state hash's plain writes of a counted call (latency, failure streak reset, success run) go out
+-- together at the end: each redis.call() costs about as much as the work it does.
+local sets = {}
+local function push(t, ...)
+  for _, x in ipairs({...}) do t[#t + 1] = x end
+end
 local st, cur_gen = h[1] or 'closed', num(h[2], 0)
 
 if tpm > 0 and actual >= 0 and h[3] then
@@ -73,7 +78,7 @@ local slow = counted and latency >= tonumber(ARGV[14])
 local moved = 0
 
 if counted then
-  redis.call('HSET', S, 'lat', fmt(num(h[4], latency) * 0.8 + latency * 0.2))
+  push(sets, 'lat', fmt(num(h[4], latency) * 0.8 + latency * 0.2))
 end
 
 local base, growth, max_wait = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
@@ -82,22 +87,33 @@ local slow_thr = tonumber(ARGV[13])
 
 if counted and gen == cur_gen and (st == 'closed' or st == 'forced_closed') then
   local bucket_ms, nb = tonumber(ARGV[16]), tonumber(ARGV[17])
-  local b = win_roll(W, now, bucket_ms, nb)
-  local f, s = 0, 0
-  if fault then f = 1 end
-  if slow then s = 1 end
-  redis.call('HINCRBY', W, 'c' .. b, 1)
-  local c = redis.call('HINCRBY', W, 'c', 1)
-  if f == 1 then redis.call('HINCRBY', W, 'f' .. b, 1) end
-  if s == 1 then redis.call('HINCRBY', W, 's' .. b, 1) end
-  local fails = redis.call('HINCRBY', W, 'f', f)
-  local slows = redis.call('HINCRBY', W, 's', s)
+  -- The window's totals and this bucket's counts: one read and one write while the bucket is current
+  -- (win_roll drops the buckets that left the window when it moves on).
+  local b = math.floor(now / bucket_ms)
+  local fb, sb = 'f' .. b, 's' .. b
+  local v = redis.call('HMGET', W, 'h', 'c', 'f', 's', 'c' .. b, fb, sb)
+  if tonumber(v[1]) ~= b then
+    b = win_roll(W, now, bucket_ms, nb)
+    fb, sb = 'f' .. b, 's' .. b
+    v = redis.call('HMGET', W, 'h', 'c', 'f', 's', 'c' .. b, fb, sb)
+  end
+  local c, fails, slows = num(v[2], 0) + 1, num(v[3], 0), num(v[4], 0)
+  local win = {'c', int_arg(c), 'c' .. b, int_arg(num(v[5], 0) + 1)}
+  if fault then
+    fails = fails + 1
+    push(win, 'f', int_arg(fails), fb, int_arg(num(v[6], 0) + 1))
+  end
+  if slow then
+    slows = slows + 1
+    push(win, 's', int_arg(slows), sb, int_arg(num(v[7], 0) + 1))
+  end
+  redis.call('HSET', W, unpack(win))
   -- Failures in a row: successes earlier in the window must not hide a provider that just went down.
   local streak = 0
-  if f == 1 then
+  if fault then
     streak = redis.call('HINCRBY', S, 'cf', 1)
-  else
-    redis.call('HSET', S, 'cf', 0)
+  elseif num(h[8], 0) ~= 0 then
+    push(sets, 'cf', 0)
   end
   -- forced_closed keeps the figures for ops but never trips.
   if st == 'closed' then
@@ -166,16 +182,18 @@ if ARGV[24] == '1' then
       end
     end
   elseif outcome == 'success' then
-    local run = redis.call('HINCRBY', S, 'okrun', 1)
+    local run = num(h[9], 0) + 1
     if run >= tonumber(ARGV[28]) then
       if lim < max_conc then
         local step = tonumber(ARGV[27])
         if lmax and lim >= lmax - 1 and lim < lmax + 1 then step = step * PLATEAU_GROWTH end
-        redis.call('HSET', S, 'lim', fmt(math.min(max_conc, lim + step)))
+        push(sets, 'lim', fmt(math.min(max_conc, lim + step)))
       end
-      redis.call('HSET', S, 'okrun', 0)
+      run = 0
     end
+    push(sets, 'okrun', run)
   end
 end
+if #sets > 0 then redis.call('HSET', S, unpack(sets)) end
 
 return {st, moved}

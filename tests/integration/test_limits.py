@@ -93,8 +93,14 @@ async def test_a_freed_slot_calls_back_a_deferred_waiter_not_one_a_worker_holds(
         await redis.zrem(queue, held, deferred)
 
 
+def _counting(redis, settings, **kw: Any) -> Gate:
+    gate = _gate(redis, settings, **kw)
+    gate.owners_every = 0  # every admission counts the workers holding slots
+    return gate
+
+
 async def test_an_admission_counts_the_workers_holding_the_scopes_slots(redis, settings):
-    a, b = _gate(redis, settings, max_concurrency=10), _gate(redis, settings, max_concurrency=10)
+    a, b = _counting(redis, settings, max_concurrency=10), _counting(redis, settings, max_concurrency=10)
     held_a = [await a.admit("p", None, 1) for _ in range(3)]
     assert [x.owners for x in held_a] == [1, 1, 1]
     held_b = [await b.admit("p", None, 1) for _ in range(2)]
@@ -105,8 +111,23 @@ async def test_an_admission_counts_the_workers_holding_the_scopes_slots(redis, s
     await asyncio.gather(*(b.settle(x, "success", 5, 1) for x in (*held_b, again)))
 
 
+async def test_admissions_reuse_the_last_count_of_workers_for_a_while(redis, settings):
+    a, b = _gate(redis, settings, max_concurrency=10), _gate(redis, settings, max_concurrency=10)
+    a.owners_every = 3600.0
+    first = await a.admit("p", None, 1)
+    assert first.owners == 1
+    held_b = await b.admit("p", None, 1)
+    assert held_b.owners == 2
+    assert (await a.admit("p", None, 1)).owners == 1  # counted lately: the count is not read again
+    a.owners_every = 0
+    last = await a.admit("p", None, 1)
+    assert last.owners == 2
+    a.owners_every = 3600.0
+    assert (await a.admit("p", None, 1)).owners == 2  # the new count is the one reused
+
+
 async def test_a_worker_refused_a_slot_counts_in_the_others_share(redis, settings):
-    a, b = _gate(redis, settings, max_concurrency=2), _gate(redis, settings, max_concurrency=2)
+    a, b = _counting(redis, settings, max_concurrency=2), _counting(redis, settings, max_concurrency=2)
     held = [await a.admit("p", None, 1) for _ in range(2)]
     assert [x.owners for x in held] == [1, 1]
     refused = await b.admit("p", None, 1)
