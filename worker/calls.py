@@ -54,6 +54,7 @@ class Calls:
         self._started = started
         self.calling: Counter[str] = Counter()  # this worker's provider calls in flight, by gate scope
         self.asking: Counter[str] = Counter()  # this worker's admissions not answered yet, by gate scope
+        self._used: set[str] = set()  # passed-on leases a job has taken (try_candidates' slot)
         self.latency: dict[str, float] = {}  # moving mean of this worker's call latency by scope, seconds
 
     async def try_candidates(
@@ -67,6 +68,7 @@ class Calls:
         errors: list[ProviderError],
         owners: dict[str, str],
         caps: Caps,
+        slot: Admission | None = None,
     ) -> Outcome | None:
         """An outcome, or None when some candidates refused admission (``denied``) and none served it.
 
@@ -74,13 +76,52 @@ class Calls:
         one that waits for a saturated fallback does not call a failing primary again. A round ends when
         every candidate has spent its budget; a batch line then waits for the next round (deferred, with
         a backoff growing per round) until its own attempt/time budget is spent, where a single job fails.
+
+        ``slot``: a lease a finished call of this worker passed on to this job (Gate.settle_call's keep),
+        used for the first call on its scope instead of an admission; given back if unused.
         """
+        try:
+            return await self._try_candidates(
+                spec, candidates, attempts, est, lines, denied, errors, owners, caps, slot
+            )
+        finally:
+            if slot is not None:
+                if slot.lease not in self._used:
+                    await self.give_back(slot)
+                self._used.discard(slot.lease)
+
+    async def give_back(self, slot: Admission) -> None:
+        """Release a passed-on lease no job took (its outcome is not the provider's)."""
+        try:
+            await self.gate.settle(slot, "ignored", 0.0, 0)
+        except Exception:
+            self.gate.unsettled(slot)  # released before this worker's next admission
+
+    async def _try_candidates(
+        self,
+        spec: JobSpec,
+        candidates: list[Candidate],
+        attempts: list[Attempt],
+        est: int,
+        lines: list[str],
+        denied: list[Admission],
+        errors: list[ProviderError],
+        owners: dict[str, str],
+        caps: Caps,
+        slot: Admission | None,
+    ) -> Outcome | None:
         last: ProviderError | None = None
         for cand in candidates:
             budget = spent(attempts, candidates, self.policy.max_attempts)[0]
             used = budget.get((cand.provider.name, cand.model), 0)
             for n in range(used, self.policy.max_attempts):
-                call = await self._one_call(spec, cand, est, lines, owners.get(cand.provider.name), caps)
+                owner = owners.get(cand.provider.name)
+                granted = None
+                if slot is not None and slot.lease not in self._used:
+                    if self.gate.policy(cand.provider.name, cand.model, owner).scope == slot.scope:
+                        granted = slot
+                        self._used.add(slot.lease)
+                call = await self._one_call(spec, cand, est, lines, owner, caps, granted)
                 if isinstance(call, ErrorInfo):
                     return Outcome(None, cand, call)  # a single job over its budget
                 adm, resp, err, latency = call.adm, call.resp, call.err, call.latency
@@ -91,12 +132,14 @@ class Calls:
                 # a job of this worker waiting for this scope takes the slot next (released in _run)
                 share = self.within_share(adm)
                 handoff = share and self.local.queued([adm.scope])
-                settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens, handoff)
+                # a job waits here for this scope: the lease runs on for it (no release, no admission)
+                keep = handoff and resp is not None and self.gate.can_pass_on(adm)
+                settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens, handoff, keep)
                 if resp is not None:
                     attempts.append(
                         Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
                     )
-                    return Outcome(resp, cand, None, settle, adm.scope, adm, share)
+                    return Outcome(resp, cand, None, settle, adm.scope, adm, share, keep)
                 assert err is not None
                 last = err
                 errors.append(err)
@@ -164,7 +207,14 @@ class Calls:
         return -(-adm.limit // max(1, adm.owners))
 
     async def _one_call(
-        self, spec: JobSpec, cand: Candidate, est: int, lines: list[str], owner: str | None, caps: Caps
+        self,
+        spec: JobSpec,
+        cand: Candidate,
+        est: int,
+        lines: list[str],
+        owner: str | None,
+        caps: Caps,
+        slot: Admission | None = None,
     ) -> Call | ErrorInfo:
         """Reserve the call's cost (if the job has spend caps), pass the gate, call, reconcile the cost.
         Whatever ends it early (refused admission, an error, a cancel, job_timeout) refunds the
@@ -174,9 +224,13 @@ class Calls:
             assert self.budgets is not None
             held = await spend.reserve(self.budgets, self.router, spec, cand, caps, self.budget_recheck_s)
             if isinstance(held, ErrorInfo):
+                if slot is not None:
+                    await self.give_back(slot)
                 return held
             hold = held
         try:
+            if slot is not None:  # passed on by a call of this worker that just ended: already admitted
+                return await self._sent(spec, cand, slot, hold)
             name = cand.provider.name
             asked = self.gate.policy(name, cand.model, owner).scope
             self.asking[asked] += 1
@@ -198,18 +252,21 @@ class Calls:
                 # slots are free (a worker over its share gave one back) and this one is under its share:
                 # the next job waiting here asks for one too
                 self.local.release(adm.scope)
-            call = await self._send(spec, cand, adm)
-            if hold is not None:  # the real cost replaces the estimate (a failed call costs nothing)
-                real = self.router.cost(cand, call.resp.usage, spec.kind) if call.resp is not None else 0.0
-                try:
-                    await hold.settle(real or 0.0)
-                except BaseException:
-                    self.gate.unsettled(adm)  # its lease is released before this worker's next admit
-                    raise
-            return call
+            return await self._sent(spec, cand, adm, hold)
         finally:
             if hold is not None:
                 await hold.release()
+
+    async def _sent(self, spec: JobSpec, cand: Candidate, adm: Admission, hold: Hold | None) -> Call:
+        call = await self._send(spec, cand, adm)
+        if hold is not None:  # the real cost replaces the estimate (a failed call costs nothing)
+            real = self.router.cost(cand, call.resp.usage, spec.kind) if call.resp is not None else 0.0
+            try:
+                await hold.settle(real or 0.0)
+            except BaseException:
+                self.gate.unsettled(adm)  # its lease is released before this worker's next admit
+                raise
+        return call
 
     async def _send(self, spec: JobSpec, cand: Candidate, adm: Admission) -> Call:
         """The provider call of an admitted job; provider errors and timeouts come back in the Call."""

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from arq import Retry
 
@@ -77,6 +78,8 @@ class Executor:
         self.max_tries = max_tries  # arq's limit: the last try must finish the job, never defer it
         self.local = LocalLines(local_waiters)
         self.calls = Calls(router, gate, policy, self.local, budgets, self._known)
+        self.local.on_lost = self._lost_slot
+        self._giving_back: set[asyncio.Task[None]] = set()
         # How far ahead the worker may claim, as a share of its claim_ahead (fuse_worker.claimable): halved
         # whenever a job found no place in a local line (claims outran the provider), regained one job at a
         # time as jobs find places, so a full provider costs a few turned-away jobs, not a stream of them.
@@ -145,13 +148,37 @@ class Executor:
                 )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
-        if outcome.scope is not None and outcome.hand_off:
+        if outcome.scope is not None and outcome.hand_off and not outcome.keep:
             # Woken now, the next job's admit joins the round trip this result's write (with the call's
             # settle, which frees the slot) goes out in, right behind it: one round trip between calls.
             self.local.release(outcome.scope)
-        await self._write(spec, result, outcome.settle, outcome.admission, end)
+        try:
+            settled = await self._write(spec, result, outcome.settle, outcome.admission, end)
+        except BaseException:
+            if outcome.keep and outcome.admission is not None:
+                self.gate.unsettled(outcome.admission)  # a kept lease no job will take: released later
+            raise
+        if outcome.keep:
+            await self._pass_on(outcome, settled)
         metrics.record_result(result, spec.kind)
         return result
+
+    async def _pass_on(self, outcome: Outcome, settled: Any) -> None:
+        """The settle kept the call's lease for a job waiting here: that job takes it and calls at once,
+        without an admission of its own (a script and, often, a round trip less per call). If the gate
+        released it instead, the job is woken to ask for a slot as usual."""
+        assert outcome.admission is not None and outcome.scope is not None
+        slot = self.gate.passed_on(outcome.admission, settled)
+        if slot is None:
+            self.local.release(outcome.scope)
+        elif not self.local.give(slot.scope, slot):  # the waiting job left meanwhile
+            await self.calls.give_back(slot)
+
+    def _lost_slot(self, slot: Any) -> None:
+        """A job given a slot was cancelled before it could take it."""
+        task = asyncio.get_running_loop().create_task(self.calls.give_back(slot))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
 
     def _result(self, spec: JobSpec, outcome: Outcome, attempts: list[Attempt], started: float) -> JobResult:
         return result_of(self.router, spec, outcome, attempts, started)
@@ -163,8 +190,8 @@ class Executor:
         settle: ScriptCall | None,
         adm: Admission | None = None,
         end: JobEnd | None = None,
-    ) -> None:
-        await write_result(self.store, self.gate, spec, result, settle, adm, end)
+    ) -> Any:
+        return await write_result(self.store, self.gate, spec, result, settle, adm, end)
 
     async def _internal_error(
         self,
@@ -227,6 +254,7 @@ class Executor:
             caps = await self.budgets.caps(spec.tenant, spec.batch_id)  # cached: no round trip per job
         first = spec.batch_id is None
         tried_room = waited_room = False  # looked for a place in a local line; waited for one in vain
+        slot: Admission | None = None  # a lease a call of this worker that just ended passed on to this job
         if self.local.queued(scopes) and self._calling_on(scopes):
             # Jobs of this worker already wait for every candidate and its calls there will wake them: the
             # gate would refuse this one too (a round trip for nothing), so it joins them (once there is
@@ -235,16 +263,17 @@ class Executor:
             if await self.local.wait_room(scopes, room_wait):
                 self._placed()
                 self._known()
-                freed = await self.local.wait(scopes, LOCAL_WAIT_S, first=first)
+                slot, freed = _woken(await self.local.wait(scopes, LOCAL_WAIT_S, first=first))
                 if freed is not None:
-                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
+                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed)
             else:
                 tried_room, waited_room = True, room_wait > 0
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self.calls.try_candidates(
-                spec, candidates, attempts, est, lines, denied, errors, owners, caps
+                spec, candidates, attempts, est, lines, denied, errors, owners, caps, slot
             )
+            slot = None  # taken, or given back
             if outcome is not None:
                 self._placed()
                 return outcome
@@ -261,9 +290,9 @@ class Executor:
                 # gate sooner only takes a slot another worker's waiter was woken for.
                 timeout = LOCAL_WAIT_S if self._calling_on(full) else min(delay, LOCAL_WAIT_S)
                 self._known()
-                freed = await self.local.wait(full, timeout, first=first)
+                slot, freed = _woken(await self.local.wait(full, timeout, first=first))
                 if freed is not None:  # try the candidate that just freed a slot first
-                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed.split("/")[0])
+                    candidates = sorted(candidates, key=lambda c: c.provider.name != freed)
                 continue
             if may_wait and (waited_room or room_wait > 0):
                 # no place came in the time this worker's line should have made one: it claims too far
@@ -272,6 +301,8 @@ class Executor:
             # Nothing can serve it now: re-queue instead of holding this worker slot.
             delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
             raise Deferred(delay, [f"{d.scope}: {d.reason}" for d in denied])
+        if slot is not None:
+            await self.calls.give_back(slot)
         raise Deferred(0.05, ["still saturated after waiting in this worker"])
 
     def _known(self) -> None:
@@ -295,3 +326,11 @@ class Executor:
 
     async def _carry(self, spec: JobSpec, attempts: list[Attempt]) -> None:
         await carry_attempts(self.store, spec, attempts)
+
+
+def _woken(freed: Any) -> tuple[Admission | None, str | None]:
+    """What woke a job waiting in a local line: (the slot passed on to it, or None; the provider whose
+    call ended, or None on a timeout)."""
+    if isinstance(freed, Admission):
+        return freed, freed.provider
+    return None, None if freed is None else freed.split("/")[0]

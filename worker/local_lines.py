@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
 class LocalLines:
     def __init__(self, per_scope_cap: int) -> None:
         self.cap = per_scope_cap
+        # a slot handed to a waiting job (``give``) that it can no longer take is given back through this
+        self.on_lost: Callable[[Any], None] | None = None
         self.waiting = 0  # jobs waiting here now, all scopes
-        self._waiters: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)
-        self._first: defaultdict[str, deque[asyncio.Future[str]]] = defaultdict(deque)  # interactive
+        # a waiter's future: the scope whose slot freed (ask the gate for it), or the slot itself (``give``)
+        self._waiters: defaultdict[str, deque[asyncio.Future[Any]]] = defaultdict(deque)
+        self._first: defaultdict[str, deque[asyncio.Future[Any]]] = defaultdict(deque)  # interactive
         self._room: defaultdict[str, deque[asyncio.Future[None]]] = defaultdict(deque)  # for has_room
 
     def has_room(self, scopes: Sequence[str]) -> bool:
@@ -42,10 +45,11 @@ class LocalLines:
         """Whether jobs of this worker wait in the line of every one of ``scopes``."""
         return all(self._waiters.get(s) or self._first.get(s) for s in scopes)
 
-    async def wait(self, scopes: Sequence[str], timeout: float, first: bool = False) -> str | None:
-        """Until a call on one of ``scopes`` ends in this worker (-> that scope), or ``timeout`` (-> None).
-        ``first``: an interactive job, woken before every batch line waiting here."""
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    async def wait(self, scopes: Sequence[str], timeout: float, first: bool = False) -> Any:
+        """Until a call on one of ``scopes`` ends in this worker (-> that scope, or the slot it passed on:
+        ``give``), or ``timeout`` (-> None). ``first``: an interactive job, woken before every batch line
+        waiting here."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         lines = self._first if first else self._waiters
         for s in scopes:
             lines[s].append(fut)
@@ -54,6 +58,11 @@ class LocalLines:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return None
+        except asyncio.CancelledError:
+            # cancelled (shutdown, job timeout) just after a slot was given to it: nobody else will free it
+            if fut.done() and not fut.cancelled() and not isinstance(fut.result(), str) and self.on_lost:
+                self.on_lost(fut.result())
+            raise
         finally:
             self.waiting -= 1
             for s in scopes:
@@ -92,13 +101,19 @@ class LocalLines:
     def release(self, scope: str) -> None:
         """A slot of ``scope`` just freed: wake the longest-waiting interactive job for it, else the
         longest-waiting batch line."""
+        self.give(scope, scope)
+
+    def give(self, scope: str, slot: Any) -> bool:
+        """Wake the job ``release`` would with ``slot`` (a slot it may use without asking the gate);
+        False if no job waits for ``scope``."""
         for lines in (self._first, self._waiters):
             q = lines.get(scope)
             while q:
                 fut = q.popleft()
                 if not fut.done():
-                    fut.set_result(scope)
-                    return
+                    fut.set_result(slot)
+                    return True
+        return False
 
 
 def _discard(line: deque[Any], fut: asyncio.Future[Any]) -> None:

@@ -33,6 +33,7 @@ class Outcome:
     scope: str | None = None  # the gate scope that settle frees a slot of
     admission: Admission | None = None  # the call that settle ends
     hand_off: bool = True  # a job waiting in this worker may take that slot (no: over its share, Calls)
+    keep: bool = False  # that settle keeps the lease for the job waiting here (Gate.settle_call's keep)
 
 
 class Deferred(Exception):

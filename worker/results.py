@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from arq.jobs import serialize_job
@@ -48,10 +48,10 @@ async def write_result(
     settle: ScriptCall | None,
     adm: Admission | None,
     end: JobEnd | None = None,
-) -> None:
+) -> Any:
     """Store the result exactly once, with the last attempt's settle and (``end``) arq's finish of the
     job in the same round trip. A settle that fails (a script error) never costs the result; its lease
-    is released before the next admit."""
+    is released before the next admit. Returns the settle's reply (None without one, or if it failed)."""
     arq_keys = end.finish_keys(spec.id) if end is not None else None
     calls = [c for c in (settle, store.complete_call(result, spec.tenant, arq_keys or ())) if c is not None]
     try:
@@ -61,10 +61,12 @@ async def write_result(
             gate.unsettled(adm)
         # the worker re-queues the job once Redis answers again (FuseboxWorker._reap_tasks)
         raise RedisUnavailable(f"could not store the result of {spec.id}: {e}") from None
-    if settle is not None and isinstance(replies[0], Exception):
-        log.error("job %s: settling its call failed: %s", spec.id, replies[0])
+    settled = replies[0] if settle is not None else None
+    if isinstance(settled, Exception):
+        log.error("job %s: settling its call failed: %s", spec.id, settled)
         if adm is not None:
             gate.unsettled(adm)
+        settled = None
     if isinstance(replies[-1], Exception):
         raise replies[-1]
     if arq_keys and end is not None:
@@ -77,6 +79,7 @@ async def write_result(
             raise
         except Exception as e:  # the result is stored: running the job again would not resend it
             log.error("job %s: its webhook could not be queued: %s: %s", spec.id, type(e).__name__, e)
+    return settled
 
 
 async def carry_attempts(store: Store, spec: JobSpec, attempts: list[Attempt]) -> None:

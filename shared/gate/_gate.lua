@@ -95,3 +95,33 @@ local function trip(state_key, events_key, maxlen, scope, reason, now, fields, b
   fields[#fields + 1] = trips
   return transition(state_key, events_key, maxlen, scope, 'open', reason, now, fields)
 end
+
+-- How many workers hold a scope's slots (each lease id is '<gate prefix>:<n>'), read off the leases
+-- due to end first (enough to see every worker that holds a few), or were refused one in the last
+-- second (the `wanting` hash, admit.lua): a worker holding more than its share stops passing its freed
+-- slots to its own waiting jobs (worker/calls.py), so one that joined while another held every slot
+-- gets its share too. `me` (this caller's prefix) holds a slot now: its own refusal note goes.
+local OWNERS_SAMPLE = 32
+local function owner_of(lease) return string.match(lease, '^(.*):%d+$') or lease end
+local function count_owners(leases_key, wanting_key, me, now)
+  local owners, seen = 0, {}
+  local function count(o)
+    if not seen[o] then
+      seen[o] = true
+      owners = owners + 1
+    end
+  end
+  for _, m in ipairs(redis.call('ZRANGE', leases_key, 0, OWNERS_SAMPLE - 1)) do
+    count(owner_of(m))
+  end
+  local wanting = redis.call('HGETALL', wanting_key)
+  for i = 1, #wanting, 2 do
+    local at = tonumber(wanting[i + 1]) or 0
+    if wanting[i] == me or now - at > 60000 then
+      redis.call('HDEL', wanting_key, wanting[i])  -- holds a slot now, or gone
+    elseif now - at <= 1000 then
+      count(wanting[i])
+    end
+  end
+  return owners
+end

@@ -25,9 +25,7 @@ local est = tonumber(ARGV[3])
 local max_conc, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local lease_ms, probe_ms, n_probes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local now = now_ms()
-local OWNERS_SAMPLE = 32
 local WANTING = KEYS[#KEYS]
-local function owner_of(lease) return string.match(lease, '^(.*):%d+$') or lease end  -- '<gate prefix>:<n>'
 local me = owner_of(ARGV[2])
 
 local h = redis.call('HMGET', S, 'st', 'until', 'lim', 'lgen', 'rtat', 'ttat', 'lat', 'gen')
@@ -111,27 +109,4 @@ local gen = num(h[8], 0)
 if ARGV[15] ~= '1' then
   return {1, gen, probe, num(h[4], 0), limit, inflight + 1, 0}
 end
--- How many workers hold the scope's slots (each lease id is '<gate prefix>:<n>'), read off the leases
--- due to end first (enough to see every worker that holds a few), or were refused one in the last
--- second: a worker holding more than its share stops handing its freed slots to its own waiting jobs
--- (worker/calls.py), so one that joined while another held every slot gets its share too.
-local owners, seen = 0, {}
-local function count(o)
-  if not seen[o] then
-    seen[o] = true
-    owners = owners + 1
-  end
-end
-for _, m in ipairs(redis.call('ZRANGE', L, 0, OWNERS_SAMPLE - 1)) do
-  count(owner_of(m))
-end
-local wanting = redis.call('HGETALL', WANTING)
-for i = 1, #wanting, 2 do
-  local at = tonumber(wanting[i + 1]) or 0
-  if wanting[i] == me or now - at > 60000 then
-    redis.call('HDEL', WANTING, wanting[i])  -- admitted now, or gone
-  elseif now - at <= 1000 then
-    count(wanting[i])
-  end
-end
-return {1, gen, probe, num(h[4], 0), limit, inflight + 1, owners}
+return {1, gen, probe, num(h[4], 0), limit, inflight + 1, count_owners(L, WANTING, me, now)}

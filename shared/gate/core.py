@@ -168,9 +168,8 @@ class Gate(GateOps):
             *(k.gate_waiting(s) for s in other_lines if s != scope),
             k.gate_wanting(scope),
         ]
-        counted = self._owners.get(scope)
         t = time.monotonic()
-        count = counted is None or t - counted[1] >= self.owners_every
+        count = self._count_owners(scope, t)
         args = [
             scope, lease, max(0, int(est_tokens)), *pol.admit_args, waiter, "1" if first else "0",
             "1" if count else "0",
@@ -182,11 +181,7 @@ class Gate(GateOps):
             if isinstance(res, Exception):
                 raise res
         if res[0] == 1:
-            if res[6]:
-                self._owners[scope] = (res[6], t)
-                owners = res[6]
-            else:
-                owners = counted[0] if counted is not None else 1
+            owners = self._owners_now(scope, res[6], t, 1)
             return Admission(
                 True,
                 provider,
@@ -256,8 +251,12 @@ class Gate(GateOps):
         latency_ms: float,
         actual_tokens: int | None,
         handoff: bool = False,
+        keep: bool = False,
     ) -> ScriptCall | None:
-        """The settle script call, for callers that pipeline it with their own writes (one round trip)."""
+        """The settle script call, for callers that pipeline it with their own writes (one round trip).
+        ``keep`` (with ``handoff``, for a call that succeeded, where ``can_pass_on``): the lease runs on
+        for the job waiting in the caller's worker if the scope may still run it; ``passed_on`` reads
+        the reply."""
         if not adm.ok:
             return None
         if outcome not in OUTCOMES:
@@ -272,6 +271,7 @@ class Gate(GateOps):
             k.breaker_events,
             k.gate_waiting(scope),
             k.queue,
+            k.gate_wanting(scope),
         ]
         args = [
             scope,
@@ -287,9 +287,47 @@ class Gate(GateOps):
             *pol.settle_args,
             int(adm.in_flight >= adm.limit),  # admitted at the limit: a 429 then marks the capacity
             ARQ_IN_PROGRESS,
-            int(handoff),
+            int(handoff or keep),
+            int(keep),
+            int(pol.limits.lease_seconds * 1000),
+            int(keep and self._count_owners(scope, time.monotonic())),
         ]
         return ScriptCall(self._settle, keys, args)
+
+    def _count_owners(self, scope: str, t: float) -> bool:
+        """Whether the workers holding the scope's slots are due to be counted again (``owners_every``)."""
+        counted = self._owners.get(scope)
+        return counted is None or t - counted[1] >= self.owners_every
+
+    def _owners_now(self, scope: str, reply: int, t: float, default: int) -> int:
+        """The count a script just made (kept for ``owners_every``), or the last one (0: none made)."""
+        if reply:
+            self._owners[scope] = (reply, t)
+            return reply
+        counted = self._owners.get(scope)
+        return counted[0] if counted is not None else default
+
+    @staticmethod
+    def can_pass_on(adm: Admission) -> bool:
+        """Whether the slot of this admitted call may pass to another job without an admission of its
+        own: not a half-open probe, and no rate limit (each call reserves its share of those)."""
+        pol = adm.policy
+        return adm.ok and not adm.probe and pol is not None and not pol.rpm and not pol.tpm
+
+    def passed_on(self, adm: Admission, reply: Any) -> Admission | None:
+        """The admission a kept lease (settle's reply to ``keep``) gives the next job: the same lease,
+        with the scope's figures as the settle saw them; None if the lease was released."""
+        if not isinstance(reply, list) or len(reply) < 8 or reply[2] != 1:
+            return None
+        owners = self._owners_now(adm.scope, reply[7], time.monotonic(), adm.owners)
+        return dataclasses.replace(
+            adm,
+            generation=reply[3],
+            limit_generation=reply[4],
+            limit=reply[5],
+            in_flight=reply[6],
+            owners=owners,
+        )
 
     async def renew(self, adm: Admission) -> bool:
         """Extend the call's lease (and probe lease); False if it had already expired and was reclaimed."""

@@ -14,9 +14,15 @@
 -- ARGV[28] success window, ARGV[29] events stream max length, ARGV[30] consecutive failures that trip,
 -- ARGV[31] '1' if the call was admitted with the concurrency limit reached (the limit was binding),
 -- ARGV[32] arq's in-progress key prefix, ARGV[33] '1': a job waiting in the caller's worker takes the
--- freed slot next (no call-back)
--- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue
--- Returns {state after, 1 if this outcome caused a transition else 0}.
+-- freed slot next (no call-back), ARGV[34] '1': keep the lease for that job if the call succeeded and
+-- the scope may still run it (closed breaker, in flight within the limit, no rate limits: the caller
+-- asks only then): the slot passes on without a release and a new admission, ARGV[35] lease ms,
+-- ARGV[36] '1': with a kept lease, count the workers holding the scope's slots (as admit does)
+-- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue,
+-- KEYS[8] the workers refused lately as saturated (admit.lua)
+-- Returns {state after, 1 if this outcome caused a transition else 0, 1 if the lease was kept else 0,
+-- and when kept: breaker generation, limit generation, effective limit, in flight, workers holding
+-- slots (0: not counted)}.
 --#include _gate.lua
 
 local S, W, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -29,7 +35,9 @@ local maxlen = ARGV[29]
 local now = now_ms()
 
 -- Releasing is idempotent, and a lease already reclaimed as expired is simply gone.
-local released = redis.call('ZREM', L, id)
+local keep = ARGV[34] == '1'
+local released = 0
+if not keep then released = redis.call('ZREM', L, id) end
 if probe then redis.call('ZREM', P, id) end
 
 -- Jobs deferred while this scope was saturated come back on an estimate of their turn. Each freed
@@ -68,7 +76,8 @@ if tpm > 0 and actual >= 0 and h[3] then
 end
 
 if outcome == 'ignored' then
-  return {st, 0}
+  if keep then redis.call('ZREM', L, id) end
+  return {st, 0, 0}
 end
 
 local rl_fails = ARGV[23] == '1'
@@ -196,4 +205,18 @@ if ARGV[24] == '1' then
 end
 if #sets > 0 then redis.call('HSET', S, unpack(sets)) end
 
-return {st, moved}
+if keep then
+  local max_conc = tonumber(ARGV[25])
+  local limit = max_conc
+  if ARGV[24] == '1' then limit = math.max(1, math.floor(math.min(num(h[5], max_conc), max_conc))) end
+  local inflight = redis.call('ZCARD', L)
+  -- CH: 1 only if the lease was still there (ours) and now runs on; an expired one was reclaimed
+  if outcome == 'success' and (st == 'closed' or st == 'forced_closed') and inflight <= limit
+      and redis.call('ZADD', L, 'XX', 'CH', fmt(now + tonumber(ARGV[35])), id) == 1 then
+    local owners = 0
+    if ARGV[36] == '1' then owners = count_owners(L, KEYS[8], owner_of(id), now) end
+    return {st, moved, 1, cur_gen, num(h[6], 0), limit, inflight, owners}
+  end
+  redis.call('ZREM', L, id)
+end
+return {st, moved, 0}

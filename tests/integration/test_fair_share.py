@@ -18,8 +18,10 @@ LIMIT = 8
 async def test_two_workers_hold_the_providers_slots_about_evenly(settings: Settings, redis) -> None:  # type: ignore[no-untyped-def]
     cfg = FileConfig.model_validate(
         {
-            "simulated": {"latency_ms": 20},
-            "providers": {"sim8": {"type": "simulated", "max_concurrency": LIMIT}},
+            # a provider's own simulator settings are its options ([simulated] is the built-in one's)
+            "providers": {
+                "sim8": {"type": "simulated", "max_concurrency": LIMIT, "options": {"latency_ms": 20}}
+            },
         }
     )
     s = settings.with_file(cfg)

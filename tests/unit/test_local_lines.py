@@ -53,3 +53,20 @@ async def test_a_job_waits_for_room_and_gets_the_place_a_leaving_waiter_frees() 
     lines.release("p")  # the waiter leaves the line: its place goes to the job waiting for room
     assert await held == "p"
     assert await room is True and lines.has_room(["p"]) and lines.waiting_for_room("p") == 0
+
+
+async def test_a_slot_given_to_a_waiting_job_reaches_it_or_comes_back() -> None:
+    lines = LocalLines(per_scope_cap=10)
+    lost: list[object] = []
+    lines.on_lost = lost.append
+    assert not lines.give("p", "slot-0")  # nobody waits: the giver must free it itself
+    first = asyncio.create_task(lines.wait(["p"], timeout=5))
+    second = asyncio.create_task(lines.wait(["p"], timeout=5))
+    await asyncio.sleep(0)
+    assert lines.give("p", "slot-1") and lines.give("p", ("slot", 2))
+    assert await first == "slot-1"
+    second.cancel()  # cancelled with a slot in hand (shutdown, job timeout) before it could use it
+    await asyncio.gather(second, return_exceptions=True)
+    assert lost == [] or lost == [("slot", 2)]  # wait_for may still hand it over on 3.11
+    if not lost:
+        assert second.result() == ("slot", 2)

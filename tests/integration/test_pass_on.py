@@ -1,0 +1,140 @@
+"""A call that ends while a job of the same worker waits for its scope passes its lease on (settle's
+``keep``): no release, no admission of the waiter's own. Only while the scope may still run it, and the
+lease is released in every other case, so the fleet-wide limit and the breaker stay exact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.config import BreakerConfig, FileConfig, LimitsConfig, ProviderConfig
+from shared.gate import Gate
+from shared.gate.types import Admission
+
+
+def _gate(
+    redis: Any, settings: Any, max_concurrency: int = 4, adaptive: bool = False, **provider: Any
+) -> Gate:
+    cfg = FileConfig(
+        breaker=BreakerConfig(wait_open_jitter=0.0, minimum_calls=2, failure_rate_threshold=0.5),
+        limits=LimitsConfig(adaptive=adaptive),
+        providers={"p": ProviderConfig(type="simulated", max_concurrency=max_concurrency, **provider)},
+    )
+    return Gate(redis, settings.keys, cfg)
+
+
+async def _settle_keeping(gate: Gate, adm: Admission, outcome: str = "success") -> Admission | None:
+    call = gate.settle_call(adm, outcome, 5.0, 1, handoff=True, keep=True)
+    assert call is not None
+    reply = await call.script(call.keys, call.args)
+    return gate.passed_on(adm, reply)
+
+
+async def test_a_successful_call_passes_its_lease_on(redis, settings) -> None:  # type: ignore[no-untyped-def]
+    gate = _gate(redis, settings)
+    leases = settings.keys.gate_leases("p")
+    held = [await gate.admit("p", None, 1) for _ in range(4)]
+    assert gate.can_pass_on(held[0])
+    before = await redis.zscore(leases, held[0].lease)
+    slot = await _settle_keeping(gate, held[0])
+    assert slot is not None and slot.lease == held[0].lease and slot.ok
+    assert (slot.limit, slot.in_flight) == (4, 4)
+    assert await redis.zcard(leases) == 4  # nothing freed: the slot runs on for the waiting job
+    assert await redis.zscore(leases, slot.lease) > before  # for a whole new lease time
+    assert (await gate.admit("p", None, 1)).reason == "saturated"
+    await gate.settle(slot, "success", 5.0, 1)  # the job that took it ends: now it is freed
+    assert await redis.zcard(leases) == 3
+    await gate.settle(held[1], "success", 5.0, 1)
+
+
+async def test_a_failed_call_or_an_open_breaker_releases_the_lease(redis, settings) -> None:  # type: ignore[no-untyped-def]
+    gate = _gate(redis, settings)
+    leases = settings.keys.gate_leases("p")
+    a, b = await gate.admit("p", None, 1), await gate.admit("p", None, 1)
+    assert await _settle_keeping(gate, a, "failure") is None
+    assert await redis.zscore(leases, a.lease) is None
+    # the second failure in a row trips the breaker (2 calls, 100% failures): nothing may run on
+    assert await _settle_keeping(gate, b, "failure") is None
+    assert (await gate.snapshot("p"))["state"] == "open"
+    assert await redis.zcard(leases) == 0
+
+
+async def test_a_lease_over_a_lowered_limit_is_released(redis, settings) -> None:  # type: ignore[no-untyped-def]
+    gate = _gate(redis, settings, adaptive=True)
+    held = [await gate.admit("p", None, 1) for _ in range(3)]
+    await redis.hset(settings.keys.gate_state("p"), "lim", 2)  # the adaptive limit shrank meanwhile
+    assert await _settle_keeping(gate, held[0]) is None  # 3 in flight > 2
+    slot = await _settle_keeping(gate, held[1])  # 2 in flight: within it
+    assert slot is not None and slot.limit == 2
+
+
+async def test_an_expired_lease_is_not_brought_back(redis, settings) -> None:  # type: ignore[no-untyped-def]
+    gate = _gate(redis, settings)
+    leases = settings.keys.gate_leases("p")
+    adm = await gate.admit("p", None, 1)
+    await redis.zrem(leases, adm.lease)  # reclaimed as expired (its worker seemed dead)
+    assert await _settle_keeping(gate, adm) is None
+    assert await redis.zcard(leases) == 0
+
+
+async def test_rate_limited_scopes_and_probes_admit_every_call(redis, settings) -> None:  # type: ignore[no-untyped-def]
+    assert not Gate.can_pass_on(await _gate(redis, settings, rpm=600).admit("p", None, 1))
+    assert not Gate.can_pass_on(await _gate(redis, settings, tpm=100_000).admit("p", None, 1))
+    adm = await _gate(redis, settings).admit("p", None, 1)
+    assert not Gate.can_pass_on(Admission(True, "p", None, "p", probe=True, policy=adm.policy))
+
+
+async def test_a_passed_on_lease_counts_the_workers_holding_slots(redis, settings) -> None:  # type: ignore[no-untyped-def]
+    a, b = _gate(redis, settings, max_concurrency=10), _gate(redis, settings, max_concurrency=10)
+    a.owners_every = 3600.0
+    held = await a.admit("p", None, 1)
+    assert held.owners == 1
+    await b.admit("p", None, 1)
+    a.owners_every = 0  # due: the settle that keeps the lease counts them
+    slot = await _settle_keeping(a, held)
+    assert slot is not None and slot.owners == 2
+
+
+async def test_a_worker_passes_slots_on_and_never_runs_more_than_the_limit(settings, redis) -> None:  # type: ignore[no-untyped-def]
+    from producer.client import FuseboxClient
+    from tests.integration.helpers import batch_lines, running_worker
+    from worker.jobs import CTX_KEY
+
+    limit, n = 4, 200
+    cfg = FileConfig.model_validate(
+        {
+            "providers": {
+                "sim4": {"type": "simulated", "max_concurrency": limit, "options": {"latency_ms": 20}}
+            },
+            "worker": {"max_jobs": 20},
+        }
+    )
+    s = settings.with_file(cfg)
+    client = FuseboxClient(redis, s)
+    async with running_worker(s, redis) as worker:
+        executor = worker.ctx[CTX_KEY]
+        gate, provider = executor.gate, executor.router.providers["sim4"]
+        admitted, running, most, calls = [0], [0], [0], [0]
+        admit, chat = gate.admit, provider.chat
+
+        async def counting_admit(*args: Any, **kwargs: Any) -> Admission:
+            adm = await admit(*args, **kwargs)
+            admitted[0] += adm.ok
+            return adm
+
+        async def counting_chat(*args: Any, **kwargs: Any) -> Any:
+            running[0] += 1
+            calls[0] += 1
+            most[0] = max(most[0], running[0])
+            try:
+                return await chat(*args, **kwargs)
+            finally:
+                running[0] -= 1
+
+        gate.admit, provider.chat = counting_admit, counting_chat
+        sub = await client.submit_batch(batch_lines(n, model="sim4/chat"))
+        counts = await client.wait_batch(sub.batch_id, poll=0.05, timeout=120)
+    assert counts.completed == n
+    assert most[0] == limit, (most, admitted, calls)
+    # jobs that wait in the worker take the slot a call of theirs frees: far fewer admissions than calls
+    assert admitted[0] < n // 2, admitted[0]
+    assert await redis.zcard(s.keys.gate_leases("sim4")) == 0  # every lease released in the end
