@@ -148,31 +148,28 @@ class Executor:
                 )
                 outcome = Outcome(None, None, info)
         result = self._result(spec, outcome, attempts, started)
-        if outcome.scope is not None and outcome.hand_off and not outcome.keep:
+        slot, given = None, False
+        if outcome.keep and outcome.admission is not None and outcome.scope is not None:
+            # The call's lease passes on to the next job waiting here, which calls at once, without an
+            # admission of its own; the settle going out with this result keeps the lease in Redis.
+            slot = self.gate.pass_on(outcome.admission)
+            given = self.local.give(outcome.scope, slot)
+        elif outcome.scope is not None and outcome.hand_off:
             # Woken now, the next job's admit joins the round trip this result's write (with the call's
             # settle, which frees the slot) goes out in, right behind it: one round trip between calls.
             self.local.release(outcome.scope)
         try:
             settled = await self._write(spec, result, outcome.settle, outcome.admission, end)
         except BaseException:
-            if outcome.keep and outcome.admission is not None:
-                self.gate.unsettled(outcome.admission)  # a kept lease no job will take: released later
+            if slot is not None and not given:
+                self.gate.unsettled(slot)  # a kept lease no job took: released before the next admission
             raise
-        if outcome.keep:
-            await self._pass_on(outcome, settled)
+        if slot is not None:
+            self.gate.passed_on(slot, settled)
+            if not given:  # the waiting job left meanwhile
+                await self.calls.give_back(slot)
         metrics.record_result(result, spec.kind)
         return result
-
-    async def _pass_on(self, outcome: Outcome, settled: Any) -> None:
-        """The settle kept the call's lease for a job waiting here: that job takes it and calls at once,
-        without an admission of its own (a script and, often, a round trip less per call). If the gate
-        released it instead, the job is woken to ask for a slot as usual."""
-        assert outcome.admission is not None and outcome.scope is not None
-        slot = self.gate.passed_on(outcome.admission, settled)
-        if slot is None:
-            self.local.release(outcome.scope)
-        elif not self.local.give(slot.scope, slot):  # the waiting job left meanwhile
-            await self.calls.give_back(slot)
 
     def _lost_slot(self, slot: Any) -> None:
         """A job given a slot was cancelled before it could take it."""

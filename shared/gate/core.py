@@ -85,6 +85,7 @@ class Gate(GateOps):
         # Redis) at most this often per scope; admissions in between reuse the last count.
         self.owners_every = OWNERS_EVERY_S
         self._owners: dict[str, tuple[int, float]] = {}  # scope -> (count, monotonic time counted)
+        self._passing: dict[str, bool] = {}  # scope -> whether a slot may pass on (Gate.passed_on)
 
     # -- configuration -----------------------------------------------------
     def policy(self, provider: str, model: str | None = None, owner: str | None = None) -> Policy:
@@ -181,6 +182,7 @@ class Gate(GateOps):
             if isinstance(res, Exception):
                 raise res
         if res[0] == 1:
+            self._passing[scope] = True  # closed, and a slot was free
             owners = self._owners_now(scope, res[6], t, 1)
             return Admission(
                 True,
@@ -307,27 +309,32 @@ class Gate(GateOps):
         counted = self._owners.get(scope)
         return counted[0] if counted is not None else default
 
-    @staticmethod
-    def can_pass_on(adm: Admission) -> bool:
+    def can_pass_on(self, adm: Admission) -> bool:
         """Whether the slot of this admitted call may pass to another job without an admission of its
-        own: not a half-open probe, and no rate limit (each call reserves its share of those)."""
+        own: not a half-open probe, no rate limit (each call reserves its share of those), and the last
+        settle that passed one on saw the breaker closed and the calls in flight within the limit."""
         pol = adm.policy
-        return adm.ok and not adm.probe and pol is not None and not pol.rpm and not pol.tpm
+        return (
+            adm.ok and not adm.probe and pol is not None and not pol.rpm and not pol.tpm
+            and self._passing.get(adm.scope, True)
+        )  # fmt: skip
 
-    def passed_on(self, adm: Admission, reply: Any) -> Admission | None:
-        """The admission a kept lease (settle's reply to ``keep``) gives the next job: the same lease,
-        with the scope's figures as the settle saw them; None if the lease was released."""
-        if not isinstance(reply, list) or len(reply) < 8 or reply[2] != 1:
-            return None
-        owners = self._owners_now(adm.scope, reply[7], time.monotonic(), adm.owners)
-        return dataclasses.replace(
-            adm,
-            generation=reply[3],
-            limit_generation=reply[4],
-            limit=reply[5],
-            in_flight=reply[6],
-            owners=owners,
-        )
+    def pass_on(self, adm: Admission) -> Admission:
+        """The slot an admitted call that just succeeded passes on: its lease, with the latest count of
+        the workers holding the scope's slots (the settle sent with ``keep`` keeps the lease in Redis)."""
+        counted = self._owners.get(adm.scope)
+        return dataclasses.replace(adm, owners=counted[0] if counted is not None else adm.owners)
+
+    def passed_on(self, adm: Admission, reply: Any) -> bool:
+        """Take in the reply of a settle sent with ``keep``: whether the next slot may pass on, and the
+        workers holding slots if it counted them. False if the lease had expired (reclaimed: the call
+        the slot passed to runs without one, as a call that outlived its lease does)."""
+        if not isinstance(reply, list) or len(reply) < 7:
+            self._passing[adm.scope] = False  # not known: the next call asks the gate
+            return False
+        self._owners_now(adm.scope, reply[5], time.monotonic(), adm.owners)
+        self._passing[adm.scope] = reply[6] == 1
+        return reply[2] == 1
 
     async def renew(self, adm: Admission) -> bool:
         """Extend the call's lease (and probe lease); False if it had already expired and was reclaimed."""

@@ -14,15 +14,16 @@
 -- ARGV[28] success window, ARGV[29] events stream max length, ARGV[30] consecutive failures that trip,
 -- ARGV[31] '1' if the call was admitted with the concurrency limit reached (the limit was binding),
 -- ARGV[32] arq's in-progress key prefix, ARGV[33] '1': a job waiting in the caller's worker takes the
--- freed slot next (no call-back), ARGV[34] '1': keep the lease for that job if the call succeeded and
--- the scope may still run it (closed breaker, in flight within the limit, no rate limits: the caller
--- asks only then): the slot passes on without a release and a new admission, ARGV[35] lease ms,
+-- freed slot next (no call-back), ARGV[34] '1': the lease runs on for that job, which already calls
+-- (the caller passes a slot on only after a success, with no rate limits, while the last such settle
+-- said the scope may run it): no release and no new admission, ARGV[35] lease ms,
 -- ARGV[36] '1': with a kept lease, count the workers holding the scope's slots (as admit does)
 -- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue,
 -- KEYS[8] the workers refused lately as saturated (admit.lua)
--- Returns {state after, 1 if this outcome caused a transition else 0, 1 if the lease was kept else 0,
--- and when kept: breaker generation, limit generation, effective limit, in flight, workers holding
--- slots (0: not counted)}.
+-- Returns {state after, 1 if this outcome caused a transition else 0}; with ARGV[34] also: 1 if the
+-- lease runs on (0: it had expired and was reclaimed), the effective limit, in flight, workers holding
+-- slots (0: not counted), 1 if the scope may still run a passed-on slot (closed breaker, in flight
+-- within the limit) else 0.
 --#include _gate.lua
 
 local S, W, L, P, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -77,7 +78,7 @@ end
 
 if outcome == 'ignored' then
   if keep then redis.call('ZREM', L, id) end
-  return {st, 0, 0}
+  return {st, 0}
 end
 
 local rl_fails = ARGV[23] == '1'
@@ -211,12 +212,11 @@ if keep then
   if ARGV[24] == '1' then limit = math.max(1, math.floor(math.min(num(h[5], max_conc), max_conc))) end
   local inflight = redis.call('ZCARD', L)
   -- CH: 1 only if the lease was still there (ours) and now runs on; an expired one was reclaimed
-  if outcome == 'success' and (st == 'closed' or st == 'forced_closed') and inflight <= limit
-      and redis.call('ZADD', L, 'XX', 'CH', fmt(now + tonumber(ARGV[35])), id) == 1 then
-    local owners = 0
-    if ARGV[36] == '1' then owners = count_owners(L, KEYS[8], owner_of(id), now) end
-    return {st, moved, 1, cur_gen, num(h[6], 0), limit, inflight, owners}
-  end
-  redis.call('ZREM', L, id)
+  local kept = redis.call('ZADD', L, 'XX', 'CH', fmt(now + tonumber(ARGV[35])), id)
+  local owners = 0
+  if ARGV[36] == '1' then owners = count_owners(L, KEYS[8], owner_of(id), now) end
+  local may = 0
+  if (st == 'closed' or st == 'forced_closed') and inflight <= limit then may = 1 end
+  return {st, moved, kept, limit, inflight, owners, may}
 end
-return {st, moved, 0}
+return {st, moved}

@@ -22,11 +22,11 @@ def _gate(
     return Gate(redis, settings.keys, cfg)
 
 
-async def _settle_keeping(gate: Gate, adm: Admission, outcome: str = "success") -> Admission | None:
+async def _settle_keeping(gate: Gate, adm: Admission, outcome: str = "success") -> bool:
+    """Settle ``adm`` passing its slot on, as a worker does; whether its lease ran on."""
     call = gate.settle_call(adm, outcome, 5.0, 1, handoff=True, keep=True)
     assert call is not None
-    reply = await call.script(call.keys, call.args)
-    return gate.passed_on(adm, reply)
+    return gate.passed_on(adm, await call.script(call.keys, call.args))
 
 
 async def test_a_successful_call_passes_its_lease_on(redis, settings) -> None:  # type: ignore[no-untyped-def]
@@ -34,37 +34,43 @@ async def test_a_successful_call_passes_its_lease_on(redis, settings) -> None:  
     leases = settings.keys.gate_leases("p")
     held = [await gate.admit("p", None, 1) for _ in range(4)]
     assert gate.can_pass_on(held[0])
-    before = await redis.zscore(leases, held[0].lease)
-    slot = await _settle_keeping(gate, held[0])
-    assert slot is not None and slot.lease == held[0].lease and slot.ok
-    assert (slot.limit, slot.in_flight) == (4, 4)
-    assert await redis.zcard(leases) == 4  # nothing freed: the slot runs on for the waiting job
+    slot = gate.pass_on(held[0])
+    assert slot.lease == held[0].lease and slot.ok
+    before = await redis.zscore(leases, slot.lease)
+    assert await _settle_keeping(gate, held[0])
+    assert await redis.zcard(leases) == 4  # nothing freed: the slot runs on for the next job
     assert await redis.zscore(leases, slot.lease) > before  # for a whole new lease time
     assert (await gate.admit("p", None, 1)).reason == "saturated"
+    assert gate.can_pass_on(slot)  # closed, 4 of 4 in flight: the next may pass on too
     await gate.settle(slot, "success", 5.0, 1)  # the job that took it ends: now it is freed
     assert await redis.zcard(leases) == 3
     await gate.settle(held[1], "success", 5.0, 1)
 
 
-async def test_a_failed_call_or_an_open_breaker_releases_the_lease(redis, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_once_the_breaker_opens_slots_stop_passing_on(redis, settings) -> None:  # type: ignore[no-untyped-def]
     gate = _gate(redis, settings)
-    leases = settings.keys.gate_leases("p")
-    a, b = await gate.admit("p", None, 1), await gate.admit("p", None, 1)
-    assert await _settle_keeping(gate, a, "failure") is None
-    assert await redis.zscore(leases, a.lease) is None
-    # the second failure in a row trips the breaker (2 calls, 100% failures): nothing may run on
-    assert await _settle_keeping(gate, b, "failure") is None
+    a, b, c = [await gate.admit("p", None, 1) for _ in range(3)]
+    await gate.settle(a, "failure", 5.0, 1)
+    # the second failure trips the breaker (2 calls, 100% failures); a slot passed on meanwhile keeps its
+    # lease (its call already runs, as calls admitted before a trip do), and no slot passes on after it
+    await gate.settle(b, "failure", 5.0, 1)
+    assert await _settle_keeping(gate, c)
     assert (await gate.snapshot("p"))["state"] == "open"
-    assert await redis.zcard(leases) == 0
+    assert not gate.can_pass_on(c)
+    await gate.settle(c, "success", 5.0, 1)
+    assert await redis.zcard(settings.keys.gate_leases("p")) == 0
 
 
-async def test_a_lease_over_a_lowered_limit_is_released(redis, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_over_a_lowered_limit_slots_stop_passing_on(redis, settings) -> None:  # type: ignore[no-untyped-def]
     gate = _gate(redis, settings, adaptive=True)
     held = [await gate.admit("p", None, 1) for _ in range(3)]
     await redis.hset(settings.keys.gate_state("p"), "lim", 2)  # the adaptive limit shrank meanwhile
-    assert await _settle_keeping(gate, held[0]) is None  # 3 in flight > 2
-    slot = await _settle_keeping(gate, held[1])  # 2 in flight: within it
-    assert slot is not None and slot.limit == 2
+    assert await _settle_keeping(gate, held[0])
+    assert not gate.can_pass_on(held[1])  # 3 in flight > 2: the next call's slot goes back to the gate
+    await gate.settle(held[1], "success", 5.0, 1)
+    await gate.settle(held[2], "success", 5.0, 1)
+    assert await _settle_keeping(gate, held[0])  # 1 in flight: within it again
+    assert gate.can_pass_on(held[0])
 
 
 async def test_an_expired_lease_is_not_brought_back(redis, settings) -> None:  # type: ignore[no-untyped-def]
@@ -72,15 +78,17 @@ async def test_an_expired_lease_is_not_brought_back(redis, settings) -> None:  #
     leases = settings.keys.gate_leases("p")
     adm = await gate.admit("p", None, 1)
     await redis.zrem(leases, adm.lease)  # reclaimed as expired (its worker seemed dead)
-    assert await _settle_keeping(gate, adm) is None
+    assert not await _settle_keeping(gate, adm)
     assert await redis.zcard(leases) == 0
 
 
 async def test_rate_limited_scopes_and_probes_admit_every_call(redis, settings) -> None:  # type: ignore[no-untyped-def]
-    assert not Gate.can_pass_on(await _gate(redis, settings, rpm=600).admit("p", None, 1))
-    assert not Gate.can_pass_on(await _gate(redis, settings, tpm=100_000).admit("p", None, 1))
-    adm = await _gate(redis, settings).admit("p", None, 1)
-    assert not Gate.can_pass_on(Admission(True, "p", None, "p", probe=True, policy=adm.policy))
+    for gate in (_gate(redis, settings, rpm=600), _gate(redis, settings, tpm=100_000)):
+        assert not gate.can_pass_on(await gate.admit("p", None, 1))
+    gate = _gate(redis, settings)
+    adm = await gate.admit("p", None, 1)
+    assert gate.can_pass_on(adm)
+    assert not gate.can_pass_on(Admission(True, "p", None, "p", probe=True, policy=adm.policy))
 
 
 async def test_a_passed_on_lease_counts_the_workers_holding_slots(redis, settings) -> None:  # type: ignore[no-untyped-def]
@@ -89,9 +97,10 @@ async def test_a_passed_on_lease_counts_the_workers_holding_slots(redis, setting
     held = await a.admit("p", None, 1)
     assert held.owners == 1
     await b.admit("p", None, 1)
+    assert a.pass_on(held).owners == 1  # counted lately: not again
     a.owners_every = 0  # due: the settle that keeps the lease counts them
-    slot = await _settle_keeping(a, held)
-    assert slot is not None and slot.owners == 2
+    assert await _settle_keeping(a, held)
+    assert a.pass_on(held).owners == 2
 
 
 async def test_a_worker_passes_slots_on_and_never_runs_more_than_the_limit(settings, redis) -> None:  # type: ignore[no-untyped-def]
