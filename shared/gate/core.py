@@ -293,6 +293,7 @@ class Gate(GateOps):
             int(keep),
             int(pol.limits.lease_seconds * 1000),
             int(keep and self._count_owners(scope, time.monotonic())),
+            adm.waiter,
         ]
         return ScriptCall(self._settle, keys, args)
 
@@ -323,7 +324,8 @@ class Gate(GateOps):
         """The slot an admitted call that just succeeded passes on: its lease, with the latest count of
         the workers holding the scope's slots (the settle sent with ``keep`` keeps the lease in Redis)."""
         counted = self._owners.get(adm.scope)
-        return dataclasses.replace(adm, owners=counted[0] if counted is not None else adm.owners)
+        owners = counted[0] if counted is not None else adm.owners
+        return dataclasses.replace(adm, owners=owners, waiter="")
 
     def passed_on(self, adm: Admission, reply: Any) -> bool:
         """Take in the reply of a settle sent with ``keep``: whether the next slot may pass on, and the

@@ -17,7 +17,8 @@
 -- freed slot next (no call-back), ARGV[34] '1': the lease runs on for that job, which already calls
 -- (the caller passes a slot on only after a success, with no rate limits, while the last such settle
 -- said the scope may run it): no release and no new admission, ARGV[35] lease ms,
--- ARGV[36] '1': with a kept lease, count the workers holding the scope's slots (as admit does)
+-- ARGV[36] '1': with a kept lease, count the workers holding the scope's slots (as admit does),
+-- ARGV[37] the job id of a call that ran on a passed-on slot ('' = none): it leaves the scope's line
 -- KEYS[6] the scope's waiting zset (its line of deferred jobs), KEYS[7] the arq queue,
 -- KEYS[8] the workers refused lately as saturated (admit.lua)
 -- Returns {state after, 1 if this outcome caused a transition else 0}; with ARGV[34] also: 1 if the
@@ -53,12 +54,17 @@ if released == 1 and ARGV[33] ~= '1' then
   local nxt = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. fmt(now), '+inf', 'LIMIT', 0, 16)
   for _, job in ipairs(nxt) do
     if redis.call('EXISTS', ARGV[32] .. job) == 0 then
-      redis.call('ZADD', KEYS[6], fmt(now), job)
-      redis.call('ZADD', KEYS[7], 'XX', 'LT', math.floor(now), job)
-      break
+      if redis.call('ZSCORE', KEYS[7], job) then
+        redis.call('ZADD', KEYS[6], fmt(now), job)
+        redis.call('ZADD', KEYS[7], 'XX', 'LT', math.floor(now), job)
+        break
+      end
+      redis.call('ZREM', KEYS[6], job)  -- answered already (a slot passed on to it): calls back no one
     end
   end
 end
+-- A job that ran on a slot passed on to it never had an admission take it out of the line it stood in.
+if ARGV[37] ~= '' then redis.call('ZREM', KEYS[6], ARGV[37]) end
 
 local h = redis.call('HMGET', S, 'st', 'gen', 'ttat', 'lat', 'lim', 'lgen', 'lmax', 'cf', 'okrun')
 -- The state hash's plain writes of a counted call (latency, failure streak reset, success run) go out

@@ -36,6 +36,7 @@ class Admission:
     owners: int = 1  # workers (gates) holding the scope's slots at admission, this one included
     est_tokens: int = 0
     policy: Policy | None = field(default=None, repr=False)
+    waiter: str = ""  # a passed-on slot's job (Gate.pass_on): its settle takes it out of the scope's line
 
 
 def outcome_of(err: ProviderError | None) -> Outcome:

@@ -147,3 +147,34 @@ async def test_a_worker_passes_slots_on_and_never_runs_more_than_the_limit(setti
     # jobs that wait in the worker take the slot a call of theirs frees: far fewer admissions than calls
     assert admitted[0] < n // 2, admitted[0]
     assert await redis.zcard(s.keys.gate_leases("sim4")) == 0  # every lease released in the end
+
+
+async def test_a_job_that_ran_on_a_passed_on_slot_leaves_the_line_and_is_not_called_back(
+    redis, settings
+) -> None:  # type: ignore[no-untyped-def]
+    """A job refused a slot stands in the scope's line; if it then runs on a slot passed on in its worker,
+    no admission takes it out. Its settle does; and a freed slot skips a line entry whose job is no longer
+    queued (answered), calling back the next one instead of no one."""
+    from arq.utils import timestamp_ms
+
+    gate = _gate(redis, settings, max_concurrency=1)
+    queue, line = settings.keys.queue, settings.keys.gate_waiting("p")
+    took, gone, deferred = (f"{settings.namespace}-{x}" for x in ("took", "gone", "deferred"))
+    running = await gate.admit("p", None, 1)
+    far = timestamp_ms() + 60_000
+    try:
+        await redis.zadd(queue, {deferred: far})  # gone: answered and out of the queue
+        for job in (gone, took, deferred):
+            assert (await gate.admit("p", None, 1, waiter=job)).reason == "saturated"
+        assert await redis.zcard(line) == 3
+        slot = gate.pass_on(running)
+        call = gate.settle_call(slot, "success", 5.0, 1, handoff=True, keep=True)
+        assert call is not None and gate.passed_on(running, await call.script(call.keys, call.args))
+        import dataclasses
+
+        await gate.settle(dataclasses.replace(slot, waiter=took), "success", 5.0, 1)
+        assert await redis.zscore(line, took) is None  # its settle took it out of the line
+        assert await redis.zscore(line, gone) is None  # skipped and dropped
+        assert await redis.zscore(queue, deferred) <= timestamp_ms()  # called back in its place
+    finally:
+        await redis.zrem(queue, deferred)
