@@ -55,7 +55,6 @@ class Calls:
         self._started = started
         self.calling: Counter[str] = Counter()  # this worker's provider calls in flight, by gate scope
         self.asking: Counter[str] = Counter()  # this worker's admissions not answered yet, by gate scope
-        self._used: set[str] = set()  # passed-on leases a job has taken (try_candidates' slot)
         self.latency: dict[str, float] = {}  # moving mean of this worker's call latency by scope, seconds
 
     async def try_candidates(
@@ -82,14 +81,80 @@ class Calls:
         used for the first call on its scope instead of an admission; given back if unused.
         """
         try:
-            return await self._try_candidates(
-                spec, candidates, attempts, est, lines, denied, errors, owners, caps, slot
-            )
+            last: ProviderError | None = None
+            for cand in candidates:
+                budget = spent(attempts, candidates, self.policy.max_attempts)[0]
+                used = budget.get((cand.provider.name, cand.model), 0)
+                for n in range(used, self.policy.max_attempts):
+                    owner = owners.get(cand.provider.name)
+                    granted = None
+                    if slot is not None:
+                        if self.gate.policy(cand.provider.name, cand.model, owner).scope == slot.scope:
+                            granted, slot = slot, None  # taken: _one_call calls on it or gives it back
+                    call = await self._one_call(spec, cand, est, lines, owner, caps, granted)
+                    if isinstance(call, ErrorInfo):
+                        return Outcome(None, cand, call)  # a single job over its budget
+                    adm, resp, err, latency = call.adm, call.resp, call.err, call.latency
+                    if not adm.ok:
+                        denied.append(adm)
+                        break  # saturated / open: the next candidate, or wait / defer the job
+                    tokens = resp.usage.total_tokens if resp is not None else 0
+                    # a job of this worker waiting for this scope takes the slot next (released in _run)
+                    share = self.within_share(adm)
+                    handoff = share and self.local.queued([adm.scope])
+                    # a job waits here for this scope: the lease runs on for it (no release, no admission)
+                    keep = handoff and resp is not None and self.gate.can_pass_on(adm)
+                    settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens, handoff, keep)
+                    if resp is not None:
+                        attempts.append(
+                            Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
+                        )
+                        return Outcome(resp, cand, None, settle, adm.scope, adm, share, keep)
+                    assert err is not None
+                    last = err
+                    errors.append(err)
+                    attempts.append(
+                        Attempt(
+                            provider=cand.provider.name,
+                            model=cand.model,
+                            latency_ms=latency,
+                            status=err.status or 0,
+                            error_class=err.error_class.value,
+                        )
+                    )
+                    if err.error_class is ErrorClass.FINAL:
+                        return Outcome(None, cand, info(err), settle, adm.scope, adm, share)
+                    await self._settle(spec, adm, outcome_of(err), latency, tokens, handoff)
+                    if share:
+                        self.local.release(adm.scope)
+                    if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
+                        break  # this candidate cannot serve it: the next one
+                    if n + 1 < self.policy.max_attempts:
+                        metrics.RETRIES.labels(cand.provider.name).inc()
+                        delay = self.policy.delay(n, err.retry_after)
+                        if self.policy.should_defer(delay):
+                            raise Deferred(delay, [f"{cand.label} asked to wait"])
+                        await asyncio.sleep(delay)
+            if denied and (last is None or last.error_class is not ErrorClass.CONTEXT):
+                return None
+            if last is not None and last.error_class is ErrorClass.RATE_LIMITED:
+                # Back-pressure, not failure (adaptive concurrency even probes for it): the job goes back to
+                # arq until the provider's wait is over; only arq's last try fails it.
+                delay = max(last.retry_after or 0.0, self.policy.delay(self.policy.max_attempts - 1))
+                raise Deferred(delay, [f"{attempts[-1].provider}/{attempts[-1].model}: rate limited"])
+            if last is None:  # every candidate's attempts were spent in earlier rounds or runs
+                last = errors[-1] if errors else spent_error(attempts)
+            if last.error_class is ErrorClass.TRANSIENT and spec.batch_id is not None:
+                # Transient failures never fail a batch line early: it waits for another round.
+                age = time.time() - (spec.submitted_at or time.time())
+                if self.policy.may_wait(failed_attempts(attempts), age):
+                    rounds = spent(attempts, candidates, self.policy.max_attempts)[1]
+                    delay = self.policy.round_delay(rounds)
+                    raise Deferred(delay, [f"every candidate failed (round {rounds})"], info(last))
+            return Outcome(None, None, info(last))
         finally:
-            if slot is not None:
-                if slot.lease not in self._used:
-                    await self.give_back(slot)
-                self._used.discard(slot.lease)
+            if slot is not None:  # no call took it
+                await self.give_back(slot)
 
     async def give_back(self, slot: Admission) -> None:
         """Release a passed-on lease no job took (its outcome is not the provider's)."""
@@ -97,92 +162,6 @@ class Calls:
             await self.gate.settle(slot, "ignored", 0.0, 0)
         except Exception:
             self.gate.unsettled(slot)  # released before this worker's next admission
-
-    async def _try_candidates(
-        self,
-        spec: JobSpec,
-        candidates: list[Candidate],
-        attempts: list[Attempt],
-        est: int,
-        lines: list[str],
-        denied: list[Admission],
-        errors: list[ProviderError],
-        owners: dict[str, str],
-        caps: Caps,
-        slot: Admission | None,
-    ) -> Outcome | None:
-        last: ProviderError | None = None
-        for cand in candidates:
-            budget = spent(attempts, candidates, self.policy.max_attempts)[0]
-            used = budget.get((cand.provider.name, cand.model), 0)
-            for n in range(used, self.policy.max_attempts):
-                owner = owners.get(cand.provider.name)
-                granted = None
-                if slot is not None and slot.lease not in self._used:
-                    if self.gate.policy(cand.provider.name, cand.model, owner).scope == slot.scope:
-                        granted = slot
-                        self._used.add(slot.lease)
-                call = await self._one_call(spec, cand, est, lines, owner, caps, granted)
-                if isinstance(call, ErrorInfo):
-                    return Outcome(None, cand, call)  # a single job over its budget
-                adm, resp, err, latency = call.adm, call.resp, call.err, call.latency
-                if not adm.ok:
-                    denied.append(adm)
-                    break  # saturated / open: the next candidate, or wait / defer the job
-                tokens = resp.usage.total_tokens if resp is not None else 0
-                # a job of this worker waiting for this scope takes the slot next (released in _run)
-                share = self.within_share(adm)
-                handoff = share and self.local.queued([adm.scope])
-                # a job waits here for this scope: the lease runs on for it (no release, no admission)
-                keep = handoff and resp is not None and self.gate.can_pass_on(adm)
-                settle = self.gate.settle_call(adm, outcome_of(err), latency, tokens, handoff, keep)
-                if resp is not None:
-                    attempts.append(
-                        Attempt(provider=cand.provider.name, model=cand.model, latency_ms=latency)
-                    )
-                    return Outcome(resp, cand, None, settle, adm.scope, adm, share, keep)
-                assert err is not None
-                last = err
-                errors.append(err)
-                attempts.append(
-                    Attempt(
-                        provider=cand.provider.name,
-                        model=cand.model,
-                        latency_ms=latency,
-                        status=err.status or 0,
-                        error_class=err.error_class.value,
-                    )
-                )
-                if err.error_class is ErrorClass.FINAL:
-                    return Outcome(None, cand, info(err), settle, adm.scope, adm, share)
-                await self._settle(spec, adm, outcome_of(err), latency, tokens, handoff)
-                if share:
-                    self.local.release(adm.scope)
-                if err.error_class in (ErrorClass.CONTEXT, ErrorClass.UNAVAILABLE):
-                    break  # this candidate cannot serve it: the next one
-                if n + 1 < self.policy.max_attempts:
-                    metrics.RETRIES.labels(cand.provider.name).inc()
-                    delay = self.policy.delay(n, err.retry_after)
-                    if self.policy.should_defer(delay):
-                        raise Deferred(delay, [f"{cand.label} asked to wait"])
-                    await asyncio.sleep(delay)
-        if denied and (last is None or last.error_class is not ErrorClass.CONTEXT):
-            return None
-        if last is not None and last.error_class is ErrorClass.RATE_LIMITED:
-            # Back-pressure, not failure (adaptive concurrency even probes for it): the job goes back to
-            # arq until the provider's wait is over; only arq's last try fails it.
-            delay = max(last.retry_after or 0.0, self.policy.delay(self.policy.max_attempts - 1))
-            raise Deferred(delay, [f"{attempts[-1].provider}/{attempts[-1].model}: rate limited"])
-        if last is None:  # every candidate's attempts were spent in earlier rounds or runs
-            last = errors[-1] if errors else spent_error(attempts)
-        if last.error_class is ErrorClass.TRANSIENT and spec.batch_id is not None:
-            # Transient failures never fail a batch line early: it waits for another round.
-            age = time.time() - (spec.submitted_at or time.time())
-            if self.policy.may_wait(failed_attempts(attempts), age):
-                rounds = spent(attempts, candidates, self.policy.max_attempts)[1]
-                delay = self.policy.round_delay(rounds)
-                raise Deferred(delay, [f"every candidate failed (round {rounds})"], info(last))
-        return Outcome(None, None, info(last))
 
     def within_share(self, adm: Admission) -> bool:
         """Whether this worker, handing the slot its call just freed to a job of its own, would hold no
