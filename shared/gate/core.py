@@ -256,9 +256,8 @@ class Gate(GateOps):
         keep: bool = False,
     ) -> ScriptCall | None:
         """The settle script call, for callers that pipeline it with their own writes (one round trip).
-        ``keep`` (with ``handoff``, for a call that succeeded, where ``can_pass_on``): the lease runs on
-        for the job waiting in the caller's worker if the scope may still run it; ``passed_on`` reads
-        the reply."""
+        ``keep`` (for a call that succeeded, where ``can_pass_on``): the lease runs on for the job the
+        caller passed the slot to (``pass_on``); ``passed_on`` reads the reply."""
         if not adm.ok:
             return None
         if outcome not in OUTCOMES:
