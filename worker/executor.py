@@ -159,7 +159,10 @@ class Executor:
             # settle, which frees the slot) goes out in, right behind it: one round trip between calls.
             self.local.release(outcome.scope)
         try:
-            settled = await self._write(spec, result, outcome.settle, outcome.admission, end)
+            # a lease given on belongs to the job that took it: a failed write must not release it under that
+            # job's call (its own settle releases it)
+            owned = None if given else outcome.admission
+            settled = await self._write(spec, result, outcome.settle, owned, end)
         except BaseException:
             if slot is not None and not given:
                 self.gate.unsettled(slot)  # a kept lease no job took: released before the next admission
