@@ -135,6 +135,8 @@ def main() -> None:
                 detail += f"; submit->first call {r['first_call_ms']:.0f} ms"
             if r.get("tail_s"):
                 detail += "; 99%/all calls/done at {:.1f}/{:.1f}/{:.1f} s".format(*r["tail_s"])
+            if r.get("mid_held") is not None:  # below the limit: slots idle between calls
+                detail += f"; mean in flight mid-run {r['mid_held']:.1f}"
             if r.get("call_ms") is not None:
                 detail += f"; calls took {r['call_ms']:.0f} ms"
             if len(r.get("per_worker") or ()) > 1:

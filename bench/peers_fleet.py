@@ -135,6 +135,7 @@ def fusebox(
             "cpu": worker_cpu + redis_cpu + cpu_self,
             "parts": {"workers": worker_cpu, "redis": redis_cpu, "submitter": cpu_self},
             "max_inflight": st["max"],
+            "mid_held": st.get("mid_held"),
             "calls": st["count"],
             "first_call_ms": (st["first"] - t_submit) * 1000 if st["first"] else None,
             # the tail: 99% of the calls answered, the last answered, the batch seen complete (from submit)

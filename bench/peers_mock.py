@@ -25,6 +25,9 @@ def serve_mock(port: int, latency_ms: float) -> None:
 
     state = {"inflight": 0, "max": 0, "count": 0, "first": 0.0, "t99": 0.0, "last": 0.0}
     ends: list[float] = []  # when each call was answered, for the tail
+    # (time, calls held) at each change: the mean held over the middle of the run tells slot gaps
+    # between calls (a client slow to send the next) from the ramp at the start and the tail at the end
+    held: list[tuple[float, int]] = []
     body = json.dumps(
         {
             "id": "chatcmpl-mock",
@@ -41,6 +44,7 @@ def serve_mock(port: int, latency_ms: float) -> None:
     async def chat(request: web.Request) -> web.Response:
         await request.read()
         state["inflight"] += 1
+        held.append((time.perf_counter(), state["inflight"]))
         state["count"] += 1
         if not state["first"]:
             state["first"] = time.time()
@@ -49,17 +53,19 @@ def serve_mock(port: int, latency_ms: float) -> None:
             await asyncio.sleep(latency_ms / 1000)
         finally:
             state["inflight"] -= 1
+            held.append((time.perf_counter(), state["inflight"]))
             ends.append(time.time())
         return web.Response(body=body, content_type="application/json")
 
     async def stats(request: web.Request) -> web.Response:
         if ends:
             state.update(t99=ends[int(len(ends) * 0.99) - 1 if len(ends) >= 100 else -1], last=ends[-1])
-        return web.json_response(state)
+        return web.json_response({**state, "mid_held": _mean_held(held)})
 
     async def reset(request: web.Request) -> web.Response:
         state.update(max=0, count=0, first=0.0, t99=0.0, last=0.0)
         ends.clear()
+        held.clear()
         return web.json_response(state)
 
     app = web.Application()
@@ -67,6 +73,15 @@ def serve_mock(port: int, latency_ms: float) -> None:
     app.router.add_get("/stats", stats)
     app.router.add_post("/reset", reset)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def _mean_held(held: list[tuple[float, int]]) -> float | None:
+    """Calls held on average between the 10% and the 90% marks of the changes (time-weighted)."""
+    if len(held) < 100:
+        return None
+    a, b = len(held) // 10, len(held) * 9 // 10
+    area = sum(n * (held[i + 1][0] - t) for i, (t, n) in enumerate(held[a:b], a))
+    return area / (held[b][0] - held[a][0])
 
 
 class Mock:

@@ -47,9 +47,9 @@ class WorkerConfig(_Section):
     lane_window: int = Field(1000, ge=1)
     # Fill workers one at a time: a worker with no jobs takes none while a busier one uses less than this
     # share of a CPU core and has job slots free. Fewer, busier event loops cost less CPU per job (their
-    # calls and round trips share wake-ups) but answer each call a little later. 0 (the default): every
-    # worker claims alike (worker/fill.py).
-    fill_cpu: float = Field(0.0, ge=0, le=1)
+    # calls and round trips share wake-ups, and a small provider limit is not split into shares too
+    # small to fill). 0: every worker claims alike (worker/fill.py).
+    fill_cpu: float = Field(0.5, ge=0, le=1)
     # arq counts every deferral (saturated provider, long Retry-After) as a try.
     max_tries: int = Field(1000, ge=2)
     # A running job's in-progress lease: renewed by its worker's heartbeat every third of it, so a

@@ -22,6 +22,8 @@ async def test_two_workers_hold_the_providers_slots_about_evenly(settings: Setti
             "providers": {
                 "sim8": {"type": "simulated", "max_concurrency": LIMIT, "options": {"latency_ms": 20}}
             },
+            # both workers claim from the start (the default fills one worker first: test_fill.py)
+            "worker": {"fill_cpu": 0},
         }
     )
     s = settings.with_file(cfg)
