@@ -75,22 +75,59 @@ else
   for i = FIRST, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
 local start = ARGV[10] ~= ''
-local stride = start and 5 or 2
 
--- the job is ours: hand it out, with arq's start transaction (GET job, INCR + EXPIRE try, ZREM abort)
-local function took(id, score)
-  out[#out + 1] = id
-  out[#out + 1] = score
-  if start then
-    out[#out + 1] = redis.call('GET', ARGV[10] .. id)
-    local try = ARGV[11] .. id
-    out[#out + 1] = redis.call('INCR', try)
-    redis.call('EXPIRE', try, 88400)  -- arq's own expiry of the count
-    out[#out + 1] = ARGV[12] ~= '' and redis.call('ZREM', ARGV[12], id) or 0
+-- Redis commands taking many arguments at once, in chunks (Lua's unpack has a limit of a few thousand)
+local CHUNK = 500  -- even: a ZADD's score-member pairs never split
+local function many(cmd, key, items)
+  local replies = {}
+  for i = 1, #items, CHUNK do
+    local part = {unpack(items, i, math.min(#items, i + CHUNK - 1))}
+    local r
+    if key then r = redis.call(cmd, key, unpack(part)) else r = redis.call(cmd, unpack(part)) end
+    if type(r) == 'table' then
+      for _, v in ipairs(r) do replies[#replies + 1] = v end
+    end
   end
+  return replies
+end
+
+-- the jobs are ours: noted as taken here, handed out at the end (emit) with arq's start transaction
+-- (GET job, INCR + EXPIRE try, ZREM abort) done for all of them with a few calls
+local took_ids, took_scores = {}, {}
+local function took(id, score)
+  took_ids[#took_ids + 1] = id
+  took_scores[#took_scores + 1] = score
+end
+local function emit()
+  local payloads, aborted = {}, {}
+  if start and #took_ids > 0 then
+    local jobs = {}
+    for i, id in ipairs(took_ids) do jobs[i] = ARGV[10] .. id end
+    payloads = many('MGET', nil, jobs)
+    if ARGV[12] ~= '' then
+      aborted = many('ZMSCORE', ARGV[12], took_ids)
+      local marked = {}
+      for i, id in ipairs(took_ids) do
+        if aborted[i] then marked[#marked + 1] = id end
+      end
+      if #marked > 0 then many('ZREM', ARGV[12], marked) end
+    end
+  end
+  for i, id in ipairs(took_ids) do
+    out[#out + 1] = id
+    out[#out + 1] = took_scores[i]
+    if start then
+      out[#out + 1] = payloads[i]
+      local try = ARGV[11] .. id
+      out[#out + 1] = redis.call('INCR', try)
+      redis.call('EXPIRE', try, 88400)  -- arq's own expiry of the count
+      out[#out + 1] = aborted[i] and 1 or 0
+    end
+  end
+  return out
 end
 for _, id in ipairs(ids) do
-  if #out >= stride * want then break end
+  if #took_ids >= want then break end
   local ip = ARGV[1] .. id
   local ttl = redis.call('PTTL', ip)
   if ttl == -2 then
@@ -105,21 +142,21 @@ for _, id in ipairs(ids) do
   end
 end
 
-local function noted(result)
+local function noted()
   -- this worker's load after the claim, for the others' next claims; one that found fewer jobs than it
   -- asked for has no room to offer (it may sleep a while now: nobody should wait for it)
   if fleet ~= '' then
-    local got = #out / stride
+    local got = #took_ids
     note(tonumber(ARGV[13]) + got, got < want and '0' or ARGV[14])
   end
-  return result
+  return emit()
 end
 
-local need = want - #out / stride
+local need = want - #took_ids
 local window = tonumber(ARGV[7])
-if need <= 0 or window <= 0 then return noted(out) end
+if need <= 0 or window <= 0 then return noted() end
 local names = redis.call('SMEMBERS', KEYS[2])
-if #names == 0 then return noted(out) end
+if #names == 0 then return noted() end
 table.sort(names)  -- ties go the same way in every call
 
 -- A tenant's lines out (claimed from its lane and held by a worker: running or waiting there for a
@@ -163,41 +200,82 @@ for _, name in ipairs(names) do
   end
 end
 
+-- Up to k lines from the head of lane l in one go: the ones not in the queue already are ours (-> how
+-- many, and whether the lane is empty now).
+local function take_lane(l, k)
+  local head = redis.call('ZRANGE', l.key, 0, k - 1, 'WITHSCORES')
+  local ids, scores = {}, {}
+  for i = 1, #head, 2 do
+    ids[#ids + 1] = head[i]
+    scores[#scores + 1] = head[i + 1]
+  end
+  local got = 0
+  if #ids > 0 then
+    many('ZREM', l.key, ids)
+    local queued = many('ZMSCORE', KEYS[1], ids)  -- never in both: a line in the queue runs from there
+    local parks, outs = {}, {}
+    for i, id in ipairs(ids) do
+      if not queued[i] then
+        -- from here on an ordinary arq job: finish, retry, lease expiry and reconciliation as usual
+        redis.call('SET', ARGV[1] .. id, ARGV[5], 'PX', ARGV[2])
+        parks[#parks + 1] = parked
+        parks[#parks + 1] = id
+        outs[#outs + 1] = now
+        outs[#outs + 1] = id
+        took(id, scores[i])
+        got = got + 1
+      end
+    end
+    if got > 0 then
+      many('ZADD', KEYS[1], parks)
+      many('ZADD', l.okey, outs)
+    end
+  end
+  return got, #ids < k or redis.call('EXISTS', l.key) == 0
+end
+
+-- Rounds of smooth weighted round robin: each plans the picks still needed without a Redis call, then
+-- takes each lane's picks in one go. A lane that ran empty leaves the rotation (its picks go to the
+-- others next round); one at its bound keeps its credit for the next claim.
 local taken = 0
 while taken < need and #lanes > 0 do
-  local total, best = 0, nil
+  local rot = {}
   for _, l in ipairs(lanes) do
-    l.cur = l.cur + l.w
-    total = total + l.w
-    if best == nil or l.cur > best.cur then best = l end
+    l.want = 0
+    rot[#rot + 1] = l
   end
-  best.cur = best.cur - total
-  local head = redis.call('ZRANGE', best.key, 0, 0, 'WITHSCORES')
-  local id, score = head[1], head[2]
-  local drop = id == nil
-  if id then
-    redis.call('ZREM', best.key, id)
-    if not redis.call('ZSCORE', KEYS[1], id) then  -- never in both: a line in the queue runs from there
-      -- from here on an ordinary arq job: finish, retry, lease expiry and reconciliation as usual
-      redis.call('ZADD', KEYS[1], parked, id)
-      redis.call('SET', ARGV[1] .. id, ARGV[5], 'PX', ARGV[2])
-      redis.call('ZADD', best.okey, now, id)
-      best.n = best.n + 1
-      took(id, score)
-      taken = taken + 1
+  for _ = 1, need - taken do
+    if #rot == 0 then break end
+    local total, best, at = 0, nil, 0
+    for i, l in ipairs(rot) do
+      l.cur = l.cur + l.w
+      total = total + l.w
+      if best == nil or l.cur > best.cur then best, at = l, i end
     end
-    drop = redis.call('EXISTS', best.key) == 0
-    if drop then
-      redis.call('SREM', KEYS[2], best.name)
-      redis.call('HDEL', KEYS[4], best.name)
+    best.cur = best.cur - total
+    best.want = best.want + 1
+    if best.n + best.want >= best.bound then table.remove(rot, at) end
+  end
+  local left = {}
+  for _, l in ipairs(lanes) do
+    local empty = false
+    if l.want > 0 then
+      local got
+      got, empty = take_lane(l, l.want)
+      taken = taken + got
+      l.n = l.n + got
+    end
+    if empty then
+      -- it leaves the rotation and banks no credit
+      redis.call('SREM', KEYS[2], l.name)
+      redis.call('HDEL', KEYS[4], l.name)
+    elseif l.n >= l.bound then
+      redis.call('HSET', KEYS[4], l.name, l.cur)
+    else
+      left[#left + 1] = l
     end
   end
-  if drop or best.n >= best.bound then
-    if not drop then redis.call('HSET', KEYS[4], best.name, best.cur) end
-    for i, l in ipairs(lanes) do
-      if l == best then table.remove(lanes, i) break end
-    end
-  end
+  lanes = left
 end
 for _, l in ipairs(lanes) do redis.call('HSET', KEYS[4], l.name, l.cur) end
-return noted(out)
+return noted()

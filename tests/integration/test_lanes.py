@@ -86,6 +86,52 @@ async def test_lines_are_claimed_at_the_tenants_weights_across_workers(settings,
     assert len(rest) == 20 and all(c.startswith(b) for c in rest)
 
 
+async def test_one_large_claim_takes_each_line_once_with_its_start(settings, redis):
+    """A claim takes each lane's share of its lines in a few calls (claim.lua's take_lane and emit, in
+    chunks of 500): every line once, at the lanes' turns, each with its own payload, a first try and its
+    abort mark; a line that is in the queue already leaves its lane and is not started from it."""
+    k = settings.keys
+    client = FuseboxClient(redis, settings)
+    a = await _submit(client, "ta", 700)
+    b = await _submit(client, "tb", 700)
+    dup, cancelled = f"{a}:c5", f"{b}:c7"  # c5 queued already (a deferral, say); c7 has an abort mark
+    await redis.zadd(k.queue, {dup: NOW_MS})
+    abort_key = "fusebox-test-abort"
+    await redis.zadd(abort_key, {cancelled: NOW_MS})
+    script = scripts.load(redis, "claim", fuse_worker.__file__)
+    start = [ARQ_JOB, "fusebox-test-try:", abort_key]
+    want = 1201
+    args = [ARQ_IN_PROGRESS, 60_000, NOW_MS, want, "w", k.lane_prefix, 10**6, LANE_OUT_SUFFIX, 0, *start]
+    args += [0, 0, 0]  # no fleet loads
+    got = await script(keys=[k.queue, k.lanes, k.lane_weights, k.lane_turns, ""], args=args)
+    rows = [got[i : i + 5] for i in range(0, len(got), 5)]
+    ids = [r[0].decode() for r in rows]
+    assert len(ids) == want and len(set(ids)) == want and dup not in ids
+    per = Counter(i.split(":")[0] for i in ids)
+    assert abs(per[a] - per[b]) <= 1  # equal weights: equal turns
+    payloads = await redis.mget(*(ARQ_JOB + i for i in ids))
+    assert [r[2] for r in rows] == payloads and all(payloads)
+    assert {int(r[3]) for r in rows} == {1}  # each line's first try, counted
+    assert {i for i, r in zip(ids, rows, strict=True) if r[4] == 1} == ({cancelled} & set(ids))
+    assert await redis.zscore(abort_key, cancelled) is None or cancelled not in ids
+    assert await redis.exists(*(ARQ_IN_PROGRESS + i for i in ids)) == want  # leased, parked in the queue
+    assert await redis.zcard(k.queue) == want + 1  # and the queued line, left where it was
+    assert await redis.zscore(k.lane("ta"), "c5") is None and await redis.zscore(k.lane("ta"), dup) is None
+    left = await redis.zcard(k.lane("ta")) + await redis.zcard(k.lane("tb"))
+    assert left == 1400 - want - 1
+
+
+async def test_a_claim_larger_than_luas_unpack_takes_it_in_chunks(settings, redis):
+    """One lane's 4,101 lines in one take: a ZADD of 4,101 score-member pairs is past the 8,000 values
+    Lua's unpack passes at once ("too many results to unpack"): claim.lua sends such commands in chunks."""
+    k = settings.keys
+    client = FuseboxClient(redis, settings)
+    await _submit(client, "ta", 4200)
+    got = await _claim(redis, k, "w", 4101)
+    assert len(got) == len(set(got)) == 4101
+    assert await redis.zcard(k.queue) == 4101 and await redis.zcard(k.lane("ta")) == 99
+
+
 async def test_a_tenant_stops_taking_turns_at_its_window_of_lines_out(settings, redis):
     k = settings.keys
     client = FuseboxClient(redis, settings)
