@@ -55,9 +55,7 @@ class LocalLines:
             lines[s].append(fut)
         self.waiting += 1
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return None
+            return await _within(fut, timeout)
         except asyncio.CancelledError:
             # cancelled (shutdown, job timeout) just after a slot was given to it: nobody else will free it
             if fut.done() and not fut.cancelled() and not isinstance(fut.result(), str) and self.on_lost:
@@ -81,9 +79,7 @@ class LocalLines:
             for s in scopes:
                 self._room[s].append(fut)
             try:
-                await asyncio.wait_for(fut, left)
-            except TimeoutError:
-                return self.has_room(scopes)
+                await _within(fut, left)
             finally:
                 for s in scopes:
                     _discard(self._room[s], fut)
@@ -114,6 +110,22 @@ class LocalLines:
                     fut.set_result(slot)
                     return True
         return False
+
+
+async def _within(fut: asyncio.Future[Any], timeout: float) -> Any:
+    """``fut``'s result, or None once ``timeout`` passed. A timer on the future itself: asyncio.wait_for
+    (Python 3.11) waits on a second future that ``fut`` completes, so its task resumes one loop iteration
+    later, and a passed-on slot would stay idle that much longer."""
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _discard(line: deque[Any], fut: asyncio.Future[Any]) -> None:

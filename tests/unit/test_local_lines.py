@@ -70,3 +70,35 @@ async def test_a_slot_given_to_a_waiting_job_reaches_it_or_comes_back() -> None:
     assert lost == [] or lost == [("slot", 2)]  # wait_for may still hand it over on 3.11
     if not lost:
         assert second.result() == ("slot", 2)
+
+
+async def test_a_given_slot_reaches_its_job_in_the_next_loop_iteration() -> None:
+    """The job a slot is given to runs in the loop's next iteration (asyncio.wait_for, on Python 3.11,
+    took two: the slot idled an iteration longer between calls); a wait that times out returns None."""
+    lines = LocalLines(per_scope_cap=10)
+    got: list[object] = []
+
+    async def wait() -> None:
+        got.append(await lines.wait(["p"], timeout=5))
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0)
+    slot = object()
+    assert lines.give("p", slot)
+    await asyncio.sleep(0)  # one iteration
+    assert got == [slot]
+    await task
+    assert await lines.wait(["p"], timeout=0.01) is None and lines.waiting == 0
+
+
+async def test_waiting_for_room_ends_when_a_place_frees_or_at_its_timeout() -> None:
+    lines = LocalLines(per_scope_cap=1)
+    held = asyncio.create_task(lines.wait(["p"], timeout=5))
+    await asyncio.sleep(0)
+    assert await lines.wait_room(["p"], timeout=0.01) is False  # full, and nothing freed a place in time
+    room = asyncio.create_task(lines.wait_room(["p"], timeout=5))
+    await asyncio.sleep(0)
+    assert lines.waiting_for_room("p") == 1
+    lines.release("p")  # the waiting job takes the slot: its place in the line frees
+    assert await held == "p" and await room is True
+    assert lines.waiting_for_room("p") == 0
