@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import Counter
@@ -210,7 +209,7 @@ class Calls:
             hold = held
         try:
             if slot is not None:  # passed on by a call of this worker that just ended: already admitted
-                return await self._sent(spec, cand, dataclasses.replace(slot, waiter=spec.id), hold)
+                return await self._sent(spec, cand, slot.passed(slot.owners, spec.id), hold)
             name = cand.provider.name
             asked = self.gate.policy(name, cand.model, owner).scope
             self.asking[asked] += 1

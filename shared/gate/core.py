@@ -324,7 +324,7 @@ class Gate(GateOps):
         the workers holding the scope's slots (the settle sent with ``keep`` keeps the lease in Redis)."""
         counted = self._owners.get(adm.scope)
         owners = counted[0] if counted is not None else adm.owners
-        return dataclasses.replace(adm, owners=owners, waiter="")
+        return adm.passed(owners, "")
 
     def passed_on(self, adm: Admission, reply: Any) -> bool:
         """Take in the reply of a settle sent with ``keep``: whether the next slot may pass on, and the
