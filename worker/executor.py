@@ -267,7 +267,7 @@ class Executor:
                 if freed is not None:
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed)
             else:
-                tried_room, waited_room = True, room_wait > 0
+                tried_room, waited_room = True, room_wait > 0 or self._crowded(scopes)
         for _ in range(MAX_LOCAL_ROUNDS):
             denied: list[Admission] = []
             outcome = await self.calls.try_candidates(
@@ -294,9 +294,10 @@ class Executor:
                 if freed is not None:  # try the candidate that just freed a slot first
                     candidates = sorted(candidates, key=lambda c: c.provider.name != freed)
                 continue
-            if may_wait and (waited_room or room_wait > 0):
-                # no place came in the time this worker's line should have made one: it claims too far
-                # ahead for now (a line too slow to wait for at all says nothing about claiming)
+            if may_wait and (waited_room or room_wait > 0 or self._crowded(full)):
+                # no place came in the time this worker's line should have made one, or other jobs of
+                # this worker already wait for one: it claims too far ahead for now (a line too slow to
+                # wait for at all, with no job waiting for a place, says nothing about claiming)
                 self.ahead_share = max(AHEAD_MIN, self.ahead_share / 2)
             # Nothing can serve it now: re-queue instead of holding this worker slot.
             delay = min(MAX_DEFER_S, max(0.005, delay) * random.uniform(0.85, 1.15))
@@ -320,6 +321,10 @@ class Executor:
         pace = min(self.calls.latency.get(s, 0.0) / max(1, self.calls.calling[s]) for s in scopes)
         turn = (min(self.local.waiting_for_room(s) for s in scopes) + 1) * pace * 1.5
         return 0.0 if turn > ROOM_WAIT_MAX_S else max(ROOM_WAIT_S, turn)
+
+    def _crowded(self, scopes: list[str]) -> bool:
+        """Whether other jobs of this worker wait for a place in every one of these full lines."""
+        return all(self.local.waiting_for_room(s) for s in scopes)
 
     def _calling_on(self, scopes: list[str]) -> bool:
         return any(self.calls.calling[s] for s in scopes)

@@ -257,6 +257,35 @@ async def test_jobs_past_the_local_line_wait_for_a_place_instead_of_going_back_t
     assert deferred._value.get() == before  # none went back to arq for a full line
 
 
+async def test_a_job_deferred_behind_others_waiting_for_a_place_cuts_how_far_the_worker_claims(
+    settings, redis, monkeypatch
+):
+    """A job whose turn for a place in a full line is too far to wait for (other jobs of this worker
+    wait for one already) is deferred at once; that too says the worker claims too far ahead. It used
+    to say nothing, so claims went on at full width, each job deferred at once: 4 workers on a limit
+    of 8 ran at 0.85-0.90 deferrals per job (bench/peers.py with fill_cpu 0), 0.30 now."""
+    # one job may wait for a place (its turn: 1.5 call latencies), never a second one behind it; a
+    # place always comes to the one waiting (60 s), so no wait times out
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 60.0)
+    monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 0.2)
+    cfg = FileConfig(
+        worker=WorkerConfig(local_waiters=1, claim_ahead=8),
+        providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 100})},
+    )
+    deferred = metrics.DEFERRALS.labels("saturated")
+    before = deferred._value.get()
+    async with _worker(settings, redis, cfg) as (ex, client):
+        sub = await client.submit_batch(batch_lines(16, model="tight/chat"))
+        lowest = 1.0
+        while (await client.counts(sub.batch_id)).done != 16:
+            lowest = min(lowest, ex.ahead_share)
+            await asyncio.sleep(0.002)
+        counts = await client.wait_batch(sub.batch_id, timeout=60)
+    assert (counts.completed, counts.failed) == (16, 0)
+    assert deferred._value.get() > before  # jobs were deferred for want of a place
+    assert lowest <= 0.5
+
+
 async def test_jobs_turned_away_by_a_full_local_line_cut_how_far_the_worker_claims_ahead(
     settings, redis, monkeypatch
 ):
