@@ -35,6 +35,12 @@ class LocalLines:
     def has_room(self, scopes: Sequence[str]) -> bool:
         return all(len(self._waiters[s]) + len(self._first[s]) < self.cap for s in scopes)
 
+    def depth(self, scope: str, first: bool = False) -> int:
+        """Jobs waiting in ``scope``'s line now that a new waiter would wait behind: interactive ones
+        (``first``), or all."""
+        ahead = len(self._first.get(scope) or ())
+        return ahead if first else ahead + len(self._waiters.get(scope) or ())
+
     def waiting_for_room(self, scope: str) -> int:
         # A woken future leaves the deque at once (_wake_room), a timed-out one in wait_room's finally:
         # the length is the count, without a scan per job.

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -284,6 +285,35 @@ async def test_a_job_deferred_behind_others_waiting_for_a_place_cuts_how_far_the
     assert (counts.completed, counts.failed) == (16, 0)
     assert deferred._value.get() > before  # jobs were deferred for want of a place
     assert lowest <= 0.5
+
+
+async def test_a_job_deep_in_a_local_line_asks_the_gate_again_only_about_when_its_turn_comes(settings, redis):
+    """A job waiting in a line this worker's own calls drain re-asks the gate (for a slot freed in another
+    worker) about when its turn there comes, not every LOCAL_WAIT_S: from 20-deep lines behind one slot
+    every such re-check was refused (4 spread workers on a limit of 8: 1.7 refused admissions per
+    request, 0.33 now). Counts, not times: the turn is measured on this machine's own calls."""
+    cfg = FileConfig(
+        worker=WorkerConfig(local_waiters=40, claim_ahead=40),
+        providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 60})},
+    )
+    async with _worker(settings, redis, cfg) as (ex, client):
+        warm = await client.submit_batch(batch_lines(3, model="tight/chat"))  # the worker learns the latency
+        await client.wait_batch(warm.batch_id, timeout=60)
+        woken: Counter[str] = Counter()
+        wait = ex.local.wait
+
+        async def counted(*args: Any, **kw: Any) -> Any:
+            got = await wait(*args, **kw)
+            woken["re-check" if got is None else "slot"] += 1
+            return got
+
+        ex.local.wait = counted  # type: ignore[method-assign]
+        sub = await client.submit_batch(batch_lines(24, model="tight/chat"))
+        counts = await client.wait_batch(sub.batch_id, timeout=60)
+    assert (counts.completed, counts.failed) == (24, 0)
+    assert woken["slot"] >= 20  # the line was drained by this worker's calls, one slot at a time
+    # each job past the first ~8 of the line (8 x 60 ms) timed out at 0.5 s to ask the gate again
+    assert woken["re-check"] <= 3, woken
 
 
 async def test_jobs_turned_away_by_a_full_local_line_cut_how_far_the_worker_claims_ahead(
