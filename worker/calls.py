@@ -9,6 +9,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -179,6 +180,20 @@ class Calls:
         Waking a waiting job for each would only have it refused (a round trip and a script for
         nothing: about 0.7 per call with one worker before)."""
         return adm.limit - adm.in_flight - self.asking[adm.scope]
+
+    def spare(self, slot: Admission, reply: Any) -> None:
+        """After the settle that kept ``slot`` for the next call: if the gate has slots free beyond it (its
+        limit rose, or another worker gave some back) and this worker is under its share, a job waiting
+        here asks the gate for one (admitted with slots left, it wakes the next: ``_one_call``). A worker
+        passing its slots on makes no admissions of its own, so without this its calls would stay at the
+        count they had (a limit lowered by 429s and grown back went unused) until a waiting job's
+        re-check came round."""
+        if not isinstance(reply, list) or len(reply) < 7 or not self.local.queued([slot.scope]):
+            return
+        limit, in_flight, owners = int(reply[3]), int(reply[4]), int(reply[5])  # owners 0: not counted
+        share = -(-limit // max(1, owners or slot.owners))
+        if limit - in_flight - self.asking[slot.scope] > 0 and self.calling[slot.scope] < share:
+            self.local.release(slot.scope)
 
     @staticmethod
     def share(adm: Admission) -> int:

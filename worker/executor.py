@@ -173,7 +173,9 @@ class Executor:
             raise
         if slot is not None:
             self.gate.passed_on(slot, settled)
-            if not given:  # the waiting job left meanwhile
+            if given:
+                self.calls.spare(slot, settled)
+            else:  # the waiting job left meanwhile
                 await self.calls.give_back(slot)
         metrics.record_result(result, spec.kind)
         return result

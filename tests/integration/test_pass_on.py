@@ -4,6 +4,7 @@ lease is released in every other case, so the fleet-wide limit and the breaker s
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from shared.config import BreakerConfig, FileConfig, LimitsConfig, ProviderConfig
@@ -178,3 +179,67 @@ async def test_a_job_that_ran_on_a_passed_on_slot_leaves_the_line_and_is_not_cal
         assert await redis.zscore(queue, deferred) <= timestamp_ms()  # called back in its place
     finally:
         await redis.zrem(queue, deferred)
+
+
+async def test_a_worker_passing_slots_on_takes_up_slots_the_gate_frees(settings, redis) -> None:  # type: ignore[no-untyped-def]
+    """A worker whose calls run on passed-on slots makes no admissions, so slots freed in the gate (its
+    limit grown back, or another worker's given back) went unused until a waiting job's re-check came
+    round (its calls stayed at the count they had, 16-30 calls longer here). A keep-settle's reply now
+    shows them free, and a waiting job asks for one at once: no re-check is needed to take them up."""
+    from producer.client import FuseboxClient
+    from tests.integration.helpers import batch_lines, running_worker
+    from worker.jobs import CTX_KEY
+
+    limit, n = 4, 300
+    cfg = FileConfig.model_validate(
+        {
+            "providers": {
+                "sim4": {"type": "simulated", "max_concurrency": limit, "options": {"latency_ms": 20}}
+            },
+            # a line long enough for every job: none asks the gate for want of a place in it
+            "worker": {"max_jobs": 400, "local_waiters": 400},
+        }
+    )
+    s = settings.with_file(cfg)
+    leases = s.keys.gate_leases("sim4")
+    # another worker holds 2 of the 4 slots (leases far from expiry) until it gives them back below
+    await redis.zadd(leases, {"other-worker:1": 10**13, "other-worker:2": 10**13})
+    client = FuseboxClient(redis, s)
+    async with running_worker(s, redis) as worker:
+        executor = worker.ctx[CTX_KEY]
+        provider = executor.router.providers["sim4"]
+        running, calls, most, rechecks = [0], [0], [0], [0]
+        at_full: list[int] = []  # re-checks made when this worker first held all 4 slots
+        # 100 calls made: passing its 2 slots on, jobs waiting here (past the first re-checks of jobs that
+        # joined before any call's latency was known)
+        warm = asyncio.Event()
+        chat, wait = provider.chat, executor.local.wait
+
+        async def counting_chat(*args: Any, **kwargs: Any) -> Any:
+            running[0] += 1
+            calls[0] += 1
+            most[0] = max(most[0], running[0])
+            if running[0] == limit and not at_full:
+                at_full.append(rechecks[0])
+            if calls[0] == 100:
+                warm.set()
+            try:
+                return await chat(*args, **kwargs)
+            finally:
+                running[0] -= 1
+
+        async def counting_wait(*args: Any, **kwargs: Any) -> Any:
+            got = await wait(*args, **kwargs)
+            rechecks[0] += got is None  # timed out: the job asks the gate again
+            return got
+
+        provider.chat, executor.local.wait = counting_chat, counting_wait
+        sub = await client.submit_batch(batch_lines(n, model="sim4/chat"))
+        await asyncio.wait_for(warm.wait(), 60)
+        assert most[0] == 2
+        freed_at = rechecks[0]
+        await redis.zrem(leases, "other-worker:1", "other-worker:2")
+        counts = await client.wait_batch(sub.batch_id, poll=0.05, timeout=120)
+    assert counts.completed == n and most[0] == limit
+    assert at_full == [freed_at], (freed_at, at_full)  # taken up without a waiting job's re-check
+    assert await redis.zcard(leases) == 0
