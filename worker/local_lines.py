@@ -33,7 +33,7 @@ class LocalLines:
         self._room: defaultdict[str, deque[asyncio.Future[None]]] = defaultdict(deque)  # for has_room
 
     def has_room(self, scopes: Sequence[str]) -> bool:
-        return all(len(self._waiters[s]) + len(self._first[s]) < self.cap for s in scopes)
+        return all(self.depth(s) < self.cap for s in scopes)
 
     def depth(self, scope: str, first: bool = False) -> int:
         """Jobs waiting in ``scope``'s line now that a new waiter would wait behind: interactive ones

@@ -235,6 +235,14 @@ async def test_a_job_past_its_job_timeout_is_answered_not_dropped(settings, redi
         assert sum(1 for a in r.attempts if a.error_class == "internal") == executor_mod.INTERNAL_TRIES
 
 
+def _tight(local_waiters: int, claim_ahead: int, limit: int, latency_ms: int) -> FileConfig:
+    """One simulated provider, "tight", with a small limit, and a worker's local lines and claims sized."""
+    tight = ProviderConfig(type="simulated", max_concurrency=limit, options={"latency_ms": latency_ms})
+    return FileConfig(
+        worker=WorkerConfig(local_waiters=local_waiters, claim_ahead=claim_ahead), providers={"tight": tight}
+    )
+
+
 # -- a saturated provider's backlog waits in the worker ----------------------------------------------------
 async def test_jobs_past_the_local_line_wait_for_a_place_instead_of_going_back_through_arq(
     settings, redis, monkeypatch
@@ -244,10 +252,7 @@ async def test_jobs_past_the_local_line_wait_for_a_place_instead_of_going_back_t
     The room wait is long here so the property does not depend on this machine's speed."""
     monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 60.0)
     monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 60.0)
-    cfg = FileConfig(
-        worker=WorkerConfig(local_waiters=2, claim_ahead=6),
-        providers={"tight": ProviderConfig(type="simulated", max_concurrency=2, options={"latency_ms": 5})},
-    )
+    cfg = _tight(local_waiters=2, claim_ahead=6, limit=2, latency_ms=5)
     deferred = metrics.DEFERRALS.labels("saturated")
     before = deferred._value.get()
     async with _worker(settings, redis, cfg) as (ex, client):
@@ -264,15 +269,12 @@ async def test_a_job_deferred_behind_others_waiting_for_a_place_cuts_how_far_the
     """A job whose turn for a place in a full line is too far to wait for (other jobs of this worker
     wait for one already) is deferred at once; that too says the worker claims too far ahead. It used
     to say nothing, so claims went on at full width, each job deferred at once: 4 workers on a limit
-    of 8 ran at 0.85-0.90 deferrals per job (bench/peers.py with fill_cpu 0), 0.30 now."""
+    of 8 ran at 0.85-0.90 deferrals per job (bench/peers.py with fill_cpu 0), 0.30 with this change."""
     # one job may wait for a place (its turn: 1.5 call latencies), never a second one behind it; a
     # place always comes to the one waiting (60 s), so no wait times out
     monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 60.0)
     monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 0.2)
-    cfg = FileConfig(
-        worker=WorkerConfig(local_waiters=1, claim_ahead=8),
-        providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 100})},
-    )
+    cfg = _tight(local_waiters=1, claim_ahead=8, limit=1, latency_ms=100)
     deferred = metrics.DEFERRALS.labels("saturated")
     before = deferred._value.get()
     async with _worker(settings, redis, cfg) as (ex, client):
@@ -292,10 +294,7 @@ async def test_a_job_deep_in_a_local_line_asks_the_gate_again_only_about_when_it
     worker) about when its turn there comes, not every LOCAL_WAIT_S: from 20-deep lines behind one slot
     every such re-check was refused (4 spread workers on a limit of 8: 1.7 refused admissions per
     request, 0.33 now). Counts, not times: the turn is measured on this machine's own calls."""
-    cfg = FileConfig(
-        worker=WorkerConfig(local_waiters=40, claim_ahead=40),
-        providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 60})},
-    )
+    cfg = _tight(local_waiters=40, claim_ahead=40, limit=1, latency_ms=60)
     async with _worker(settings, redis, cfg) as (ex, client):
         warm = await client.submit_batch(batch_lines(3, model="tight/chat"))  # the worker learns the latency
         await client.wait_batch(warm.batch_id, timeout=60)
@@ -324,10 +323,7 @@ async def test_jobs_turned_away_by_a_full_local_line_cut_how_far_the_worker_clai
     # a 1 ms wait for room: shorter than any call, so the first claim's extra jobs find none
     monkeypatch.setattr(executor_mod, "ROOM_WAIT_S", 0.001)
     monkeypatch.setattr(executor_mod, "ROOM_WAIT_MAX_S", 60.0)
-    cfg = FileConfig(
-        worker=WorkerConfig(local_waiters=1, claim_ahead=8),
-        providers={"tight": ProviderConfig(type="simulated", max_concurrency=1, options={"latency_ms": 5})},
-    )
+    cfg = _tight(local_waiters=1, claim_ahead=8, limit=1, latency_ms=5)
     async with _worker(settings, redis, cfg) as (ex, client):
         sub = await client.submit_batch(batch_lines(30, model="tight/chat"))
         lowest = 1.0
